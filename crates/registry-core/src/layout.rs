@@ -1,0 +1,154 @@
+//! The storage key layout, drawn once. Every key the registry reads or writes is built here.
+//!
+//! ```text
+//! blobs/<alg>/<hex[..2]>/<hex>/data               content-addressed bytes: layers, configs, manifests
+//! repositories/<name>/_layers/<alg>/<hex>          link: the blob is in the repository; holds its size
+//! repositories/<name>/_manifests/revisions/<alg>/<hex>  link: the manifest is in the repository;
+//!                                                  holds {"mediaType","size"}
+//! repositories/<name>/_manifests/tags/<tag>        holds {"digest","mediaType","size"}
+//! repositories/<name>/_referrers/<alg>/<hex>/<alg>-<hex>
+//!                                                  a referrer of subject <alg>:<hex>; holds its descriptor
+//! catalog/<name>/_repository                       marker: the repository exists (for the catalog)
+//! uploads/<id>/state                               upload session: repository, size, parts, hash state
+//! uploads/<id>/part-<offset, 20 digits>            bytes of one chunk, starting at <offset>
+//! ```
+//!
+//! Repository path components never start with `_` (the name grammar forbids it), so the `_…`
+//! directories cannot collide with nested repository names.
+
+use object_store::path::Path;
+
+use crate::digest::Digest;
+use crate::names::{RepoName, Tag};
+
+fn join(parts: &[&str]) -> Path {
+    // All components come from validated types, so `Path::from` never needs escaping here.
+    Path::from(parts.join("/"))
+}
+
+/// Global bytes of a blob or manifest.
+pub fn blob(d: &Digest) -> Path {
+    join(&[
+        "blobs",
+        d.algorithm().as_str(),
+        &d.hex()[..2],
+        d.hex(),
+        "data",
+    ])
+}
+
+/// A blob's link in a repository.
+pub fn layer_link(repo: &RepoName, d: &Digest) -> Path {
+    join(&[
+        "repositories",
+        repo.as_str(),
+        "_layers",
+        d.algorithm().as_str(),
+        d.hex(),
+    ])
+}
+
+/// A manifest revision's link in a repository.
+pub fn revision_link(repo: &RepoName, d: &Digest) -> Path {
+    join(&[
+        "repositories",
+        repo.as_str(),
+        "_manifests",
+        "revisions",
+        d.algorithm().as_str(),
+        d.hex(),
+    ])
+}
+
+/// The directory holding a repository's tags.
+pub fn tags_dir(repo: &RepoName) -> Path {
+    join(&["repositories", repo.as_str(), "_manifests", "tags"])
+}
+
+/// One tag.
+pub fn tag(repo: &RepoName, t: &Tag) -> Path {
+    tags_dir(repo).join(t.as_str())
+}
+
+/// The directory of referrers of `subject`.
+pub fn referrers_dir(repo: &RepoName, subject: &Digest) -> Path {
+    join(&[
+        "repositories",
+        repo.as_str(),
+        "_referrers",
+        subject.algorithm().as_str(),
+        subject.hex(),
+    ])
+}
+
+/// One referrer entry.
+pub fn referrer(repo: &RepoName, subject: &Digest, referrer: &Digest) -> Path {
+    referrers_dir(repo, subject).join(format!("{}-{}", referrer.algorithm(), referrer.hex()))
+}
+
+/// The root of the catalog markers.
+pub fn catalog_root() -> Path {
+    Path::from("catalog")
+}
+
+/// File name of a catalog marker.
+pub const CATALOG_MARKER: &str = "_repository";
+
+/// A repository's catalog marker.
+pub fn catalog_marker(repo: &RepoName) -> Path {
+    join(&["catalog", repo.as_str(), CATALOG_MARKER])
+}
+
+/// The root of upload sessions.
+pub fn uploads_root() -> Path {
+    Path::from("uploads")
+}
+
+/// The directory of one upload session.
+pub fn upload_dir(id: &str) -> Path {
+    uploads_root().join(id)
+}
+
+/// The state document of one upload session.
+pub fn upload_state(id: &str) -> Path {
+    upload_dir(id).join("state")
+}
+
+/// One chunk of an upload session.
+pub fn upload_part(id: &str, offset: u64) -> Path {
+    upload_dir(id).join(format!("part-{offset:020}"))
+}
+
+/// A key that is never written; reading it proves the backend answers.
+pub fn health_probe() -> Path {
+    Path::from("_health")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys() {
+        let d: Digest = format!("sha256:ab{}", "0".repeat(62)).parse().unwrap();
+        let r: RepoName = "a/b".parse().unwrap();
+        assert_eq!(
+            blob(&d).as_ref(),
+            format!("blobs/sha256/ab/ab{}/data", "0".repeat(62))
+        );
+        assert_eq!(
+            layer_link(&r, &d).as_ref(),
+            format!("repositories/a/b/_layers/sha256/ab{}", "0".repeat(62))
+        );
+        assert_eq!(
+            upload_part("x", 5).as_ref(),
+            "uploads/x/part-00000000000000000005"
+        );
+        assert_eq!(catalog_marker(&r).as_ref(), "catalog/a/b/_repository");
+        let t: Tag = "v1.0".parse().unwrap();
+        assert_eq!(
+            tag(&r, &t).as_ref(),
+            "repositories/a/b/_manifests/tags/v1.0"
+        );
+    }
+}

@@ -1,0 +1,71 @@
+//! `registry-core`: the types, manifest rules and storage of an OCI distribution registry,
+//! independent of HTTP.
+//!
+//! - [`names`] and [`digest`]: validated `RepoName`, `Tag`, `Reference`, `Digest`.
+//! - [`manifest`]: parsing and validation of OCI and Docker schema 2 manifests.
+//! - [`storage`]: the traits the HTTP layer uses; [`ObjectRegistry`] implements them over any
+//!   [`object_store::ObjectStore`] (local filesystem, S3, memory).
+//! - [`layout`]: the storage key layout.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use registry_core::{ObjectRegistry, StoreOptions, RepoName};
+//! let store = ObjectRegistry::new(Arc::new(object_store::memory::InMemory::new()), StoreOptions::default());
+//! let repo: RepoName = "library/alpine".parse().unwrap();
+//! # let _ = (store, repo);
+//! ```
+
+pub mod digest;
+pub mod error;
+pub mod layout;
+pub mod manifest;
+pub mod names;
+pub mod storage;
+mod store;
+
+pub use digest::{Algorithm, Digest, Hasher};
+pub use error::{Error, Result};
+pub use names::{Reference, RepoName, Tag};
+pub use object_store;
+pub use storage::{
+    BlobRead, BlobStore, ByteStream, CatalogStore, ManifestInfo, ManifestStore, Page, PutManifest,
+    ReferrerStore, Storage, UploadStatus, UploadStore,
+};
+pub use store::{ObjectRegistry, StoreOptions};
+
+#[cfg(any(test, feature = "testsuite"))]
+pub mod testsuite;
+
+#[cfg(test)]
+mod backend_tests {
+    use std::sync::Arc;
+
+    use object_store::local::LocalFileSystem;
+    use object_store::memory::InMemory;
+
+    #[tokio::test]
+    async fn in_memory_backend() {
+        crate::testsuite::run_all(|| Arc::new(InMemory::new())).await;
+    }
+
+    #[tokio::test]
+    async fn filesystem_backend() {
+        let root = tempfile::tempdir().unwrap();
+        let counter = std::sync::atomic::AtomicUsize::new(0);
+        crate::testsuite::run_all(|| {
+            let dir = root.path().join(
+                counter
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                    .to_string(),
+            );
+            std::fs::create_dir_all(&dir).unwrap();
+            Arc::new(
+                LocalFileSystem::new_with_prefix(&dir)
+                    .unwrap()
+                    .with_fsync(true)
+                    .with_automatic_cleanup(true),
+            )
+        })
+        .await;
+    }
+}

@@ -1,0 +1,114 @@
+//! Blobs through a repository: a blob is readable in a repository only while that repository's
+//! link to it exists; the bytes themselves are shared by every repository.
+
+use std::ops::Range;
+
+use async_trait::async_trait;
+use futures::{StreamExt, TryStreamExt};
+use object_store::{GetOptions, GetRange, ObjectStoreExt, PutPayload};
+
+use super::ObjectRegistry;
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::layout;
+use crate::names::RepoName;
+use crate::storage::{BlobRead, BlobStore};
+
+impl ObjectRegistry {
+    /// The size recorded in a repository's link to a blob, `None` when not linked.
+    pub(super) async fn linked_size(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<u64>> {
+        let path = layout::layer_link(repo, digest);
+        let Some(bytes) = self.get_small(&path).await? else {
+            return Ok(None);
+        };
+        std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .map(Some)
+            .ok_or_else(|| Error::Corrupt {
+                path: path.to_string(),
+                reason: "link does not hold a size".into(),
+            })
+    }
+
+    /// Makes an existing global blob visible in `repo`.
+    pub(super) async fn link_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<()> {
+        self.ensure_repo(repo).await?;
+        let path = layout::layer_link(repo, digest);
+        self.store
+            .put(&path, PutPayload::from(size.to_string().into_bytes()))
+            .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl BlobStore for ObjectRegistry {
+    async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
+        self.linked_size(repo, digest)
+            .await?
+            .ok_or_else(|| Error::BlobUnknown(digest.clone()))
+    }
+
+    async fn blob_read(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Option<Range<u64>>,
+    ) -> Result<BlobRead> {
+        if self.linked_size(repo, digest).await?.is_none() {
+            return Err(Error::BlobUnknown(digest.clone()));
+        }
+        let options = GetOptions {
+            range: range.map(GetRange::Bounded),
+            ..Default::default()
+        };
+        let result = match self.store.get_opts(&layout::blob(digest), options).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(Error::BlobUnknown(digest.clone()))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let size = result.meta.size;
+        let range = result.range.clone();
+        let stream = result.into_stream().map_err(std::io::Error::other).boxed();
+        Ok(BlobRead {
+            size,
+            range,
+            stream,
+        })
+    }
+
+    async fn blob_mount(
+        &self,
+        repo: &RepoName,
+        from: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<u64>> {
+        let Some(size) = self.linked_size(from, digest).await? else {
+            return Ok(None);
+        };
+        if !self.exists(&layout::blob(digest)).await? {
+            return Ok(None);
+        }
+        self.link_blob(repo, digest, size).await?;
+        Ok(Some(size))
+    }
+
+    async fn blob_delete(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+        if self.linked_size(repo, digest).await?.is_none() {
+            return Err(Error::BlobUnknown(digest.clone()));
+        }
+        self.delete_quiet(&layout::layer_link(repo, digest)).await
+    }
+}

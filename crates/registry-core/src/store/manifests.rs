@@ -1,0 +1,274 @@
+//! Manifests, tags and referrers. A manifest is stored as a content-addressed blob, then linked
+//! as a revision of the repository (with its media type), then indexed under its subject, then
+//! tagged; deletion runs in the opposite order, so no tag or referrer ever names a missing
+//! manifest.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::{ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use super::ObjectRegistry;
+use crate::digest::{Algorithm, Digest};
+use crate::error::{Error, Result};
+use crate::layout;
+use crate::manifest::{self, Descriptor, ManifestKind};
+use crate::names::{Reference, RepoName, Tag};
+use crate::storage::{paginate, ManifestInfo, ManifestStore, Page, PutManifest, ReferrerStore};
+
+/// Content of a revision link.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Revision {
+    media_type: String,
+    size: u64,
+}
+
+/// Content of a tag.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TagTarget {
+    digest: Digest,
+    media_type: String,
+    size: u64,
+}
+
+impl ObjectRegistry {
+    async fn revision(&self, repo: &RepoName, digest: &Digest) -> Result<Option<Revision>> {
+        self.get_json(&layout::revision_link(repo, digest)).await
+    }
+
+    async fn resolve(&self, repo: &RepoName, reference: &Reference) -> Result<ManifestInfo> {
+        let unknown = || Error::ManifestUnknown(reference.to_string());
+        match reference {
+            Reference::Tag(t) => {
+                let target: TagTarget = self
+                    .get_json(&layout::tag(repo, t))
+                    .await?
+                    .ok_or_else(unknown)?;
+                Ok(ManifestInfo {
+                    digest: target.digest,
+                    media_type: target.media_type,
+                    size: target.size,
+                })
+            }
+            Reference::Digest(d) => {
+                let rev = self.revision(repo, d).await?.ok_or_else(unknown)?;
+                Ok(ManifestInfo {
+                    digest: d.clone(),
+                    media_type: rev.media_type,
+                    size: rev.size,
+                })
+            }
+        }
+    }
+
+    /// Checks that every blob or child manifest the manifest needs is in the repository.
+    async fn check_references(
+        &self,
+        repo: &RepoName,
+        parsed: &manifest::ParsedManifest,
+    ) -> Result<()> {
+        let checks: Vec<_> = parsed
+            .required_references()
+            .map(|d| self.check_reference(repo, parsed.kind, d))
+            .collect();
+        futures::stream::iter(checks)
+            .buffered(16)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    async fn check_reference(
+        &self,
+        repo: &RepoName,
+        kind: ManifestKind,
+        d: &Descriptor,
+    ) -> Result<()> {
+        let present = match kind {
+            ManifestKind::Image => self.linked_size(repo, &d.digest).await?.is_some(),
+            ManifestKind::Index => {
+                self.exists(&layout::revision_link(repo, &d.digest)).await?
+                    || self.linked_size(repo, &d.digest).await?.is_some()
+            }
+        };
+        if present {
+            Ok(())
+        } else {
+            Err(Error::ManifestBlobUnknown(d.digest.clone()))
+        }
+    }
+
+    async fn set_tag(&self, repo: &RepoName, tag: &Tag, target: &TagTarget) -> Result<()> {
+        self.put_json(&layout::tag(repo, tag), target).await
+    }
+
+    async fn all_tags(&self, repo: &RepoName) -> Result<Vec<Tag>> {
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&layout::tags_dir(repo)))
+            .await?;
+        let mut tags: Vec<Tag> = listing
+            .objects
+            .iter()
+            .filter_map(|m| m.location.filename()?.parse().ok())
+            .collect();
+        tags.sort();
+        Ok(tags)
+    }
+}
+
+#[async_trait]
+impl ManifestStore for ObjectRegistry {
+    async fn manifest_put(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        bytes: Bytes,
+        tags: &[Tag],
+    ) -> Result<PutManifest> {
+        let parsed = manifest::parse(content_type, &bytes)?;
+        let algorithm = match reference {
+            Reference::Digest(d) => d.algorithm(),
+            Reference::Tag(_) => Algorithm::Sha256,
+        };
+        let digest = Digest::of(algorithm, &bytes);
+        if let Reference::Digest(d) = reference {
+            if d != &digest {
+                return Err(Error::DigestMismatch {
+                    expected: d.clone(),
+                    actual: digest,
+                });
+            }
+        }
+        self.check_references(repo, &parsed).await?;
+        self.ensure_repo(repo).await?;
+
+        let size = bytes.len() as u64;
+        let blob = layout::blob(&digest);
+        if !self.exists(&blob).await? {
+            self.store.put(&blob, PutPayload::from(bytes)).await?;
+        }
+        let revision = Revision {
+            media_type: parsed.media_type.clone(),
+            size,
+        };
+        self.put_json(&layout::revision_link(repo, &digest), &revision)
+            .await?;
+        if let Some(subject) = &parsed.subject {
+            let descriptor = Descriptor {
+                media_type: parsed.media_type.clone(),
+                digest: digest.clone(),
+                size,
+                artifact_type: parsed.artifact_type.clone(),
+                annotations: parsed.annotations.clone(),
+                urls: None,
+                platform: None,
+            };
+            self.put_json(
+                &layout::referrer(repo, &subject.digest, &digest),
+                &descriptor,
+            )
+            .await?;
+        }
+        let target = TagTarget {
+            digest: digest.clone(),
+            media_type: parsed.media_type,
+            size,
+        };
+        if let Reference::Tag(t) = reference {
+            self.set_tag(repo, t, &target).await?;
+        }
+        for t in tags {
+            self.set_tag(repo, t, &target).await?;
+        }
+        Ok(PutManifest {
+            digest,
+            subject: parsed.subject.map(|s| s.digest),
+        })
+    }
+
+    async fn manifest_info(&self, repo: &RepoName, reference: &Reference) -> Result<ManifestInfo> {
+        self.resolve(repo, reference).await
+    }
+
+    async fn manifest_get(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<(ManifestInfo, Bytes)> {
+        let info = self.resolve(repo, reference).await?;
+        let bytes = self
+            .get_small(&layout::blob(&info.digest))
+            .await?
+            .ok_or_else(|| Error::ManifestUnknown(reference.to_string()))?;
+        Ok((info, bytes))
+    }
+
+    async fn manifest_delete(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
+        match reference {
+            Reference::Tag(t) => {
+                let path = layout::tag(repo, t);
+                if !self.exists(&path).await? {
+                    return Err(Error::ManifestUnknown(t.to_string()));
+                }
+                self.delete_quiet(&path).await
+            }
+            Reference::Digest(d) => {
+                let Some(rev) = self.revision(repo, d).await? else {
+                    return Err(Error::ManifestUnknown(d.to_string()));
+                };
+                for tag in self.all_tags(repo).await? {
+                    let path = layout::tag(repo, &tag);
+                    if let Some(t) = self.get_json::<TagTarget>(&path).await? {
+                        if &t.digest == d {
+                            self.delete_quiet(&path).await?;
+                        }
+                    }
+                }
+                if let Some(bytes) = self.get_small(&layout::blob(d)).await? {
+                    if let Ok(parsed) = manifest::parse(Some(&rev.media_type), &bytes) {
+                        if let Some(subject) = parsed.subject {
+                            self.delete_quiet(&layout::referrer(repo, &subject.digest, d))
+                                .await?;
+                        }
+                    }
+                }
+                self.delete_quiet(&layout::revision_link(repo, d)).await
+            }
+        }
+    }
+
+    async fn tags(
+        &self,
+        repo: &RepoName,
+        last: Option<&str>,
+        n: Option<usize>,
+    ) -> Result<Page<Tag>> {
+        if !self.repo_exists(repo).await? {
+            return Err(Error::NameUnknown(repo.to_string()));
+        }
+        Ok(paginate(self.all_tags(repo).await?, last, n, Tag::as_str))
+    }
+}
+
+#[async_trait]
+impl ReferrerStore for ObjectRegistry {
+    async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Descriptor>> {
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&layout::referrers_dir(repo, subject)))
+            .await?;
+        let mut found: Vec<Descriptor> = futures::stream::iter(listing.objects)
+            .map(|m| async move { self.get_json::<Descriptor>(&m.location).await })
+            .buffer_unordered(16)
+            .try_filter_map(|d| async move { Ok(d) })
+            .try_collect()
+            .await?;
+        found.sort_by(|a, b| a.digest.cmp(&b.digest));
+        Ok(found)
+    }
+}

@@ -1,0 +1,147 @@
+//! `ObjectRegistry`: the one implementation of the storage traits, over any
+//! `Arc<dyn ObjectStore>` (local filesystem, S3, memory). It relies only on what every backend
+//! offers: whole-object puts that are atomic, gets, deletes, listings and rename.
+//!
+//! Write order makes every state a reader can observe consistent: bytes before the link that
+//! makes them visible, a manifest's revision before its tags, tags removed before the revision.
+
+mod blobs;
+mod catalog;
+mod manifests;
+mod uploads;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::layout;
+use crate::names::RepoName;
+
+/// Tunables of [`ObjectRegistry`].
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Bytes buffered per streaming write before a part is sent to the backend. Memory per
+    /// upload is about `write_buffer * (write_concurrency + 1)`.
+    pub write_buffer: usize,
+    /// Parts of one streaming write in flight at once.
+    pub write_concurrency: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            write_buffer: 8 * 1024 * 1024,
+            write_concurrency: 2,
+        }
+    }
+}
+
+/// The registry's storage over an object store.
+#[derive(Debug, Clone)]
+pub struct ObjectRegistry {
+    store: Arc<dyn ObjectStore>,
+    options: StoreOptions,
+    /// Repositories whose catalog marker is known to exist. A cache only: markers are never
+    /// removed, so a stale entry cannot be wrong.
+    known_repos: Arc<Mutex<HashSet<RepoName>>>,
+}
+
+impl ObjectRegistry {
+    /// Wraps an object store.
+    pub fn new(store: Arc<dyn ObjectStore>, options: StoreOptions) -> Self {
+        ObjectRegistry {
+            store,
+            options,
+            known_repos: Arc::default(),
+        }
+    }
+
+    /// The underlying object store.
+    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// Reads a whole small object; `None` when absent.
+    async fn get_small(&self, path: &Path) -> Result<Option<Bytes>> {
+        match self.store.get(path).await {
+            Ok(r) => Ok(Some(r.bytes().await?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn get_json<T: DeserializeOwned>(&self, path: &Path) -> Result<Option<T>> {
+        let Some(bytes) = self.get_small(path).await? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::Corrupt {
+                path: path.to_string(),
+                reason: e.to_string(),
+            })
+    }
+
+    async fn put_json<T: Serialize>(&self, path: &Path, value: &T) -> Result<()> {
+        let bytes = serde_json::to_vec(value).expect("plain data serializes");
+        self.store.put(path, PutPayload::from(bytes)).await?;
+        Ok(())
+    }
+
+    async fn exists(&self, path: &Path) -> Result<bool> {
+        match self.store.head(path).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes, treating an absent object as deleted.
+    async fn delete_quiet(&self, path: &Path) -> Result<()> {
+        match self.store.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Records that `repo` exists, for the catalog.
+    async fn ensure_repo(&self, repo: &RepoName) -> Result<()> {
+        if self
+            .known_repos
+            .lock()
+            .expect("not poisoned")
+            .contains(repo)
+        {
+            return Ok(());
+        }
+        let marker = layout::catalog_marker(repo);
+        if !self.exists(&marker).await? {
+            self.store
+                .put(&marker, PutPayload::from_static(b""))
+                .await?;
+        }
+        self.known_repos
+            .lock()
+            .expect("not poisoned")
+            .insert(repo.clone());
+        Ok(())
+    }
+
+    async fn repo_exists(&self, repo: &RepoName) -> Result<bool> {
+        if self
+            .known_repos
+            .lock()
+            .expect("not poisoned")
+            .contains(repo)
+        {
+            return Ok(true);
+        }
+        self.exists(&layout::catalog_marker(repo)).await
+    }
+}
