@@ -1,1 +1,38 @@
-pub fn x() {}
+//! `registry-auth`: who a request comes from. This crate knows nothing of storage or HTTP
+//! frameworks; the guards (htpasswd, mutual TLS, IP allowlists, access rules) build on
+//! [`Identity`].
+
+use std::fmt;
+
+/// Who a request comes from, once authenticated.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Identity {
+    /// No credentials were presented.
+    Anonymous,
+    /// A user authenticated by password.
+    User(String),
+    /// A client authenticated by a TLS certificate, named by its subject.
+    Certificate(String),
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Identity::Anonymous => f.write_str("anonymous"),
+            Identity::User(u) => write!(f, "user {u}"),
+            Identity::Certificate(c) => write!(f, "certificate {c}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display() {
+        assert_eq!(Identity::User("ann".into()).to_string(), "user ann");
+        assert_eq!(Identity::Anonymous.to_string(), "anonymous");
+    }
+}

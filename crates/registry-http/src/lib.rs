@@ -1,1 +1,223 @@
-pub fn x() {}
+//! `registry-http`: the OCI Distribution v1.1 / Docker Registry v2 API as an axum [`Router`].
+//!
+//! One catch-all route under `/v2/` is parsed into an [`Endpoint`]; handlers are thin calls into
+//! a [`registry_core::Storage`]. Bodies stream in and out; every response carries
+//! `Docker-Distribution-API-Version: registry/2.0`.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use registry_core::{ObjectRegistry, StoreOptions};
+//! use registry_http::{router, ApiConfig, RegistryState};
+//!
+//! # async fn run() {
+//! let storage = ObjectRegistry::new(Arc::new(object_store::memory::InMemory::new()), StoreOptions::default());
+//! let app = router(RegistryState::new(Arc::new(storage), ApiConfig::default()));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:5000").await.unwrap();
+//! axum::serve(listener, app).await.unwrap();
+//! # }
+//! ```
+
+mod blobs;
+pub mod endpoint;
+pub mod error;
+mod listing;
+pub mod log;
+mod manifests;
+pub mod range;
+mod uploads;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::Router;
+use registry_core::Storage;
+
+pub use endpoint::{Access, Endpoint};
+pub use error::{ApiError, ApiResult, ErrorCode};
+
+/// Settings of the API that are not storage.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// Whether manifest, tag and blob DELETE are allowed (otherwise 405 UNSUPPORTED).
+    pub delete_enabled: bool,
+    /// The largest manifest accepted (413 above it).
+    pub manifest_max_bytes: usize,
+    /// The most entries one tags or catalog page returns.
+    pub max_page_size: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            delete_enabled: true,
+            manifest_max_bytes: 4 * 1024 * 1024,
+            max_page_size: 10_000,
+        }
+    }
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct RegistryState {
+    /// The storage.
+    pub storage: Arc<dyn Storage>,
+    /// API settings.
+    pub config: Arc<ApiConfig>,
+}
+
+impl RegistryState {
+    /// State over a storage.
+    pub fn new(storage: Arc<dyn Storage>, config: ApiConfig) -> Self {
+        RegistryState {
+            storage,
+            config: Arc::new(config),
+        }
+    }
+}
+
+/// The registry API (`/v2/…`) and `GET /healthz`.
+pub fn router(state: RegistryState) -> Router {
+    Router::new()
+        .route("/v2", any(dispatch))
+        .route("/v2/", any(dispatch))
+        .route("/v2/{*rest}", any(dispatch))
+        .route("/healthz", get(healthz))
+        .layer(axum::middleware::map_response(api_version))
+        .with_state(state)
+}
+
+async fn api_version(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static("registry/2.0"),
+    );
+    response
+}
+
+async fn healthz(State(state): State<RegistryState>) -> Response {
+    match state.storage.health().await {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "health check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable\n").into_response()
+        }
+    }
+}
+
+/// One request, as the handlers see it.
+pub(crate) struct Req {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+}
+
+impl Req {
+    /// All values of a query parameter, decoded.
+    pub fn query_all(&self, key: &str) -> Vec<String> {
+        form_urlencoded::parse(self.uri.query().unwrap_or("").as_bytes())
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.into_owned())
+            .collect()
+    }
+
+    /// The first value of a query parameter.
+    pub fn query(&self, key: &str) -> Option<String> {
+        self.query_all(key).into_iter().next()
+    }
+
+    /// A header as a string, if present and visible ASCII.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The declared `Content-Length`.
+    pub fn content_length(&self) -> Option<u64> {
+        self.header("content-length")
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// Whether the request has a body at all.
+    pub fn has_body(&self) -> bool {
+        match self.content_length() {
+            Some(n) => n > 0,
+            None => self.headers.contains_key("transfer-encoding"),
+        }
+    }
+}
+
+async fn dispatch(
+    State(state): State<RegistryState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let req = Req {
+        method,
+        uri,
+        headers,
+    };
+    route(&state, req, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn route(state: &RegistryState, req: Req, body: Body) -> ApiResult<Response> {
+    let endpoint = Endpoint::parse(req.uri.path())?;
+    let is_delete = req.method == Method::DELETE && endpoint.access(&req.method) == Access::Delete;
+    if is_delete && !state.config.delete_enabled {
+        return Err(ApiError::new(
+            ErrorCode::Unsupported,
+            "deletion is disabled on this registry",
+        ));
+    }
+    let s = state;
+    use Endpoint as E;
+    match (&req.method, endpoint) {
+        (&Method::GET | &Method::HEAD, E::Base) => Ok(base()),
+        (&Method::GET, E::Catalog) => listing::catalog(s, &req).await,
+        (&Method::GET, E::Tags(name)) => listing::tags(s, &req, name).await,
+        (&Method::GET, E::Referrers(name, d)) => listing::referrers(s, &req, name, d).await,
+        (&Method::GET | &Method::HEAD, E::Blob(name, d)) => blobs::get(s, &req, name, d).await,
+        (&Method::DELETE, E::Blob(name, d)) => blobs::delete(s, name, d).await,
+        (&Method::POST, E::Uploads(name)) => uploads::start(s, &req, body, name).await,
+        (&Method::GET, E::Upload(name, id)) => uploads::status(s, name, id).await,
+        (&Method::PATCH, E::Upload(name, id)) => uploads::patch(s, &req, body, name, id).await,
+        (&Method::PUT, E::Upload(name, id)) => uploads::finish(s, &req, body, name, id).await,
+        (&Method::DELETE, E::Upload(name, id)) => uploads::cancel(s, name, id).await,
+        (&Method::GET | &Method::HEAD, E::Manifest(name, r)) => {
+            manifests::get(s, &req, name, r).await
+        }
+        (&Method::PUT, E::Manifest(name, r)) => manifests::put(s, &req, body, name, r).await,
+        (&Method::DELETE, E::Manifest(name, r)) => manifests::delete(s, name, r).await,
+        (m, _) => Err(ApiError::new(
+            ErrorCode::Unsupported,
+            format!("method {m} is not supported here"),
+        )),
+    }
+}
+
+fn base() -> Response {
+    ([("content-type", "application/json")], "{}").into_response()
+}
+
+/// Builds a response with a status, headers and a body.
+pub(crate) fn respond(
+    status: StatusCode,
+    headers: Vec<(&'static str, String)>,
+    body: Body,
+) -> Response {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    for (name, value) in headers {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.append(name, v);
+        }
+    }
+    response
+}

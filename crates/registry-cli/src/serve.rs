@@ -1,0 +1,105 @@
+//! `registry serve`: builds storage from settings, serves the API until SIGINT/SIGTERM, and then
+//! lets in-flight requests finish. Uploads are staged and renamed, so a stop at any moment
+//! leaves no partial object visible.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use object_store::chunked::ChunkedStore;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::ObjectStore;
+use registry_core::{ObjectRegistry, Storage, StoreOptions};
+use registry_http::{router, ApiConfig, RegistryState};
+
+use crate::config::{Settings, StorageLocation};
+
+/// Reads are served in chunks of this size (object_store's default for files is 8 KiB).
+const READ_CHUNK: usize = 256 * 1024;
+
+fn open_storage(
+    location: &StorageLocation,
+) -> anyhow::Result<(Arc<dyn ObjectStore>, StoreOptions)> {
+    match location {
+        StorageLocation::Filesystem(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create storage directory {}", dir.display()))?;
+            let fs = LocalFileSystem::new_with_prefix(dir)
+                .with_context(|| format!("cannot use storage directory {}", dir.display()))?
+                .with_fsync(true)
+                .with_automatic_cleanup(true);
+            let store = ChunkedStore::new(Arc::new(fs), READ_CHUNK);
+            // Local writes go straight to a staged file, so a small buffer suffices.
+            let options = StoreOptions {
+                write_buffer: 1024 * 1024,
+                write_concurrency: 2,
+            };
+            Ok((Arc::new(store), options))
+        }
+        StorageLocation::Memory => Ok((Arc::new(InMemory::new()), StoreOptions::default())),
+    }
+}
+
+pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let (store, options) = open_storage(&settings.storage)?;
+    let storage: Arc<dyn Storage> = Arc::new(ObjectRegistry::new(store, options));
+    tokio::spawn(purge_uploads(storage.clone(), settings.upload_max_age));
+
+    let api = ApiConfig {
+        delete_enabled: settings.delete_enabled,
+        manifest_max_bytes: settings.manifest_max_bytes,
+        ..ApiConfig::default()
+    };
+    let app = router(RegistryState::new(storage, api))
+        .layer(axum::middleware::from_fn(registry_http::log::log_requests));
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    tracing::info!(
+        address = %listener.local_addr()?,
+        storage = ?settings.storage,
+        "registry listening on http://{}",
+        listener.local_addr()?
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("server failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Purges idle upload sessions now and then, forever.
+async fn purge_uploads(storage: Arc<dyn Storage>, max_age: Duration) {
+    let every = (max_age / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        match storage.upload_purge(max_age).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(sessions = n, "purged abandoned upload sessions"),
+            Err(e) => tracing::warn!(error = %e, "purging upload sessions failed"),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}

@@ -1,0 +1,190 @@
+//! Parsing of `/v2/…` paths into an [`Endpoint`]. Repository names contain slashes, so the path is
+//! matched from its end; the raw (still percent-encoded) path is used, so `%2F` and friends never
+//! turn into separators. Every component is validated into its core type here, once.
+
+use axum::http::Method;
+use registry_core::{Digest, Reference, RepoName};
+
+use crate::error::{ApiError, ErrorCode};
+
+/// What a request addresses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/v2/`
+    Base,
+    /// `/v2/_catalog`
+    Catalog,
+    /// `/v2/<name>/tags/list`
+    Tags(RepoName),
+    /// `/v2/<name>/manifests/<reference>`
+    Manifest(RepoName, Reference),
+    /// `/v2/<name>/blobs/<digest>`
+    Blob(RepoName, Digest),
+    /// `/v2/<name>/blobs/uploads/`
+    Uploads(RepoName),
+    /// `/v2/<name>/blobs/uploads/<id>`
+    Upload(RepoName, String),
+    /// `/v2/<name>/referrers/<digest>`
+    Referrers(RepoName, Digest),
+}
+
+/// The class of access a request needs, for authorization.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Access {
+    /// Read.
+    Pull,
+    /// Write.
+    Push,
+    /// Delete.
+    Delete,
+}
+
+impl Endpoint {
+    /// Parses a raw request path.
+    pub fn parse(path: &str) -> Result<Endpoint, ApiError> {
+        let not_found = || ApiError::new(ErrorCode::NotFound, "no such endpoint");
+        let rest = path.strip_prefix("/v2").ok_or_else(not_found)?;
+        if rest.is_empty() || rest == "/" {
+            return Ok(Endpoint::Base);
+        }
+        let rest = rest.strip_prefix('/').ok_or_else(not_found)?;
+        if rest == "_catalog" {
+            return Ok(Endpoint::Catalog);
+        }
+        let segs: Vec<&str> = rest.split('/').collect();
+        let n = segs.len();
+        let name = |count: usize| -> Result<RepoName, ApiError> {
+            if n <= count {
+                return Err(not_found());
+            }
+            Ok(segs[..n - count].join("/").parse()?)
+        };
+        let at = |i: usize| if n >= i { segs[n - i] } else { "" };
+        match (at(3), at(2), at(1)) {
+            (_, "blobs", "uploads") | ("blobs", "uploads", "") => {
+                Ok(Endpoint::Uploads(name(if at(1).is_empty() {
+                    3
+                } else {
+                    2
+                })?))
+            }
+            ("blobs", "uploads", id) => Ok(Endpoint::Upload(name(3)?, id.to_owned())),
+            (_, "tags", "list") => Ok(Endpoint::Tags(name(2)?)),
+            (_, "manifests", r) if !r.is_empty() => {
+                let name = name(2)?;
+                Ok(Endpoint::Manifest(name, r.parse()?))
+            }
+            (_, "blobs", d) if !d.is_empty() => {
+                let name = name(2)?;
+                Ok(Endpoint::Blob(name, d.parse()?))
+            }
+            (_, "referrers", d) if !d.is_empty() => {
+                let name = name(2)?;
+                Ok(Endpoint::Referrers(name, d.parse()?))
+            }
+            _ => Err(not_found()),
+        }
+    }
+
+    /// The access class `method` needs on this endpoint.
+    pub fn access(&self, method: &Method) -> Access {
+        match *method {
+            Method::GET | Method::HEAD | Method::OPTIONS => Access::Pull,
+            // Cancelling one's own upload is part of pushing.
+            Method::DELETE if !matches!(self, Endpoint::Upload(..)) => Access::Delete,
+            _ => Access::Push,
+        }
+    }
+
+    /// The repository the endpoint is scoped to, if any.
+    pub fn repository(&self) -> Option<&RepoName> {
+        match self {
+            Endpoint::Base | Endpoint::Catalog => None,
+            Endpoint::Tags(r)
+            | Endpoint::Manifest(r, _)
+            | Endpoint::Blob(r, _)
+            | Endpoint::Uploads(r)
+            | Endpoint::Upload(r, _)
+            | Endpoint::Referrers(r, _) => Some(r),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d() -> String {
+        format!("sha256:{}", "a".repeat(64))
+    }
+
+    #[test]
+    fn table() {
+        let r = |s: &str| s.parse::<RepoName>().unwrap();
+        let dig: Digest = d().parse().unwrap();
+        let cases: Vec<(String, Endpoint)> = vec![
+            ("/v2/".into(), Endpoint::Base),
+            ("/v2".into(), Endpoint::Base),
+            ("/v2/_catalog".into(), Endpoint::Catalog),
+            ("/v2/a/b/tags/list".into(), Endpoint::Tags(r("a/b"))),
+            (
+                "/v2/a/manifests/latest".into(),
+                Endpoint::Manifest(r("a"), "latest".parse().unwrap()),
+            ),
+            (
+                format!("/v2/x/manifests/y/manifests/{}", d()),
+                Endpoint::Manifest(r("x/manifests/y"), Reference::Digest(dig.clone())),
+            ),
+            (
+                format!("/v2/a/blobs/{}", d()),
+                Endpoint::Blob(r("a"), dig.clone()),
+            ),
+            (
+                format!("/v2/a/blobs/b/blobs/{}", d()),
+                Endpoint::Blob(r("a/blobs/b"), dig.clone()),
+            ),
+            ("/v2/a/b/blobs/uploads/".into(), Endpoint::Uploads(r("a/b"))),
+            ("/v2/a/b/blobs/uploads".into(), Endpoint::Uploads(r("a/b"))),
+            (
+                "/v2/a/blobs/uploads/123".into(),
+                Endpoint::Upload(r("a"), "123".into()),
+            ),
+            (
+                format!("/v2/a/referrers/{}", d()),
+                Endpoint::Referrers(r("a"), dig.clone()),
+            ),
+        ];
+        for (path, want) in cases {
+            assert_eq!(Endpoint::parse(&path).unwrap(), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn rejects() {
+        let code = |p: &str| Endpoint::parse(p).unwrap_err().code;
+        assert_eq!(code("/v3/"), ErrorCode::NotFound);
+        assert_eq!(code("/v2x"), ErrorCode::NotFound);
+        assert_eq!(code("/v2/a"), ErrorCode::NotFound);
+        assert_eq!(code("/v2/tags/list"), ErrorCode::NotFound);
+        assert_eq!(code("/v2/manifests/x"), ErrorCode::NotFound);
+        assert_eq!(code("/v2/A/tags/list"), ErrorCode::NameInvalid);
+        assert_eq!(code("/v2/a%2Fb/tags/list"), ErrorCode::NameInvalid);
+        assert_eq!(code("/v2/a/../b/tags/list"), ErrorCode::NameInvalid);
+        assert_eq!(code("/v2/a//b/tags/list"), ErrorCode::NameInvalid);
+        assert_eq!(code("/v2/a/manifests/bad:digest"), ErrorCode::DigestInvalid);
+        assert_eq!(code("/v2/a/manifests/-tag"), ErrorCode::TagInvalid);
+        assert_eq!(code("/v2/a/blobs/sha256:abc"), ErrorCode::DigestInvalid);
+        assert_eq!(code("/v2/a/blobs/"), ErrorCode::NotFound);
+        assert_eq!(code("/v2/a/referrers/latest"), ErrorCode::DigestInvalid);
+    }
+
+    #[test]
+    fn access_classes() {
+        let e = Endpoint::Upload("a".parse().unwrap(), "x".into());
+        assert_eq!(e.access(&Method::DELETE), Access::Push);
+        assert_eq!(e.access(&Method::PATCH), Access::Push);
+        let m = Endpoint::Manifest("a".parse().unwrap(), "t".parse().unwrap());
+        assert_eq!(m.access(&Method::DELETE), Access::Delete);
+        assert_eq!(m.access(&Method::HEAD), Access::Pull);
+    }
+}

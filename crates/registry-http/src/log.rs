@@ -1,0 +1,41 @@
+//! The request log: one `tracing` event per request with method, path, status, bytes in and out,
+//! and duration. Query strings are left out (they may carry upload state), and nothing from
+//! `Authorization` is ever logged.
+
+use std::time::Instant;
+
+use axum::body::HttpBody;
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+
+use crate::error::ServerFault;
+
+/// Middleware: `router.layer(axum::middleware::from_fn(registry_http::log::log_requests))`.
+pub async fn log_requests(request: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let bytes_in = request
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    let bytes_out = response
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .or_else(|| response.body().size_hint().exact())
+        .unwrap_or(0);
+    let ms = format_args!("{:.3}", start.elapsed().as_secs_f64() * 1000.0);
+    if let Some(ServerFault(reason)) = response.extensions().get::<ServerFault>() {
+        tracing::error!(%method, %path, status, bytes_in, bytes_out, %ms, reason, "request failed");
+    } else {
+        tracing::info!(%method, %path, status, bytes_in, bytes_out, %ms, "request");
+    }
+    response
+}

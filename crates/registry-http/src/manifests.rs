@@ -1,0 +1,128 @@
+//! Manifest GET/HEAD (with `Accept` negotiation), PUT and DELETE.
+
+use axum::body::Body;
+use axum::http::{Method, StatusCode};
+use axum::response::Response;
+use registry_core::manifest::{essence, MANIFEST_TYPES};
+use registry_core::{ManifestInfo, Reference, RepoName, Tag};
+
+use crate::{respond, ApiError, ApiResult, ErrorCode, RegistryState, Req};
+
+fn manifest_headers(info: &ManifestInfo) -> Vec<(&'static str, String)> {
+    vec![
+        ("content-type", info.media_type.clone()),
+        ("content-length", info.size.to_string()),
+        ("docker-content-digest", info.digest.to_string()),
+        ("etag", format!("\"{}\"", info.digest)),
+    ]
+}
+
+/// Whether the client's `Accept` headers admit `media_type`. The stored manifest is served
+/// unless the client lists only manifest types and not this one; it is never converted.
+fn acceptable(req: &Req, media_type: &str) -> bool {
+    let listed: Vec<&str> = req
+        .headers
+        .get_all("accept")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(essence)
+        .filter(|t| !t.is_empty())
+        .collect();
+    listed.is_empty()
+        || listed.contains(&media_type)
+        || listed.iter().any(|t| !MANIFEST_TYPES.contains(t))
+}
+
+pub(crate) async fn get(
+    s: &RegistryState,
+    req: &Req,
+    name: RepoName,
+    reference: Reference,
+) -> ApiResult<Response> {
+    let (info, body) = if req.method == Method::HEAD {
+        (
+            s.storage.manifest_info(&name, &reference).await?,
+            Body::empty(),
+        )
+    } else {
+        let (info, bytes) = s.storage.manifest_get(&name, &reference).await?;
+        (info, Body::from(bytes))
+    };
+    if !acceptable(req, &info.media_type) {
+        return Err(ApiError::new(
+            ErrorCode::ManifestUnknown,
+            format!(
+                "the manifest is a {} and the Accept header excludes it",
+                info.media_type
+            ),
+        ));
+    }
+    Ok(respond(StatusCode::OK, manifest_headers(&info), body))
+}
+
+pub(crate) async fn put(
+    s: &RegistryState,
+    req: &Req,
+    body: Body,
+    name: RepoName,
+    reference: Reference,
+) -> ApiResult<Response> {
+    let limit = s.config.manifest_max_bytes;
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::TooLarge,
+            format!("manifests are limited to {limit} bytes"),
+        )
+    };
+    if req.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let tags = req
+        .query_all("tag")
+        .iter()
+        .map(|t| t.parse::<Tag>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let content_type = req.header("content-type").map(str::to_owned);
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let length_limit = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if length_limit {
+            too_large()
+        } else {
+            ApiError::new(
+                ErrorCode::ManifestInvalid,
+                format!("reading the manifest failed: {e}"),
+            )
+        }
+    })?;
+    let put = s
+        .storage
+        .manifest_put(&name, &reference, content_type.as_deref(), bytes, &tags)
+        .await?;
+    let mut headers = vec![
+        ("location", format!("/v2/{name}/manifests/{}", put.digest)),
+        ("docker-content-digest", put.digest.to_string()),
+        ("content-length", "0".into()),
+    ];
+    if let Some(subject) = put.subject {
+        headers.push(("oci-subject", subject.to_string()));
+    }
+    for t in tags {
+        headers.push(("oci-tag", t.to_string()));
+    }
+    Ok(respond(StatusCode::CREATED, headers, Body::empty()))
+}
+
+pub(crate) async fn delete(
+    s: &RegistryState,
+    name: RepoName,
+    reference: Reference,
+) -> ApiResult<Response> {
+    s.storage.manifest_delete(&name, &reference).await?;
+    Ok(respond(
+        StatusCode::ACCEPTED,
+        vec![("content-length", "0".into())],
+        Body::empty(),
+    ))
+}

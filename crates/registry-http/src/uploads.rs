@@ -1,0 +1,192 @@
+//! Blob uploads: POST (start, monolithic with `?digest=`, or cross-repository mount), PATCH
+//! (chunked with `Content-Range`, or streamed without), PUT (finish), GET (status), DELETE
+//! (cancel).
+
+use axum::body::Body;
+use axum::http::StatusCode;
+use axum::response::Response;
+use futures::{StreamExt, TryStreamExt};
+use registry_core::{Algorithm, ByteStream, Digest, RepoName, UploadStatus};
+
+use crate::range::parse_content_range;
+use crate::{respond, ApiError, ApiResult, ErrorCode, RegistryState, Req};
+
+fn stream(body: Body) -> ByteStream {
+    body.into_data_stream()
+        .map_err(std::io::Error::other)
+        .boxed()
+}
+
+fn upload_location(name: &RepoName, id: &str) -> String {
+    format!("/v2/{name}/blobs/uploads/{id}")
+}
+
+/// The `Range` value for an upload holding `size` bytes (the Docker client parses `%d-%d`).
+fn range_value(size: u64) -> String {
+    format!("0-{}", size.saturating_sub(1))
+}
+
+fn in_progress(status: StatusCode, name: &RepoName, up: &UploadStatus) -> Response {
+    respond(
+        status,
+        vec![
+            ("location", upload_location(name, &up.id)),
+            ("range", range_value(up.size)),
+            ("docker-upload-uuid", up.id.clone()),
+            ("content-length", "0".into()),
+        ],
+        Body::empty(),
+    )
+}
+
+fn created(name: &RepoName, digest: &Digest) -> Response {
+    respond(
+        StatusCode::CREATED,
+        vec![
+            ("location", format!("/v2/{name}/blobs/{digest}")),
+            ("docker-content-digest", digest.to_string()),
+            ("content-length", "0".into()),
+        ],
+        Body::empty(),
+    )
+}
+
+fn digest_param(req: &Req) -> ApiResult<Option<Digest>> {
+    req.query("digest")
+        .map(|d| d.parse::<Digest>())
+        .transpose()
+        .map_err(Into::into)
+}
+
+pub(crate) async fn start(
+    s: &RegistryState,
+    req: &Req,
+    body: Body,
+    name: RepoName,
+) -> ApiResult<Response> {
+    if let Some(mount) = req.query("mount") {
+        let digest: Digest = mount.parse()?;
+        if let Some(from) = req.query("from") {
+            let from: RepoName = from.parse()?;
+            if s.storage.blob_mount(&name, &from, &digest).await?.is_some() {
+                return Ok(created(&name, &digest));
+            }
+        }
+        // Unknown source or blob: fall back to a regular upload session (202).
+    }
+    let algorithm = match (req.query("digest-algorithm"), digest_param(req)?) {
+        (Some(a), _) => a.parse::<Algorithm>()?,
+        (None, Some(d)) => d.algorithm(),
+        (None, None) => Algorithm::Sha256,
+    };
+    let up = s.storage.upload_start(&name, algorithm).await?;
+    if let Some(digest) = digest_param(req)? {
+        let len = req.content_length();
+        s.storage
+            .upload_finish(&name, &up.id, &digest, Some((len, stream(body))))
+            .await?;
+        return Ok(created(&name, &digest));
+    }
+    let up = if req.has_body() {
+        let len = req.content_length();
+        s.storage
+            .upload_append(&name, &up.id, Some(0), len, stream(body))
+            .await?
+    } else {
+        up
+    };
+    Ok(in_progress(StatusCode::ACCEPTED, &name, &up))
+}
+
+/// The chunk's start and length from `Content-Range` (if any) and `Content-Length`.
+fn chunk_bounds(req: &Req) -> ApiResult<(Option<u64>, Option<u64>)> {
+    match req.header("content-range") {
+        None if req.headers.contains_key("content-range") => Err(malformed_range()),
+        None => Ok((None, req.content_length())),
+        Some(h) => {
+            let (start, end) = parse_content_range(h).ok_or_else(malformed_range)?;
+            let len = end - start + 1;
+            if req.content_length().is_some_and(|cl| cl != len) {
+                return Err(ApiError::new(
+                    ErrorCode::SizeInvalid,
+                    "Content-Length does not match Content-Range",
+                ));
+            }
+            Ok((Some(start), Some(len)))
+        }
+    }
+}
+
+fn malformed_range() -> ApiError {
+    ApiError::new(
+        ErrorCode::RangeInvalid,
+        "malformed Content-Range: expected <start>-<end>",
+    )
+}
+
+pub(crate) async fn patch(
+    s: &RegistryState,
+    req: &Req,
+    body: Body,
+    name: RepoName,
+    id: String,
+) -> ApiResult<Response> {
+    let (start, len) = match chunk_bounds(req) {
+        Ok(b) => b,
+        Err(mut e) => {
+            // A 416 tells the client where the upload stands, so it can resume.
+            let up = s.storage.upload_status(&name, &id).await?;
+            e.headers
+                .insert("range", range_value(up.size).parse().expect("ascii"));
+            return Err(e);
+        }
+    };
+    let up = s
+        .storage
+        .upload_append(&name, &id, start, len, stream(body))
+        .await?;
+    Ok(in_progress(StatusCode::ACCEPTED, &name, &up))
+}
+
+pub(crate) async fn finish(
+    s: &RegistryState,
+    req: &Req,
+    body: Body,
+    name: RepoName,
+    id: String,
+) -> ApiResult<Response> {
+    let digest = digest_param(req)?.ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::DigestInvalid,
+            "the digest query parameter is required",
+        )
+    })?;
+    let last = if req.has_body() {
+        let (start, len) = chunk_bounds(req)?;
+        if let Some(start) = start {
+            let up = s.storage.upload_status(&name, &id).await?;
+            if start != up.size {
+                return Err(registry_core::Error::RangeInvalid {
+                    expected: up.size,
+                    got: start,
+                }
+                .into());
+            }
+        }
+        Some((len, stream(body)))
+    } else {
+        None
+    };
+    s.storage.upload_finish(&name, &id, &digest, last).await?;
+    Ok(created(&name, &digest))
+}
+
+pub(crate) async fn status(s: &RegistryState, name: RepoName, id: String) -> ApiResult<Response> {
+    let up = s.storage.upload_status(&name, &id).await?;
+    Ok(in_progress(StatusCode::NO_CONTENT, &name, &up))
+}
+
+pub(crate) async fn cancel(s: &RegistryState, name: RepoName, id: String) -> ApiResult<Response> {
+    s.storage.upload_cancel(&name, &id).await?;
+    Ok(respond(StatusCode::NO_CONTENT, vec![], Body::empty()))
+}
