@@ -1,0 +1,212 @@
+//! End-to-end with real container tools: skopeo and podman, against the real binary. These
+//! tools are required (installed by `.ci/run`); a missing tool fails the test.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{data, require_tool, tar, write_oci_layout, Server};
+
+fn run(mut cmd: Command) -> Output {
+    let out = cmd.output().expect("run tool");
+    assert!(
+        out.status.success(),
+        "{:?} failed: {}\n{}",
+        cmd,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn skopeo(args: &[&str]) -> Command {
+    let mut c = Command::new(require_tool("skopeo"));
+    c.arg("--insecure-policy").args(args);
+    c
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).expect("tool printed JSON")
+}
+
+#[test]
+fn skopeo_copy_in_and_out_inspect_list_delete() {
+    let server = Server::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("layout");
+    let layers = vec![
+        tar(&[("hello", b"hello world\n")]),
+        tar(&[("big", &data(2_500_000, 1)[..])]),
+    ];
+    let manifest_digest = write_oci_layout(&layout, "v1", &layers);
+    let image = format!("docker://{}/skopeo/img", server.addr);
+
+    run(skopeo(&[
+        "copy",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:v1", layout.display()),
+        &format!("{image}:v1"),
+    ]));
+    let inspect = json(&run(skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        &format!("{image}:v1"),
+    ])));
+    assert_eq!(inspect["Digest"], manifest_digest);
+    assert_eq!(inspect["Layers"].as_array().unwrap().len(), 2);
+
+    // Registry to registry: the layers are mounted across repositories.
+    run(skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        &format!("{image}:v1"),
+        &format!("{image}:v2"),
+    ]));
+    let other = format!("docker://{}/skopeo/other:latest", server.addr);
+    run(skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        &format!("{image}:v1"),
+        &other,
+    ]));
+    // And converted to a Docker schema 2 manifest with compressed layers.
+    let docker = format!("docker://{}/skopeo/docker:v1", server.addr);
+    run(skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        "--format",
+        "v2s2",
+        &format!("{image}:v1"),
+        &docker,
+    ]));
+    let raw = json(&run(skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &docker,
+    ])));
+    assert_eq!(
+        raw["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+
+    let tags = json(&run(skopeo(&["list-tags", "--tls-verify=false", &image])));
+    assert_eq!(tags["Tags"], serde_json::json!(["v1", "v2"]));
+
+    // Copy back out and compare the content.
+    let out = work.path().join("out");
+    run(skopeo(&[
+        "copy",
+        "--preserve-digests",
+        "--dest-oci-accept-uncompressed-layers",
+        "--src-tls-verify=false",
+        &format!("{image}:v1"),
+        &format!("oci:{}:back", out.display()),
+    ]));
+    for layer in &layers {
+        let d = common::sha256(layer);
+        let copied = std::fs::read(out.join("blobs/sha256").join(&d[7..])).unwrap();
+        assert!(copied == *layer, "layer {d} differs after the round trip");
+    }
+    assert!(out
+        .join("blobs/sha256")
+        .join(&manifest_digest[7..])
+        .exists());
+
+    run(skopeo(&[
+        "delete",
+        "--tls-verify=false",
+        &format!("{image}:v1"),
+    ]));
+    let gone = skopeo(&["inspect", "--tls-verify=false", &format!("{image}:v1")])
+        .output()
+        .unwrap();
+    assert!(!gone.status.success());
+    let gone = skopeo(&["inspect", "--tls-verify=false", &format!("{image}:v2")])
+        .output()
+        .unwrap();
+    assert!(
+        !gone.status.success(),
+        "deleting by tag deletes the manifest, so v2 goes too"
+    );
+    // The other repository is untouched.
+    run(skopeo(&["inspect", "--tls-verify=false", &other]));
+}
+
+/// podman with a private vfs storage, so it needs no daemon and touches nothing of the host.
+fn podman(root: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(require_tool("podman"));
+    c.env("CONTAINERS_CONF", root.join("containers.conf"))
+        .env("CONTAINERS_STORAGE_CONF", root.join("storage.conf"))
+        .env("REGISTRY_AUTH_FILE", root.join("auth.json"))
+        .env("XDG_RUNTIME_DIR", root.join("xdg"))
+        .args(["--root", &root.join("graph").display().to_string()])
+        .args(["--runroot", &root.join("run").display().to_string()])
+        .args([
+            "--storage-driver",
+            "vfs",
+            "--cgroup-manager",
+            "cgroupfs",
+            "--events-backend",
+            "file",
+        ])
+        .args(args);
+    c
+}
+
+#[test]
+fn podman_push_and_pull() {
+    let server = Server::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path();
+    std::fs::create_dir_all(root.join("xdg")).unwrap();
+    std::fs::write(
+        root.join("containers.conf"),
+        "[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n[network]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("storage.conf"),
+        format!(
+            "[storage]\ndriver = \"vfs\"\nrunroot = \"{}\"\ngraphroot = \"{}\"\n",
+            root.join("run").display(),
+            root.join("graph").display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(root.join("auth.json"), "{}").unwrap();
+
+    // Seed the registry with skopeo, then let podman pull it, retag it, push it and pull it back.
+    let layout = root.join("layout");
+    write_oci_layout(&layout, "v1", &[tar(&[("file", &data(100_000, 2)[..])])]);
+    let src = format!("{}/seed/img:v1", server.addr);
+    run(skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:v1", layout.display()),
+        &format!("docker://{src}"),
+    ]));
+
+    run(podman(root, &["pull", "--tls-verify=false", &src]));
+    let dst = format!("{}/podman/pushed:latest", server.addr);
+    run(podman(root, &["tag", &src, &dst]));
+    run(podman(root, &["push", "--tls-verify=false", &dst]));
+    run(podman(root, &["rmi", "--all", "--force"]));
+    run(podman(root, &["pull", "--tls-verify=false", &dst]));
+    let images = run(podman(
+        root,
+        &["images", "--format", "{{.Repository}}:{{.Tag}}"],
+    ));
+    assert!(String::from_utf8_lossy(&images.stdout).contains("podman/pushed:latest"));
+    let tags = json(&run(skopeo(&[
+        "list-tags",
+        "--tls-verify=false",
+        &format!("docker://{}/podman/pushed", server.addr),
+    ])));
+    assert_eq!(tags["Tags"], serde_json::json!(["latest"]));
+}
