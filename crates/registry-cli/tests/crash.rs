@@ -127,7 +127,7 @@ async fn sigkill_during_uploads_loses_nothing_acknowledged() {
     for w in workers {
         w.await.unwrap();
     }
-    let outcome = outcome.lock().unwrap();
+    let outcome = std::mem::take(&mut *outcome.lock().unwrap());
     assert!(
         outcome.acknowledged.len() >= 24,
         "too little traffic before the kill: {}",

@@ -1,7 +1,7 @@
 //! OCI error codes and the one place that turns them into HTTP answers with the
 //! `{"errors":[{"code","message","detail"}]}` envelope.
 
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use registry_core::Error as CoreError;
 use serde_json::json;
@@ -94,7 +94,7 @@ pub struct ApiError {
     /// Structured detail.
     pub detail: Option<serde_json::Value>,
     /// Headers to send along (e.g. `Range` on a 416, `WWW-Authenticate` on a 401).
-    pub headers: HeaderMap,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl ApiError {
@@ -104,7 +104,7 @@ impl ApiError {
             code,
             message: message.into(),
             detail: None,
-            headers: HeaderMap::new(),
+            headers: Vec::new(),
         }
     }
 
@@ -116,7 +116,7 @@ impl ApiError {
 
     /// Adds a header.
     pub fn with_header(mut self, name: &'static str, value: HeaderValue) -> Self {
-        self.headers.insert(name, value);
+        self.headers.push((HeaderName::from_static(name), value));
         self
     }
 }
@@ -140,11 +140,11 @@ impl From<CoreError> for ApiError {
             CoreError::UploadUnknown => (ErrorCode::BlobUploadUnknown, None),
             CoreError::RangeInvalid { expected, .. } => {
                 let range = format!("0-{}", expected.saturating_sub(1));
-                let mut err = ApiError::new(ErrorCode::RangeInvalid, message);
-                if let Ok(v) = HeaderValue::from_str(&range) {
-                    err.headers.insert("range", v);
-                }
-                return err;
+                let err = ApiError::new(ErrorCode::RangeInvalid, message);
+                return match HeaderValue::from_str(&range) {
+                    Ok(v) => err.with_header("range", v),
+                    Err(_) => err,
+                };
             }
             CoreError::SizeInvalid { .. } => (ErrorCode::SizeInvalid, None),
             CoreError::ManifestInvalid(_) => (ErrorCode::ManifestInvalid, None),
@@ -161,7 +161,7 @@ impl From<CoreError> for ApiError {
             code,
             message,
             detail,
-            headers: HeaderMap::new(),
+            headers: Vec::new(),
         }
     }
 }
@@ -175,7 +175,9 @@ impl IntoResponse for ApiError {
         }
         let body = json!({ "errors": [entry] }).to_string();
         let mut response = (status, [("content-type", "application/json")], body).into_response();
-        response.headers_mut().extend(self.headers);
+        for (name, value) in self.headers {
+            response.headers_mut().insert(name, value);
+        }
         if status.is_server_error() {
             // Logged once here, in full; the client sees the message only.
             response.extensions_mut().insert(ServerFault(self.message));

@@ -133,12 +133,11 @@ pub(crate) async fn patch(
 ) -> ApiResult<Response> {
     let (start, len) = match chunk_bounds(req) {
         Ok(b) => b,
-        Err(mut e) => {
+        Err(e) => {
             // A 416 tells the client where the upload stands, so it can resume.
             let up = s.storage.upload_status(&name, &id).await?;
-            e.headers
-                .insert("range", range_value(up.size).parse().expect("ascii"));
-            return Err(e);
+            let range = range_value(up.size).parse().expect("ascii");
+            return Err(e.with_header("range", range));
         }
     };
     let up = s

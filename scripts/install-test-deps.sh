@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what the end-to-end tests drive: skopeo and podman (Debian packages). Idempotent.
+set -euo pipefail
+missing=()
+for tool in skopeo podman; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-test-deps: ${missing[*]} missing; run as root or: sudo apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+for tool in skopeo podman; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "install-test-deps: $tool still missing" >&2; exit 1; }
+done
