@@ -12,15 +12,19 @@ fn digests(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(data.len() as u64));
     g.bench_function("raw_sha2", |b| b.iter(|| sha2::Sha256::digest(&data)));
     for chunk in [16 * 1024, 256 * 1024] {
-        g.bench_with_input(BenchmarkId::new("streaming_hasher", chunk), &chunk, |b, &chunk| {
-            b.iter(|| {
-                let mut h = Hasher::new(Algorithm::Sha256);
-                for part in data.chunks(chunk) {
-                    h.update(part);
-                }
-                h.finish()
-            })
-        });
+        g.bench_with_input(
+            BenchmarkId::new("streaming_hasher", chunk),
+            &chunk,
+            |b, &chunk| {
+                b.iter(|| {
+                    let mut h = Hasher::new(Algorithm::Sha256);
+                    for part in data.chunks(chunk) {
+                        h.update(part);
+                    }
+                    h.finish()
+                })
+            },
+        );
     }
     g.bench_function("save_and_restore_state", |b| {
         let mut h = Hasher::new(Algorithm::Sha256);
@@ -40,13 +44,21 @@ fn manifests(c: &mut Criterion) {
         layers.join(",")
     );
     c.bench_function("manifest_parse_20_layers", |b| {
-        b.iter(|| registry_core::manifest::parse(Some("application/vnd.oci.image.manifest.v1+json"), body.as_bytes()).unwrap())
+        b.iter(|| {
+            registry_core::manifest::parse(
+                Some("application/vnd.oci.image.manifest.v1+json"),
+                body.as_bytes(),
+            )
+            .unwrap()
+        })
     });
 }
 
 fn endpoints(c: &mut Criterion) {
     let blob = format!("/v2/library/some/deep/name/blobs/sha256:{}", "a".repeat(64));
-    c.bench_function("endpoint_parse_blob", |b| b.iter(|| Endpoint::parse(&blob).unwrap()));
+    c.bench_function("endpoint_parse_blob", |b| {
+        b.iter(|| Endpoint::parse(&blob).unwrap())
+    });
     c.bench_function("endpoint_parse_manifest_tag", |b| {
         b.iter(|| Endpoint::parse("/v2/library/alpine/manifests/3.20").unwrap())
     });

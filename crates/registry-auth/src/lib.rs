@@ -2,6 +2,8 @@
 //! frameworks; the guards (htpasswd, mutual TLS, IP allowlists, access rules) build on
 //! [`Identity`].
 
+#![warn(missing_docs)]
+
 use std::fmt;
 
 /// Who a request comes from, once authenticated.

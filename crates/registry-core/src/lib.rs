@@ -15,6 +15,8 @@
 //! # let _ = (store, repo);
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod digest;
 pub mod error;
 pub mod layout;

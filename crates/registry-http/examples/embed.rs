@@ -27,13 +27,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     ));
 
     let app = Router::new()
-        .route("/hello", get(|| async { "the host application's own route\n" }))
+        .route(
+            "/hello",
+            get(|| async { "the host application's own route\n" }),
+        )
         .merge(registry)
         .layer(axum::middleware::from_fn(registry_http::log::log_requests));
 
     let addr = std::env::var("ADDR").unwrap_or_else(|_| "127.0.0.1:5000".into());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
-    println!("registry embedded at http://{addr}/v2/ (storage {})", dir.display());
+    println!(
+        "registry embedded at http://{addr}/v2/ (storage {})",
+        dir.display()
+    );
     if std::env::var_os("EMBED_EXIT_AFTER_BIND").is_some() {
         return Ok(());
     }

@@ -17,6 +17,8 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+
 mod blobs;
 pub mod endpoint;
 pub mod error;

@@ -101,6 +101,34 @@ impl ObjectRegistry {
         }
     }
 
+    /// Descriptors listed in the tag-schema index `<alg>-<first 64 chars of hex>`, if any.
+    async fn tag_schema_referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+    ) -> Result<Vec<Descriptor>> {
+        #[derive(Deserialize)]
+        struct Index {
+            manifests: Vec<Descriptor>,
+        }
+        let hex = subject.hex();
+        let name = format!("{}-{}", subject.algorithm(), &hex[..hex.len().min(64)]);
+        let tag: Tag = name.parse()?;
+        let Some(target) = self.get_json::<TagTarget>(&layout::tag(repo, &tag)).await? else {
+            return Ok(Vec::new());
+        };
+        if target.media_type != manifest::OCI_INDEX {
+            return Ok(Vec::new());
+        }
+        let Some(bytes) = self.get_small(&layout::blob(&target.digest)).await? else {
+            return Ok(Vec::new());
+        };
+        // A client-maintained index that does not parse lists nothing; it is not our error.
+        Ok(serde_json::from_slice::<Index>(&bytes)
+            .map(|i| i.manifests)
+            .unwrap_or_default())
+    }
+
     async fn set_tag(&self, repo: &RepoName, tag: &Tag, target: &TagTarget) -> Result<()> {
         self.put_json(&layout::tag(repo, tag), target).await
     }
@@ -268,6 +296,13 @@ impl ReferrerStore for ObjectRegistry {
             .try_filter_map(|d| async move { Ok(d) })
             .try_collect()
             .await?;
+        // Referrers that clients recorded under the tag schema (`<alg>-<ref>`) before the API
+        // existed are listed too.
+        for d in self.tag_schema_referrers(repo, subject).await? {
+            if !found.iter().any(|f| f.digest == d.digest) {
+                found.push(d);
+            }
+        }
         found.sort_by(|a, b| a.digest.cmp(&b.digest));
         Ok(found)
     }
