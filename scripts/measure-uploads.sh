@@ -27,7 +27,7 @@ mbps() { python3 -c "print(f'{$1/1048576/$2:.0f} MiB/s ({$2:.2f} s)')"; }
 size=$((1024*1024*1024))
 
 t=$(curl -sf -o /dev/null -w '%{time_total}' -X POST -H 'Content-Type: application/octet-stream' \
-  -T "$work/big.bin" "$base/v2/bench/one/blobs/uploads/?digest=$big_digest")
+  -T "$work/big.bin" "$base/v2/bench/one/blobs/uploads?digest=$big_digest")
 echo "1 GiB upload, single POST ?digest=:        $(mbps $size $t)"
 
 rm -rf "$work/data/blobs" "$work/data/repositories"
@@ -47,7 +47,7 @@ for i in $(seq 1 16); do digests[$i]="sha256:$(sha256sum "$work/m$i.bin" | cut -
 start=$(date +%s.%N)
 pids=()
 for i in $(seq 1 16); do
-  curl -sf -o /dev/null -X POST -T "$work/m$i.bin" "$base/v2/bench/many/blobs/uploads/?digest=${digests[$i]}" &
+  curl -sf -o /dev/null -X POST -T "$work/m$i.bin" "$base/v2/bench/many/blobs/uploads?digest=${digests[$i]}" &
   pids+=($!)
 done
 wait "${pids[@]}"

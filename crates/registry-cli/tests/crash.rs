@@ -140,27 +140,15 @@ async fn sigkill_during_uploads_loses_nothing_acknowledged() {
 
     let client = Client::new();
     for (d, bytes) in &outcome.acknowledged {
-        let found = {
-            // Each blob was pushed into its worker's repository; find it by trying them all.
-            let mut ok = false;
-            for id in 0..24 {
-                let r = client
-                    .get(format!("{base}/v2/crash/w{id}/blobs/{d}"))
-                    .send()
-                    .await
-                    .unwrap();
-                if r.status() == StatusCode::OK {
-                    assert!(
-                        r.bytes().await.unwrap() == *bytes,
-                        "acknowledged blob {d} is corrupt"
-                    );
-                    ok = true;
-                    break;
-                }
-            }
-            ok
-        };
-        assert!(found, "acknowledged blob {d} is missing after the crash");
+        let stored = find_blob(&client, &base, d).await;
+        assert!(
+            stored.is_some(),
+            "acknowledged blob {d} is missing after the crash"
+        );
+        assert!(
+            stored.unwrap() == *bytes,
+            "acknowledged blob {d} is corrupt"
+        );
     }
     for (reference, digest) in &outcome.manifests {
         let (repo, tag) = reference.split_once(':').unwrap();
@@ -178,20 +166,8 @@ async fn sigkill_during_uploads_loses_nothing_acknowledged() {
     }
     // Interrupted uploads are either absent or complete, never partial.
     for (d, bytes) in &outcome.attempted {
-        for id in 0..24 {
-            let r = client
-                .get(format!("{base}/v2/crash/w{id}/blobs/{d}"))
-                .send()
-                .await
-                .unwrap();
-            if r.status() == StatusCode::OK {
-                assert!(
-                    r.bytes().await.unwrap() == *bytes,
-                    "interrupted blob {d} visible but partial"
-                );
-            } else {
-                assert_eq!(r.status(), StatusCode::NOT_FOUND);
-            }
+        if let Some(stored) = find_blob(&client, &base, d).await {
+            assert!(stored == *bytes, "interrupted blob {d} visible but partial");
         }
     }
     // Every stored blob file holds exactly the bytes its name promises.
@@ -216,6 +192,23 @@ async fn sigkill_during_uploads_loses_nothing_acknowledged() {
         }
     }
     assert!(checked >= outcome.acknowledged.len());
+}
+
+/// The blob from whichever worker repository holds it; every other answer must be 404.
+async fn find_blob(client: &Client, base: &str, digest: &str) -> Option<Vec<u8>> {
+    let mut found = None;
+    for id in 0..24 {
+        let r = client
+            .get(format!("{base}/v2/crash/w{id}/blobs/{digest}"))
+            .send()
+            .await
+            .unwrap();
+        match r.status() {
+            StatusCode::OK => found = Some(r.bytes().await.unwrap().to_vec()),
+            status => assert_eq!(status, StatusCode::NOT_FOUND),
+        }
+    }
+    found
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

@@ -7,6 +7,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
@@ -66,34 +68,37 @@ impl ObjectRegistry {
         }
     }
 
-    /// Streams `body` into `path`, feeding `hasher`; returns the byte count. Nothing is visible
-    /// at `path` unless the whole body arrived.
-    async fn stream_to(
+    /// A streaming writer to `path`; nothing is visible there until it is shut down.
+    fn writer(&self, path: &Path) -> BufWriter {
+        BufWriter::with_capacity(self.store.clone(), path.clone(), self.options.write_buffer)
+            .with_max_concurrency(self.options.write_concurrency)
+    }
+
+    /// Streams `chunks` into `path`, feeding `hasher`; returns the byte count. On any error the
+    /// write is aborted, so nothing is visible at `path` unless every chunk arrived.
+    async fn stream_to<E>(
         &self,
         path: &Path,
-        hasher: Option<&mut Hasher>,
-        mut body: ByteStream,
+        mut hasher: Option<&mut Hasher>,
+        mut chunks: BoxStream<'_, std::result::Result<Bytes, E>>,
+        on_error: impl Fn(E) -> Error,
     ) -> Result<u64> {
-        let mut writer =
-            BufWriter::with_capacity(self.store.clone(), path.clone(), self.options.write_buffer)
-                .with_max_concurrency(self.options.write_concurrency);
-        let mut hasher = hasher;
+        let mut writer = self.writer(path);
         let mut written = 0u64;
-        while let Some(chunk) = body.next().await {
-            let chunk = match chunk {
-                Ok(c) => c,
-                Err(e) => {
-                    let _ = writer.abort().await;
-                    return Err(Error::Body(e.to_string()));
+        while let Some(chunk) = chunks.next().await {
+            let result = match chunk {
+                Ok(chunk) => {
+                    if let Some(h) = hasher.as_deref_mut() {
+                        h.update(&chunk);
+                    }
+                    written += chunk.len() as u64;
+                    writer.put(chunk).await.map_err(Error::from)
                 }
+                Err(e) => Err(on_error(e)),
             };
-            if let Some(h) = hasher.as_deref_mut() {
-                h.update(&chunk);
-            }
-            written += chunk.len() as u64;
-            if let Err(e) = writer.put(chunk).await {
+            if let Err(e) = result {
                 let _ = writer.abort().await;
-                return Err(e.into());
+                return Err(e);
             }
         }
         writer
@@ -128,7 +133,10 @@ impl ObjectRegistry {
         }
         let mut hasher = state.hasher.as_ref().and_then(Hasher::restore);
         let part = layout::upload_part(id, state.size);
-        let written = self.stream_to(&part, hasher.as_mut(), body).await?;
+        let body_error = |e: std::io::Error| Error::Body(e.to_string());
+        let written = self
+            .stream_to(&part, hasher.as_mut(), body, body_error)
+            .await?;
         if let Some(declared) = len.filter(|&d| d != written) {
             self.delete_quiet(&part).await?;
             return Err(Error::SizeInvalid {
@@ -179,38 +187,14 @@ impl ObjectRegistry {
                     .await?;
             }
             parts => {
-                let mut writer = BufWriter::with_capacity(
-                    self.store.clone(),
-                    target.clone(),
-                    self.options.write_buffer,
-                )
-                .with_max_concurrency(self.options.write_concurrency);
-                for part in parts {
-                    let got = self.store.get(&layout::upload_part(id, part.offset)).await;
-                    let mut stream = match got {
-                        Ok(r) => r.into_stream(),
-                        Err(e) => {
-                            let _ = writer.abort().await;
-                            return Err(e.into());
-                        }
-                    };
-                    while let Some(chunk) = stream.next().await {
-                        let res = match chunk {
-                            Ok(c) => writer.put(c).await,
-                            Err(e) => Err(e),
-                        };
-                        if let Err(e) = res {
-                            let _ = writer.abort().await;
-                            return Err(e.into());
-                        }
-                    }
-                }
-                writer.shutdown().await.map_err(|e| {
-                    Error::Storage(object_store::Error::Generic {
-                        store: "BufWriter",
-                        source: Box::new(e),
-                    })
-                })?;
+                let sources = parts.iter().map(|p| layout::upload_part(id, p.offset));
+                let chunks = futures::stream::iter(sources)
+                    .then(
+                        |path| async move { self.store.get(&path).await.map(|r| r.into_stream()) },
+                    )
+                    .try_flatten()
+                    .boxed();
+                self.stream_to(target, None, chunks, Error::Storage).await?;
             }
         }
         Ok(())
