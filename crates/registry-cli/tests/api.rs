@@ -1146,3 +1146,33 @@ async fn sigterm_stops_cleanly() {
         "registry did not exit cleanly on SIGTERM"
     );
 }
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_upload_finish() {
+    let mut t = T::new();
+    let loc = t.start_upload("inflight").await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let body = reqwest::Body::wrap_stream(tokio_stream_from(rx));
+    let patch = tokio::spawn(t.req(Method::PATCH, &loc).body(body).send());
+    tx.send(Ok(vec![1u8; 100_000])).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The server is told to stop while the body is still arriving.
+    let pid = t.server.child.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    tx.send(Ok(vec![2u8; 100_000])).await.unwrap();
+    drop(tx);
+    let r = patch.await.unwrap().unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(header(&r, "range"), "0-199999");
+    assert!(t.server.child.wait().unwrap().success());
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}

@@ -10,7 +10,8 @@
 //!                                                  a referrer of subject <alg>:<hex>; holds its descriptor
 //! catalog/<name>/_repository                       marker: the repository exists (for the catalog)
 //! uploads/<id>/state                               upload session: repository, size, parts, hash state
-//! uploads/<id>/part-<offset, 20 digits>            bytes of one chunk, starting at <offset>
+//! uploads/<id>/part-<offset, 20 digits>-<nonce>    bytes of one chunk, starting at <offset>; the
+//!                                                  nonce keeps racing writers of one offset apart
 //! ```
 //!
 //! Repository path components never start with `_` (the name grammar forbids it), so the `_…`
@@ -114,9 +115,9 @@ pub fn upload_state(id: &str) -> Path {
     upload_dir(id).join("state")
 }
 
-/// One chunk of an upload session.
-pub fn upload_part(id: &str, offset: u64) -> Path {
-    upload_dir(id).join(format!("part-{offset:020}"))
+/// One chunk of an upload session, written by one request (`nonce` tells requests apart).
+pub fn upload_part(id: &str, offset: u64, nonce: &str) -> Path {
+    upload_dir(id).join(format!("part-{offset:020}-{nonce}"))
 }
 
 /// A key that is never written; reading it proves the backend answers.
@@ -141,8 +142,8 @@ mod tests {
             format!("repositories/a/b/_layers/sha256/ab{}", "0".repeat(62))
         );
         assert_eq!(
-            upload_part("x", 5).as_ref(),
-            "uploads/x/part-00000000000000000005"
+            upload_part("x", 5, "n").as_ref(),
+            "uploads/x/part-00000000000000000005-n"
         );
         assert_eq!(catalog_marker(&r).as_ref(), "catalog/a/b/_repository");
         let t: Tag = "v1.0".parse().unwrap();

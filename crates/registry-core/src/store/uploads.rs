@@ -39,6 +39,13 @@ struct UploadState {
 struct Part {
     offset: u64,
     size: u64,
+    nonce: String,
+}
+
+impl Part {
+    fn path(&self, id: &str) -> Path {
+        layout::upload_part(id, self.offset, &self.nonce)
+    }
 }
 
 fn now() -> u64 {
@@ -132,25 +139,30 @@ impl ObjectRegistry {
             }
         }
         let mut hasher = state.hasher.as_ref().and_then(Hasher::restore);
-        let part = layout::upload_part(id, state.size);
+        let part = Part {
+            offset: state.size,
+            size: 0,
+            nonce: uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
+        };
+        let path = part.path(id);
         let body_error = |e: std::io::Error| Error::Body(e.to_string());
         let written = self
-            .stream_to(&part, hasher.as_mut(), body, body_error)
+            .stream_to(&path, hasher.as_mut(), body, body_error)
             .await?;
         if let Some(declared) = len.filter(|&d| d != written) {
-            self.delete_quiet(&part).await?;
+            self.delete_quiet(&path).await?;
             return Err(Error::SizeInvalid {
                 declared,
                 received: written,
             });
         }
         if written == 0 {
-            self.delete_quiet(&part).await?;
+            self.delete_quiet(&path).await?;
             return Ok(state);
         }
         state.parts.push(Part {
-            offset: state.size,
             size: written,
+            ..part
         });
         state.size += written;
         state.hasher = hasher.map(|h| h.save());
@@ -163,11 +175,7 @@ impl ObjectRegistry {
     async fn rehash(&self, id: &str, state: &UploadState, algorithm: Algorithm) -> Result<Digest> {
         let mut hasher = Hasher::new(algorithm);
         for part in &state.parts {
-            let mut stream = self
-                .store
-                .get(&layout::upload_part(id, part.offset))
-                .await?
-                .into_stream();
+            let mut stream = self.store.get(&part.path(id)).await?.into_stream();
             while let Some(chunk) = stream.try_next().await? {
                 hasher.update(&chunk);
             }
@@ -182,12 +190,10 @@ impl ObjectRegistry {
                 self.store.put(target, PutPayload::new()).await?;
             }
             [one] => {
-                self.store
-                    .rename(&layout::upload_part(id, one.offset), target)
-                    .await?;
+                self.store.rename(&one.path(id), target).await?;
             }
             parts => {
-                let sources = parts.iter().map(|p| layout::upload_part(id, p.offset));
+                let sources = parts.iter().map(|p| p.path(id));
                 let chunks = futures::stream::iter(sources)
                     .then(
                         |path| async move { self.store.get(&path).await.map(|r| r.into_stream()) },
