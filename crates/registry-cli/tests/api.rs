@@ -1176,3 +1176,33 @@ fn tokio_stream_from<T: Send + 'static>(
 ) -> impl futures::Stream<Item = T> + Send + 'static {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
+
+#[tokio::test]
+async fn abandoned_uploads_are_purged() {
+    let t = T::with(&["--upload-max-age", "1s"]);
+    let loc = t.start_upload("idle").await;
+    let r = t
+        .req(Method::PATCH, &loc)
+        .body(vec![7u8; 1000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r = t.get(&loc).await;
+        if r.status() == StatusCode::NOT_FOUND {
+            assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "session was not purged"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let leftovers = std::fs::read_dir(t.server.data().join("uploads"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(leftovers, 0, "purged session left files behind");
+}
