@@ -1,0 +1,98 @@
+//! `registry-bench URL [--compare URL]`: drives registries over the HTTP API and prints a
+//! Markdown table. With `--compare`, the two run alternately (A, B, A, B, …) for each workload,
+//! so machine noise falls on both alike, and the table shows A/B ratios.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Parser;
+use registry_benches::report::{summarize, table, Sample};
+use registry_benches::server::usage;
+use registry_benches::workloads::{prepare, run, Sizes, Target, Workload};
+
+/// Load benchmark for OCI registries.
+#[derive(Parser)]
+#[command(name = "registry-bench", version)]
+struct Args {
+    /// The registry under test, e.g. http://127.0.0.1:5000.
+    url: String,
+    /// PID of that registry's server process (for CPU seconds and peak RSS).
+    #[arg(long)]
+    pid: Option<u32>,
+    /// A second registry to compare against.
+    #[arg(long)]
+    compare: Option<String>,
+    /// PID of the second registry.
+    #[arg(long)]
+    compare_pid: Option<u32>,
+    /// Labels of the two registries in the table.
+    #[arg(long, default_value = "A")]
+    label: String,
+    #[arg(long, default_value = "B")]
+    compare_label: String,
+    /// Rounds per workload.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Workloads to run (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    workloads: Vec<Workload>,
+    /// Shrinks every size and count (0.01 for a quick smoke run).
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Also write the table to this file.
+    #[arg(long)]
+    output: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let workloads = if args.workloads.is_empty() {
+        Workload::ALL.to_vec()
+    } else {
+        args.workloads.clone()
+    };
+    let sizes = Sizes { scale: args.scale };
+    let mut targets = vec![Target::new(&args.label, &args.url, args.pid, 1)?];
+    if let Some(url) = &args.compare {
+        targets.push(Target::new(&args.compare_label, url, args.compare_pid, 2)?);
+    }
+    for t in &mut targets {
+        eprintln!("preparing {} ({})", t.label, t.base);
+        prepare(t, sizes, &workloads).await?;
+    }
+    let mut rows = Vec::new();
+    for &w in &workloads {
+        let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); targets.len()];
+        for round in 0..args.rounds {
+            for (i, t) in targets.iter().enumerate() {
+                let before = t.pid.and_then(usage);
+                let mut sample = run(t, w, round, sizes).await?;
+                let after = t.pid.and_then(usage);
+                if let (Some(b), Some(a)) = (before, after) {
+                    sample.cpu = Some(a.cpu.saturating_sub(b.cpu));
+                }
+                eprintln!(
+                    "{:<14} round {round} {:<12} {:>8.2} s  {} requests",
+                    w.name(),
+                    t.label,
+                    sample.elapsed.as_secs_f64(),
+                    sample.requests
+                );
+                samples[i].push(sample);
+            }
+        }
+        rows.push((w, samples.iter().map(|s| summarize(w, s)).collect()));
+    }
+    let labels: Vec<String> = targets.iter().map(|t| t.label.clone()).collect();
+    let rss: Vec<Option<u64>> = targets
+        .iter()
+        .map(|t| t.pid.and_then(usage).map(|u| u.peak_rss))
+        .collect();
+    let out = table(&labels, &rows, &rss);
+    print!("{out}");
+    if let Some(path) = &args.output {
+        std::fs::write(path, &out)?;
+    }
+    Ok(())
+}
