@@ -47,7 +47,7 @@ impl Sizes {
 /// The workloads, in the order they run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Workload {
-    /// Monolithic POST ?digest= of 4 MiB blobs, concurrency 8.
+    /// Monolithic push (POST, then PUT with the body) of 4 MiB blobs, concurrency 8.
     PushMono,
     /// One 1 GiB blob in 8 MiB PATCHes with Content-Range.
     PushChunked,

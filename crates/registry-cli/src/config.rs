@@ -14,6 +14,10 @@
 //!
 //! [uploads]
 //! max_age = "24h"         # abandoned upload sessions are purged after this idle time
+//!
+//! [metrics]
+//! enabled = true          # Prometheus metrics at GET /metrics
+//! listen = "127.0.0.1:9090"  # optional: serve /metrics there instead of on the API listener
 //! ```
 
 use std::net::SocketAddr;
@@ -35,6 +39,8 @@ pub struct RawConfig {
     pub api: RawApi,
     #[serde(default)]
     pub uploads: RawUploads,
+    #[serde(default)]
+    pub metrics: RawMetrics,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -62,6 +68,24 @@ pub struct RawUploads {
     pub max_age: Option<String>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub enabled: Option<bool>,
+    pub listen: Option<String>,
+}
+
+/// Where `/metrics` is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricsSettings {
+    /// Not recorded, not served.
+    Off,
+    /// On the API listener.
+    OnApi,
+    /// On a listener of its own.
+    Separate(SocketAddr),
+}
+
 /// Where blobs and manifests live.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StorageLocation {
@@ -79,6 +103,7 @@ pub struct Settings {
     pub delete_enabled: bool,
     pub manifest_max_bytes: usize,
     pub upload_max_age: Duration,
+    pub metrics: MetricsSettings,
 }
 
 impl RawConfig {
@@ -104,7 +129,16 @@ impl RawConfig {
         }
         let upload_max_age = parse_duration(self.uploads.max_age.as_deref().unwrap_or("24h"))
             .context("uploads.max_age")?;
+        let metrics = match (self.metrics.enabled.unwrap_or(true), self.metrics.listen) {
+            (false, _) => MetricsSettings::Off,
+            (true, None) => MetricsSettings::OnApi,
+            (true, Some(addr)) => MetricsSettings::Separate(
+                addr.parse()
+                    .with_context(|| format!("metrics.listen {addr:?} is not IP:PORT"))?,
+            ),
+        };
         Ok(Settings {
+            metrics,
             listen,
             storage,
             delete_enabled: self.api.delete.unwrap_or(true),
@@ -162,6 +196,7 @@ mod tests {
         assert_eq!(s.storage, StorageLocation::Filesystem("./data".into()));
         assert!(s.delete_enabled);
         assert_eq!(s.upload_max_age, Duration::from_secs(86400));
+        assert_eq!(s.metrics, MetricsSettings::OnApi);
     }
 
     #[test]
@@ -176,6 +211,13 @@ mod tests {
         assert!(!s.delete_enabled);
         assert_eq!(s.upload_max_age, Duration::from_secs(1800));
         assert!(toml::from_str::<RawConfig>("[server]\nlisten2 = 1\n").is_err());
+        let raw: RawConfig = toml::from_str("[metrics]\nlisten = \"127.0.0.1:9\"\n").unwrap();
+        assert_eq!(
+            raw.validate().unwrap().metrics,
+            MetricsSettings::Separate("127.0.0.1:9".parse().unwrap())
+        );
+        let raw: RawConfig = toml::from_str("[metrics]\nenabled = false\n").unwrap();
+        assert_eq!(raw.validate().unwrap().metrics, MetricsSettings::Off);
     }
 
     #[test]

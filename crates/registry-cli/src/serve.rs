@@ -10,10 +10,12 @@ use object_store::chunked::ChunkedStore;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::ObjectStore;
+use registry_core::observe::ObservedStore;
 use registry_core::{ObjectRegistry, Storage, StoreOptions};
+use registry_http::metrics::Metrics;
 use registry_http::{router, ApiConfig, RegistryState};
 
-use crate::config::{Settings, StorageLocation};
+use crate::config::{MetricsSettings, Settings, StorageLocation};
 
 /// Reads are served in chunks of this size (object_store's default for files is 8 KiB).
 const READ_CHUNK: usize = 256 * 1024;
@@ -42,7 +44,11 @@ fn open_storage(
 }
 
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let (store, options) = open_storage(&settings.storage)?;
+    let (mut store, options) = open_storage(&settings.storage)?;
+    let metrics = (settings.metrics != MetricsSettings::Off).then(|| Arc::new(Metrics::new()));
+    if let Some(m) = &metrics {
+        store = Arc::new(ObservedStore::new(store, m.clone()));
+    }
     let storage: Arc<dyn Storage> = Arc::new(ObjectRegistry::new(store, options));
     tokio::spawn(purge_uploads(storage.clone(), settings.upload_max_age));
 
@@ -51,8 +57,30 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         manifest_max_bytes: settings.manifest_max_bytes,
         ..ApiConfig::default()
     };
-    let app = router(RegistryState::new(storage, api))
-        .layer(axum::middleware::from_fn(registry_http::log::log_requests));
+    let mut state = RegistryState::new(storage, api);
+    if let Some(m) = &metrics {
+        state = state.with_metrics(m.clone());
+    }
+    let mut app = router(state);
+    match (&settings.metrics, &metrics) {
+        (MetricsSettings::OnApi, Some(m)) => {
+            app = app.merge(registry_http::metrics::router(m.clone()))
+        }
+        (MetricsSettings::Separate(addr), Some(m)) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+            tracing::info!("metrics on http://{addr}/metrics");
+            let metrics_app = registry_http::metrics::router(m.clone());
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, metrics_app).await {
+                    tracing::error!(error = %e, "metrics listener failed");
+                }
+            });
+        }
+        _ => {}
+    }
+    let app = app.layer(axum::middleware::from_fn(registry_http::log::log_requests));
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;

@@ -1206,3 +1206,66 @@ async fn abandoned_uploads_are_purged() {
         .unwrap_or(0);
     assert_eq!(leftovers, 0, "purged session left files behind");
 }
+
+#[tokio::test]
+async fn prometheus_metrics() {
+    let t = T::new();
+    let d = t.push_blob("m", &data(5000, 1)).await;
+    assert_eq!(
+        t.get(&format!("/v2/m/blobs/{d}")).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        t.get("/v2/m/manifests/nope").await.status(),
+        StatusCode::NOT_FOUND
+    );
+    let r = t.get("/metrics").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(header(&r, "content-type").starts_with("application/openmetrics-text"));
+    let text = r.text().await.unwrap();
+    for line in [
+        r#"registry_http_requests_total{endpoint="upload",method="POST",status="201"} 1"#,
+        r#"registry_http_requests_total{endpoint="blob",method="GET",status="200"} 1"#,
+        r#"registry_http_requests_total{endpoint="manifest",method="GET",status="404"} 1"#,
+        "registry_http_request_body_bytes_total 5000",
+        "registry_uploads_in_progress 0",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+    assert!(text.contains(r#"registry_http_request_duration_seconds_bucket{le="#));
+    assert!(text.contains(r#"registry_storage_operation_duration_seconds_count{op="put"}"#));
+    let out: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("registry_http_response_body_bytes_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(out >= 5000, "{out}");
+}
+
+#[tokio::test]
+async fn metrics_on_their_own_listener_or_off() {
+    let port = common::free_port();
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+    )
+    .unwrap();
+    let t = T::with(&["--config", config.path().to_str().unwrap()]);
+    expect_error(t.get("/metrics").await, StatusCode::NOT_FOUND, "NOT_FOUND").await;
+    let r = t.get(&format!("http://127.0.0.1:{port}/metrics")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("registry_uploads_in_progress"));
+
+    std::fs::write(config.path(), "[metrics]\nenabled = false\n").unwrap();
+    let t = T::with(&["--config", config.path().to_str().unwrap()]);
+    assert_eq!(t.get("/metrics").await.status(), StatusCode::NOT_FOUND);
+}

@@ -22,6 +22,7 @@ pub mod error;
 pub mod layout;
 pub mod manifest;
 pub mod names;
+pub mod observe;
 pub mod storage;
 mod store;
 

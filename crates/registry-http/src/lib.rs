@@ -25,6 +25,7 @@ pub mod error;
 mod listing;
 pub mod log;
 mod manifests;
+pub mod metrics;
 pub mod range;
 mod uploads;
 
@@ -69,6 +70,8 @@ pub struct RegistryState {
     pub storage: Arc<dyn Storage>,
     /// API settings.
     pub config: Arc<ApiConfig>,
+    /// Where requests are counted, if anywhere.
+    pub metrics: Option<Arc<metrics::Metrics>>,
 }
 
 impl RegistryState {
@@ -77,19 +80,33 @@ impl RegistryState {
         RegistryState {
             storage,
             config: Arc::new(config),
+            metrics: None,
         }
+    }
+
+    /// Records every request in `metrics` (serve them with [`metrics::router`]).
+    pub fn with_metrics(mut self, metrics: Arc<metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 }
 
-/// The registry API (`/v2/…`) and `GET /healthz`.
+/// The registry API (`/v2/…`) and `GET /healthz`; requests are recorded in the state's metrics,
+/// if it has any.
 pub fn router(state: RegistryState) -> Router {
-    Router::new()
+    let metrics = state.metrics.clone();
+    let api = Router::new()
         .route("/v2", any(dispatch))
         .route("/v2/", any(dispatch))
         .route("/v2/{*rest}", any(dispatch))
         .route("/healthz", get(healthz))
+        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
         .layer(axum::middleware::map_response(api_version))
-        .with_state(state)
+        .with_state(state);
+    match metrics {
+        Some(m) => api.layer(axum::middleware::from_fn_with_state(m, metrics::track)),
+        None => api,
+    }
 }
 
 async fn api_version(mut response: Response) -> Response {

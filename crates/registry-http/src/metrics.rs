@@ -1,0 +1,266 @@
+//! Prometheus metrics: requests by endpoint and status, latency histograms, bytes in and out,
+//! upload requests in progress, and storage operation latency and errors (through
+//! [`registry_core::observe::StoreObserver`]). Served as OpenMetrics text by [`Metrics::render`].
+//! Label values are endpoint kinds and methods, never repository names or digests, so the
+//! number of series stays fixed.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, HttpBody};
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use registry_core::observe::StoreObserver;
+
+use crate::endpoint::Endpoint;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    endpoint: &'static str,
+    method: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    endpoint: &'static str,
+    method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabels {
+    op: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 0.25 ms to about 16 s.
+    Histogram::new(exponential_buckets(0.00025, 2.0, 17))
+}
+
+/// The registry's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    durations: HistogramFamily<EndpointLabels>,
+    bytes_in: Counter<u64, AtomicU64>,
+    bytes_out: Counter<u64, AtomicU64>,
+    uploads_in_progress: Gauge,
+    storage_durations: HistogramFamily<OpLabels>,
+    storage_errors: Family<OpLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Fresh metrics, all zero.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("registry");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let durations = HistogramFamily::<EndpointLabels>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let bytes_in = Counter::<u64, AtomicU64>::default();
+        let bytes_out = Counter::<u64, AtomicU64>::default();
+        let uploads_in_progress = Gauge::default();
+        let storage_durations = HistogramFamily::<OpLabels>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let storage_errors = Family::<OpLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by endpoint, method and status",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to the response head, by endpoint and method",
+            durations.clone(),
+        );
+        registry.register(
+            "http_request_body_bytes",
+            "Request body bytes received",
+            bytes_in.clone(),
+        );
+        registry.register(
+            "http_response_body_bytes",
+            "Response body bytes sent",
+            bytes_out.clone(),
+        );
+        registry.register(
+            "uploads_in_progress",
+            "Upload requests (POST, PATCH, PUT) being served",
+            uploads_in_progress.clone(),
+        );
+        registry.register(
+            "storage_operation_duration_seconds",
+            "Storage backend operation latency",
+            storage_durations.clone(),
+        );
+        registry.register(
+            "storage_operation_errors",
+            "Storage backend operations that failed",
+            storage_errors.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            durations,
+            bytes_in,
+            bytes_out,
+            uploads_in_progress,
+            storage_durations,
+            storage_errors,
+        }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String");
+        out
+    }
+}
+
+impl StoreObserver for Metrics {
+    fn observe(&self, op: &'static str, elapsed: Duration, ok: bool) {
+        let labels = OpLabels { op };
+        self.storage_durations
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+        if !ok {
+            self.storage_errors.get_or_create(&labels).inc();
+        }
+    }
+}
+
+fn endpoint_kind(path: &str) -> &'static str {
+    match Endpoint::parse(path) {
+        Ok(Endpoint::Base) => "base",
+        Ok(Endpoint::Catalog) => "catalog",
+        Ok(Endpoint::Tags(_)) => "tags",
+        Ok(Endpoint::Manifest(..)) => "manifest",
+        Ok(Endpoint::Blob(..)) => "blob",
+        Ok(Endpoint::Uploads(_)) | Ok(Endpoint::Upload(..)) => "upload",
+        Ok(Endpoint::Referrers(..)) => "referrers",
+        Err(_) if path == "/healthz" || path == "/metrics" => "ops",
+        Err(_) => "invalid",
+    }
+}
+
+/// Decrements the gauge when the request ends, also when the client goes away mid-upload.
+struct InProgress(Gauge);
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Middleware that records every request.
+pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let kind = endpoint_kind(request.uri().path());
+    let method = request.method().as_str().to_owned();
+    let _in_progress = (kind == "upload" && method != "GET" && method != "DELETE").then(|| {
+        metrics.uploads_in_progress.inc();
+        InProgress(metrics.uploads_in_progress.clone())
+    });
+    let bytes_in = metrics.bytes_in.clone();
+    let request = request.map(|body| {
+        Body::new(body.map_frame(move |frame| {
+            if let Some(data) = frame.data_ref() {
+                bytes_in.inc_by(data.len() as u64);
+            }
+            frame
+        }))
+    });
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            endpoint: kind,
+            method: method.clone(),
+            status,
+        })
+        .inc();
+    metrics
+        .durations
+        .get_or_create(&EndpointLabels {
+            endpoint: kind,
+            method,
+        })
+        .observe(start.elapsed().as_secs_f64());
+    let bytes_out = metrics.bytes_out.clone();
+    response.map(|body| {
+        if let Some(n) = body.size_hint().exact() {
+            bytes_out.inc_by(n);
+            return body;
+        }
+        Body::new(body.map_frame(move |frame| {
+            if let Some(data) = frame.data_ref() {
+                bytes_out.inc_by(data.len() as u64);
+            }
+            frame
+        }))
+    })
+}
+
+/// `GET /metrics`, to merge into the API router or serve on a listener of its own.
+pub fn router(metrics: Arc<Metrics>) -> axum::Router {
+    axum::Router::new()
+        .route("/metrics", axum::routing::get(serve))
+        .with_state(metrics)
+}
+
+async fn serve(State(metrics): State<Arc<Metrics>>) -> Response {
+    (
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics.render(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_storage_and_kinds() {
+        let m = Metrics::new();
+        m.observe("put", Duration::from_millis(3), true);
+        m.observe("get", Duration::from_millis(1), false);
+        let text = m.render();
+        assert!(
+            text.contains("registry_storage_operation_duration_seconds_count{op=\"put\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("registry_storage_operation_errors_total{op=\"get\"} 1"),
+            "{text}"
+        );
+        assert_eq!(endpoint_kind("/v2/a/blobs/uploads/"), "upload");
+        assert_eq!(endpoint_kind("/v2/a/tags/list"), "tags");
+        assert_eq!(endpoint_kind("/nope"), "invalid");
+    }
+}

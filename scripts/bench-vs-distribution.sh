@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Side-by-side load benchmark: this registry against CNCF Distribution 2.8 (Debian's
+# docker-registry), both on loopback with filesystem storage, deletes enabled, no auth, quiet
+# logs. Runs registry-bench in --compare mode (A, B, A, B, … per workload) and writes the table
+# with the date, machine and command to BENCHMARKS.md (or $OUT).
+# Usage: scripts/bench-vs-distribution.sh [--scale S] [--rounds N]   (extra flags go to registry-bench)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-BENCHMARKS.md}"
+work="${WORK:-$(mktemp -d /var/tmp/registry-bench.XXXXXX)}"
+mkdir -p "$work"
+
+if ! command -v docker-registry >/dev/null 2>&1; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq docker-registry >/dev/null
+fi
+# Debian starts a system instance on :5000; this benchmark runs its own.
+systemctl stop docker-registry >/dev/null 2>&1 || true
+
+cargo build --release -q -p registry-cli -p registry-benches
+target="${CARGO_TARGET_DIR:-target}/release"
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+pa=$(port); pb=$(port)
+
+cat > "$work/distribution.yml" <<YAML
+version: 0.1
+log:
+  level: error
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $work/distribution
+  delete:
+    enabled: true
+  cache:
+    blobdescriptor: inmemory
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: 127.0.0.1:$pb
+YAML
+
+RUST_LOG=warn "$target/registry" serve --listen "127.0.0.1:$pa" --storage "$work/registry" 2>"$work/registry.log" &
+ours=$!
+docker-registry serve "$work/distribution.yml" >"$work/distribution.log" 2>&1 &
+theirs=$!
+trap 'kill $ours $theirs 2>/dev/null || true' EXIT
+for p in $pa $pb; do
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$p/v2/" >/dev/null && break; sleep 0.1; done
+done
+
+cmd=("$target/registry-bench" "http://127.0.0.1:$pa" --pid "$ours" --label registry
+     --compare "http://127.0.0.1:$pb" --compare-pid "$theirs" --compare-label distribution "$@")
+"${cmd[@]}" --output "$work/table.md"
+
+{
+  echo "# Benchmarks: registry vs CNCF Distribution $(docker-registry --version 2>/dev/null | awk '{print $3}')"
+  echo
+  echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "- Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -g | awk '/Mem:/{print $2}') GiB"
+  echo "- Command: \`scripts/bench-vs-distribution.sh $*\`"
+  echo "- Both servers: filesystem storage on the same disk (registry fsyncs files and directories before every 201; Distribution syncs files when it commits them), deletes on, no auth, request logs off;"
+  echo "  Distribution with the in-memory blob descriptor cache. Rounds alternate A, B, A, B per workload; rates are medians over rounds,"
+  echo "  p99 over every request. A ratio above 1 favours registry for rates, below 1 for p99, CPU and RSS."
+  echo
+  cat "$work/table.md"
+} > "$out"
+echo "wrote $out"
+rm -rf "$work/registry" "$work/distribution"
