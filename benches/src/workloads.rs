@@ -191,11 +191,14 @@ impl Target {
         Ok(r)
     }
 
+    /// Monolithic push the way containerd and Docker do it, and the way every registry
+    /// supports: POST to open a session, then one PUT with the whole body and the digest.
     async fn push_blob(&self, repo: &str, blob: &Blob) -> Result<()> {
-        let path = format!("/v2/{repo}/blobs/uploads/?digest={}", blob.digest);
+        let loc = self.start_upload(repo).await?;
+        let put = Target::with_query(&loc, &format!("digest={}", blob.digest));
         self.send(
-            Method::POST,
-            &path,
+            Method::PUT,
+            &put,
             Some(blob.bytes.clone().into()),
             StatusCode::CREATED,
         )
