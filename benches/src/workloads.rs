@@ -215,13 +215,7 @@ impl Target {
                 StatusCode::ACCEPTED,
             )
             .await?;
-        let loc = r
-            .headers()
-            .get("location")
-            .context("no Location")?
-            .to_str()?
-            .to_owned();
-        Ok(loc)
+        location(&r)
     }
 
     fn with_query(loc: &str, query: &str) -> String {
@@ -371,6 +365,14 @@ pub async fn prepare(t: &mut Target, sizes: Sizes, workloads: &[Workload]) -> Re
     Ok(())
 }
 
+fn location(r: &reqwest::Response) -> Result<String> {
+    Ok(r.headers()
+        .get("location")
+        .context("no Location")?
+        .to_str()?
+        .to_owned())
+}
+
 async fn push_streamed(
     t: &Target,
     repo: &str,
@@ -384,13 +386,16 @@ async fn push_streamed(
     let chunks = futures::stream::iter(0..blob.chunks())
         .map(move |i| Ok::<_, std::io::Error>(blob.chunk(i)));
     let s = Instant::now();
-    t.send(
-        Method::PATCH,
-        &loc,
-        Some(reqwest::Body::wrap_stream(chunks)),
-        StatusCode::ACCEPTED,
-    )
-    .await?;
+    let r = t
+        .send(
+            Method::PATCH,
+            &loc,
+            Some(reqwest::Body::wrap_stream(chunks)),
+            StatusCode::ACCEPTED,
+        )
+        .await?;
+    // The session's URL may change with every answer (Distribution carries state in it).
+    let loc = location(&r)?;
     lat.push(s.elapsed());
     let s = Instant::now();
     t.send(
@@ -453,12 +458,7 @@ pub async fn run(t: &Target, w: Workload, round: usize, sizes: Sizes) -> Result<
                 if r.status() != StatusCode::ACCEPTED {
                     bail!("PATCH: {}", r.status());
                 }
-                loc = r
-                    .headers()
-                    .get("location")
-                    .context("no Location")?
-                    .to_str()?
-                    .to_owned();
+                loc = location(&r)?;
                 lat.push(s.elapsed());
             }
             let s = Instant::now();
