@@ -293,6 +293,52 @@ where
     })
 }
 
+/// A GET over a plain TCP connection read with a 1 MiB buffer: for the single big pull, where
+/// an HTTP client library's per-chunk work would bound the figure before the server does.
+/// Returns the body length after checking it against `Content-Length`.
+async fn raw_get(base: &str, path: &str) -> Result<u64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let authority = base
+        .strip_prefix("http://")
+        .context("raw GET needs an http:// URL")?;
+    let mut stream = tokio::net::TcpStream::connect(authority).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut head = Vec::new();
+    let (mut body, header_end) = loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            bail!("connection closed before the response head");
+        }
+        head.extend_from_slice(&buf[..n]);
+        if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break ((head.len() - i - 4) as u64, i);
+        }
+    };
+    let text = String::from_utf8_lossy(&head[..header_end]).to_ascii_lowercase();
+    if !text.starts_with("http/1.1 200") {
+        bail!("GET {path}: {}", text.lines().next().unwrap_or(""));
+    }
+    let length: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .context("no Content-Length")?
+        .trim()
+        .parse()?;
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        body += n as u64;
+    }
+    if body != length {
+        bail!("GET {path}: {body} of {length} bytes");
+    }
+    Ok(body)
+}
+
 async fn drain(r: reqwest::Response) -> Result<u64> {
     let mut n = 0u64;
     let mut s = r.bytes_stream();
@@ -510,18 +556,8 @@ pub async fn run(t: &Target, w: Workload, round: usize, sizes: Sizes) -> Result<
             .await?
         }
         Workload::PullBig => {
-            closed_loop(1, 1, |_| async move {
-                let r = t
-                    .send(
-                        Method::GET,
-                        &format!("/v2/bench/read/blobs/{}", p.big),
-                        None,
-                        StatusCode::OK,
-                    )
-                    .await?;
-                drain(r).await
-            })
-            .await?
+            let path = format!("/v2/bench/read/blobs/{}", p.big);
+            closed_loop(1, 1, |_| raw_get(&t.base, &path)).await?
         }
         Workload::ManifestPut => {
             let n = sizes.count(2000);

@@ -20,36 +20,60 @@ use crate::config::{MetricsSettings, Settings, StorageLocation};
 /// Reads are served in chunks of this size (object_store's default for files is 8 KiB).
 const READ_CHUNK: usize = 256 * 1024;
 
-fn open_storage(
-    location: &StorageLocation,
-) -> anyhow::Result<(Arc<dyn ObjectStore>, StoreOptions)> {
+/// The opened storage: the durable store, an optional scratch view for upload chunks, tunables.
+struct OpenedStorage {
+    store: Arc<dyn ObjectStore>,
+    scratch: Option<Arc<dyn ObjectStore>>,
+    options: StoreOptions,
+}
+
+fn open_storage(location: &StorageLocation) -> anyhow::Result<OpenedStorage> {
     match location {
         StorageLocation::Filesystem(dir) => {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create storage directory {}", dir.display()))?;
-            let fs = LocalFileSystem::new_with_prefix(dir)
-                .with_context(|| format!("cannot use storage directory {}", dir.display()))?
-                .with_fsync(true)
-                .with_automatic_cleanup(true);
-            let store = ChunkedStore::new(Arc::new(fs), READ_CHUNK);
-            // Local writes go straight to a staged file, so a small buffer suffices.
-            let options = StoreOptions {
-                write_buffer: 1024 * 1024,
-                write_concurrency: 2,
+            // Two views of one directory: everything a client is told is stored goes through
+            // the fsyncing one; chunks of multi-chunk uploads go through the other and are
+            // written durably once, when published (see registry_core's uploads module).
+            let view = |fsync: bool| -> anyhow::Result<Arc<dyn ObjectStore>> {
+                let fs = LocalFileSystem::new_with_prefix(dir)
+                    .with_context(|| format!("cannot use storage directory {}", dir.display()))?
+                    .with_fsync(fsync)
+                    .with_automatic_cleanup(true);
+                Ok(Arc::new(ChunkedStore::new(Arc::new(fs), READ_CHUNK)))
             };
-            Ok((Arc::new(store), options))
+            Ok(OpenedStorage {
+                store: view(true)?,
+                scratch: Some(view(false)?),
+                // Local writes go straight to a staged file, so a small buffer suffices.
+                options: StoreOptions {
+                    write_buffer: 1024 * 1024,
+                    write_concurrency: 2,
+                },
+            })
         }
-        StorageLocation::Memory => Ok((Arc::new(InMemory::new()), StoreOptions::default())),
+        StorageLocation::Memory => Ok(OpenedStorage {
+            store: Arc::new(InMemory::new()),
+            scratch: None,
+            options: StoreOptions::default(),
+        }),
     }
 }
 
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let (mut store, options) = open_storage(&settings.storage)?;
+    let opened = open_storage(&settings.storage)?;
     let metrics = (settings.metrics != MetricsSettings::Off).then(|| Arc::new(Metrics::new()));
-    if let Some(m) = &metrics {
-        store = Arc::new(ObservedStore::new(store, m.clone()));
+    let observe = |store: Arc<dyn ObjectStore>| -> Arc<dyn ObjectStore> {
+        match &metrics {
+            Some(m) => Arc::new(ObservedStore::new(store, m.clone())),
+            None => store,
+        }
+    };
+    let mut registry = ObjectRegistry::new(observe(opened.store), opened.options);
+    if let Some(scratch) = opened.scratch {
+        registry = registry.with_scratch(observe(scratch));
     }
-    let storage: Arc<dyn Storage> = Arc::new(ObjectRegistry::new(store, options));
+    let storage: Arc<dyn Storage> = Arc::new(registry);
     tokio::spawn(purge_uploads(storage.clone(), settings.upload_max_age));
 
     let api = ApiConfig {

@@ -52,6 +52,41 @@ mod backend_tests {
     }
 
     #[tokio::test]
+    async fn in_memory_backend_with_scratch() {
+        crate::testsuite::run_all_backends(|| crate::testsuite::Backend {
+            store: Arc::new(InMemory::new()),
+            scratch: Some(Arc::new(InMemory::new())),
+        })
+        .await;
+    }
+
+    /// The filesystem as `registry serve` uses it: durable view with fsync, scratch view
+    /// without, over one directory.
+    #[tokio::test]
+    async fn filesystem_backend_with_scratch() {
+        let root = tempfile::tempdir().unwrap();
+        let counter = std::sync::atomic::AtomicUsize::new(0);
+        crate::testsuite::run_all_backends(|| {
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let dir = root.path().join(n.to_string());
+            std::fs::create_dir_all(&dir).unwrap();
+            let view = |fsync| {
+                Arc::new(
+                    LocalFileSystem::new_with_prefix(&dir)
+                        .unwrap()
+                        .with_fsync(fsync)
+                        .with_automatic_cleanup(true),
+                ) as Arc<dyn object_store::ObjectStore>
+            };
+            crate::testsuite::Backend {
+                store: view(true),
+                scratch: Some(view(false)),
+            }
+        })
+        .await;
+    }
+
+    #[tokio::test]
     async fn filesystem_backend() {
         let root = tempfile::tempdir().unwrap();
         let counter = std::sync::atomic::AtomicUsize::new(0);

@@ -1,7 +1,6 @@
 //! The backend test suite: one set of checks that every storage backend must pass. Each check
-//! gets a fresh, empty [`ObjectRegistry`] from the caller's factory; the factory may return a
-//! registry over the same object store as a previous call (to test that state lives in storage)
-//! only where a check asks for it through `reopen`.
+//! gets a fresh, empty [`Backend`] from the caller's factory; checks that need a "second
+//! process" open another registry over the same backend.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,11 +16,57 @@ use crate::names::{Reference, RepoName, Tag};
 use crate::storage::*;
 use crate::store::{ObjectRegistry, StoreOptions};
 
-/// Runs every check. `fresh` returns an empty object store each time it is called.
+/// A storage backend under test: the store, and optionally a scratch view of it.
+#[derive(Clone)]
+pub struct Backend {
+    /// The durable store.
+    pub store: Arc<dyn ObjectStore>,
+    /// The scratch store for upload chunks, if the backend uses one.
+    pub scratch: Option<Arc<dyn ObjectStore>>,
+}
+
+impl Backend {
+    /// A backend without scratch store.
+    pub fn plain(store: Arc<dyn ObjectStore>) -> Backend {
+        Backend {
+            store,
+            scratch: None,
+        }
+    }
+
+    /// A registry over this backend (each call is like another process).
+    pub fn registry(&self) -> ObjectRegistry {
+        // A small buffer so that multi-part writes are exercised by small test data.
+        let r = ObjectRegistry::new(
+            self.store.clone(),
+            StoreOptions {
+                write_buffer: 64 * 1024,
+                write_concurrency: 2,
+            },
+        );
+        match &self.scratch {
+            Some(s) => r.with_scratch(s.clone()),
+            None => r,
+        }
+    }
+}
+
+/// Runs every check over plain stores. `fresh` returns an empty object store each time.
 pub async fn run_all<F: Fn() -> Arc<dyn ObjectStore>>(fresh: F) {
+    run_all_backends(|| Backend::plain(fresh())).await
+}
+
+/// Runs every check. `fresh` returns an empty backend each time it is called.
+pub async fn run_all_backends<F: Fn() -> Backend>(fresh: F) {
+    let registry = |b: Backend| b.registry();
     monolithic_upload_and_scoped_read(registry(fresh())).await;
     chunked_upload_survives_restart(fresh()).await;
     digest_and_size_mismatch_leave_nothing(registry(fresh())).await;
+    garbage_claiming_a_stored_digest_is_refused(registry(fresh())).await;
+    let with_scratch = fresh();
+    if with_scratch.scratch.is_some() {
+        damaged_chunk_is_never_published(with_scratch).await;
+    }
     cancel_and_unknown_sessions(registry(fresh())).await;
     mount_between_repositories(registry(fresh())).await;
     manifests_tags_and_referrers(registry(fresh())).await;
@@ -29,17 +74,6 @@ pub async fn run_all<F: Fn() -> Arc<dyn ObjectStore>>(fresh: F) {
     purge_removes_idle_sessions(registry(fresh())).await;
     concurrent_pushes_of_one_blob(registry(fresh())).await;
     sha512_blobs(registry(fresh())).await;
-}
-
-fn registry(store: Arc<dyn ObjectStore>) -> ObjectRegistry {
-    // A small buffer so that multi-part writes are exercised by small test data.
-    ObjectRegistry::new(
-        store,
-        StoreOptions {
-            write_buffer: 64 * 1024,
-            write_concurrency: 2,
-        },
-    )
 }
 
 /// A body of `data` in chunks of `chunk` bytes.
@@ -122,11 +156,11 @@ async fn monolithic_upload_and_scoped_read(s: ObjectRegistry) {
     ));
 }
 
-async fn chunked_upload_survives_restart(store: Arc<dyn ObjectStore>) {
+async fn chunked_upload_survives_restart(backend: Backend) {
     let r = repo("chunky");
     let bytes = data(200_000, 2);
     let d = Digest::of(Algorithm::Sha256, &bytes);
-    let first = registry(store.clone());
+    let first = backend.registry();
     let up = first.upload_start(&r, Algorithm::Sha256).await.unwrap();
     let st = first
         .upload_append(
@@ -152,7 +186,7 @@ async fn chunked_upload_survives_restart(store: Arc<dyn ObjectStore>) {
         }
     ));
     // A second process over the same storage continues the session.
-    let second = registry(store.clone());
+    let second = backend.registry();
     assert_eq!(second.upload_status(&r, &up.id).await.unwrap().size, 70_000);
     second
         .upload_append(&r, &up.id, None, None, body(&bytes[70_000..150_000], 333))
@@ -173,11 +207,75 @@ async fn chunked_upload_survives_restart(store: Arc<dyn ObjectStore>) {
         second.upload_status(&r, &up.id).await,
         Err(Error::UploadUnknown)
     ));
-    let left: Vec<_> = store
-        .list(Some(&crate::layout::uploads_root()))
-        .collect()
-        .await;
-    assert!(left.is_empty(), "upload data left behind: {left:?}");
+    for store in std::iter::once(&backend.store).chain(backend.scratch.iter()) {
+        let left: Vec<_> = store
+            .list(Some(&crate::layout::uploads_root()))
+            .collect()
+            .await;
+        assert!(left.is_empty(), "upload data left behind: {left:?}");
+    }
+}
+
+/// Uploading other bytes while naming the digest of a blob that is stored (elsewhere) must not
+/// link that blob: the client never had it.
+async fn garbage_claiming_a_stored_digest_is_refused(s: ObjectRegistry) {
+    let (owner, thief) = (repo("owner"), repo("thief"));
+    let secret = data(100_000, 11);
+    let d = push_blob(&s, &owner, &secret).await;
+    let up = s.upload_start(&thief, Algorithm::Sha256).await.unwrap();
+    s.upload_append(&thief, &up.id, None, None, body(&data(50_000, 12), 10_000))
+        .await
+        .unwrap();
+    s.upload_append(&thief, &up.id, None, None, body(&data(50_000, 13), 10_000))
+        .await
+        .unwrap();
+    let err = s.upload_finish(&thief, &up.id, &d, None).await.unwrap_err();
+    assert!(matches!(err, Error::DigestMismatch { .. }), "{err:?}");
+    assert!(matches!(
+        s.blob_size(&thief, &d).await,
+        Err(Error::BlobUnknown(_))
+    ));
+}
+
+/// With a scratch store: a chunk whose bytes change between its PATCH and the finishing PUT
+/// (a machine crash that lost unsynced data) fails the digest check; nothing is published.
+async fn damaged_chunk_is_never_published(backend: Backend) {
+    let s = backend.registry();
+    let r = repo("damaged");
+    let bytes = data(90_000, 14);
+    let d = Digest::of(Algorithm::Sha256, &bytes);
+    let up = s.upload_start(&r, Algorithm::Sha256).await.unwrap();
+    for part in bytes.chunks(30_000) {
+        s.upload_append(&r, &up.id, None, None, body(part, 7000))
+            .await
+            .unwrap();
+    }
+    // Damage the last chunk wherever it lives.
+    let dir = crate::layout::upload_dir(&up.id);
+    let mut damaged = 0;
+    for store in std::iter::once(&backend.store).chain(backend.scratch.iter()) {
+        let parts: Vec<_> = store
+            .list(Some(&dir))
+            .map(|m| m.unwrap().location)
+            .collect()
+            .await;
+        for p in parts
+            .iter()
+            .filter(|p| p.as_ref().contains("part-00000000000000060000"))
+        {
+            use object_store::ObjectStoreExt;
+            store.put(p, vec![0u8; 30_000].into()).await.unwrap();
+            damaged += 1;
+        }
+    }
+    assert!(damaged > 0);
+    // The concatenation hashes what it copies from scratch and sees the damage.
+    let err = s.upload_finish(&r, &up.id, &d, None).await.unwrap_err();
+    assert!(matches!(err, Error::DigestMismatch { .. }), "{err:?}");
+    assert!(matches!(
+        s.blob_size(&r, &d).await,
+        Err(Error::BlobUnknown(_))
+    ));
 }
 
 async fn digest_and_size_mismatch_leave_nothing(s: ObjectRegistry) {

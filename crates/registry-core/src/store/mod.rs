@@ -46,6 +46,8 @@ impl Default for StoreOptions {
 #[derive(Debug, Clone)]
 pub struct ObjectRegistry {
     store: Arc<dyn ObjectStore>,
+    /// A non-durable view of the same storage for upload chunks after the first (see `uploads`).
+    scratch: Option<Arc<dyn ObjectStore>>,
     options: StoreOptions,
     /// Repositories whose catalog marker is known to exist. A cache only: markers are never
     /// removed, so a stale entry cannot be wrong.
@@ -57,9 +59,20 @@ impl ObjectRegistry {
     pub fn new(store: Arc<dyn ObjectStore>, options: StoreOptions) -> Self {
         ObjectRegistry {
             store,
+            scratch: None,
             options,
             known_repos: Arc::default(),
         }
+    }
+
+    /// Writes upload chunks after the first of a session to `scratch`, a view of the same
+    /// storage that need not be durable (the filesystem without fsync): multi-chunk uploads are
+    /// then written durably once, when they are published, instead of twice. `scratch` must
+    /// keep what it was given while the process lives; data lost from it in a machine crash
+    /// fails the upload's digest check, it is never published.
+    pub fn with_scratch(mut self, scratch: Arc<dyn ObjectStore>) -> Self {
+        self.scratch = Some(scratch);
+        self
     }
 
     /// The underlying object store.

@@ -1,9 +1,18 @@
 //! Upload sessions kept entirely in the backend. Each chunk is written to its own object under
-//! `uploads/<id>/`, hashed as it streams; the hash state is saved in the session document after
-//! every chunk, so the finishing request (on any node, after any restart) verifies the digest
-//! without reading the data again. The blob becomes visible only after verification, by a rename
-//! (one chunk) or a streamed concatenation (several) into its content-addressed key.
+//! `uploads/<id>/`. The blob becomes visible only after its digest is verified, by a rename (one
+//! chunk) or a streamed concatenation (several) into its content-addressed key.
+//!
+//! Every byte is hashed once:
+//! - while the first chunk streams in; the hash state is saved in the session document, so a
+//!   single-chunk upload (monolithic, or Docker's one streamed PATCH) finishes on any node, after
+//!   any restart, with a rename and without reading the data again;
+//! - for uploads of several chunks, when a *scratch* store is configured (a non-durable view of
+//!   the same storage, e.g. the filesystem without fsync), the second and later chunks go there
+//!   unhashed, and the concatenation hashes everything it copies: the data is written durably
+//!   once, and a chunk damaged in scratch can only fail the digest check, never be published.
+//!   Without a scratch store every chunk is durable and hashed as it arrives.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -12,7 +21,7 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
@@ -40,11 +49,31 @@ struct Part {
     offset: u64,
     size: u64,
     nonce: String,
+    /// Written to the scratch store (not durable, not hashed while streaming).
+    #[serde(default)]
+    scratch: bool,
 }
 
 impl Part {
     fn path(&self, id: &str) -> Path {
         layout::upload_part(id, self.offset, &self.nonce)
+    }
+}
+
+fn io_to_storage(e: std::io::Error) -> Error {
+    match e.downcast::<object_store::Error>() {
+        Ok(e) => Error::Storage(e),
+        Err(e) => Error::Storage(object_store::Error::Generic {
+            store: "BufWriter",
+            source: Box::new(e),
+        }),
+    }
+}
+
+async fn delete_quiet(store: &Arc<dyn ObjectStore>, path: &Path) -> Result<()> {
+    match store.delete(path).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -75,9 +104,34 @@ impl ObjectRegistry {
         }
     }
 
-    /// A streaming writer to `path`; nothing is visible there until it is shut down.
-    fn writer(&self, path: &Path) -> BufWriter {
-        BufWriter::with_capacity(self.store.clone(), path.clone(), self.options.write_buffer)
+    /// The store holding `part`.
+    fn part_store(&self, part: &Part) -> &Arc<dyn ObjectStore> {
+        match (&self.scratch, part.scratch) {
+            (Some(scratch), true) => scratch,
+            _ => &self.store,
+        }
+    }
+
+    /// Streams the bytes of `parts`, in order.
+    fn read_parts<'a>(
+        &'a self,
+        id: &'a str,
+        parts: &'a [Part],
+    ) -> BoxStream<'a, object_store::Result<Bytes>> {
+        futures::stream::iter(parts)
+            .then(move |p| async move {
+                self.part_store(p)
+                    .get(&p.path(id))
+                    .await
+                    .map(|r| r.into_stream())
+            })
+            .try_flatten()
+            .boxed()
+    }
+
+    /// A streaming writer to `path` in `store`; nothing is visible there until it is shut down.
+    fn writer(&self, store: &Arc<dyn ObjectStore>, path: &Path) -> BufWriter {
+        BufWriter::with_capacity(store.clone(), path.clone(), self.options.write_buffer)
             .with_max_concurrency(self.options.write_concurrency)
     }
 
@@ -85,12 +139,13 @@ impl ObjectRegistry {
     /// write is aborted, so nothing is visible at `path` unless every chunk arrived.
     async fn stream_to<E>(
         &self,
+        store: &Arc<dyn ObjectStore>,
         path: &Path,
         mut hasher: Option<&mut Hasher>,
         mut chunks: BoxStream<'_, std::result::Result<Bytes, E>>,
         on_error: impl Fn(E) -> Error,
     ) -> Result<u64> {
-        let mut writer = self.writer(path);
+        let mut writer = self.writer(store, path);
         let mut written = 0u64;
         while let Some(chunk) = chunks.next().await {
             let result = match chunk {
@@ -138,26 +193,34 @@ impl ObjectRegistry {
                 });
             }
         }
-        let mut hasher = state.hasher.as_ref().and_then(Hasher::restore);
+        // With a scratch store, only the first chunk is durable and hashed as it streams; later
+        // chunks are hashed by the concatenation that publishes them.
+        let scratch = self.scratch.is_some() && !state.parts.is_empty();
+        let mut hasher = match scratch {
+            true => None,
+            false => state.hasher.as_ref().and_then(Hasher::restore),
+        };
         let part = Part {
             offset: state.size,
             size: 0,
             nonce: uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
+            scratch,
         };
         let path = part.path(id);
+        let store = self.part_store(&part).clone();
         let body_error = |e: std::io::Error| Error::Body(e.to_string());
         let written = self
-            .stream_to(&path, hasher.as_mut(), body, body_error)
+            .stream_to(&store, &path, hasher.as_mut(), body, body_error)
             .await?;
         if let Some(declared) = len.filter(|&d| d != written) {
-            self.delete_quiet(&path).await?;
+            delete_quiet(&store, &path).await?;
             return Err(Error::SizeInvalid {
                 declared,
                 received: written,
             });
         }
         if written == 0 {
-            self.delete_quiet(&path).await?;
+            delete_quiet(&store, &path).await?;
             return Ok(state);
         }
         state.parts.push(Part {
@@ -171,38 +234,57 @@ impl ObjectRegistry {
         Ok(state)
     }
 
-    /// Hashes the session's data from storage: used only when no saved state fits `algorithm`.
-    async fn rehash(&self, id: &str, state: &UploadState, algorithm: Algorithm) -> Result<Digest> {
-        let mut hasher = Hasher::new(algorithm);
-        for part in &state.parts {
-            let mut stream = self.store.get(&part.path(id)).await?.into_stream();
-            while let Some(chunk) = stream.try_next().await? {
-                hasher.update(&chunk);
-            }
-        }
-        Ok(hasher.finish())
-    }
-
-    /// Moves the verified session data to the blob's key.
+    /// Moves the data of a session whose digest is already verified to the blob's key.
     async fn publish(&self, id: &str, state: &UploadState, target: &Path) -> Result<()> {
         match state.parts.as_slice() {
             [] => {
                 self.store.put(target, PutPayload::new()).await?;
             }
-            [one] => {
+            [one] if !one.scratch => {
                 self.store.rename(&one.path(id), target).await?;
             }
             parts => {
-                let sources = parts.iter().map(|p| p.path(id));
-                let chunks = futures::stream::iter(sources)
-                    .then(
-                        |path| async move { self.store.get(&path).await.map(|r| r.into_stream()) },
-                    )
-                    .try_flatten()
-                    .boxed();
-                self.stream_to(target, None, chunks, Error::Storage).await?;
+                let chunks = self.read_parts(id, parts);
+                self.stream_to(&self.store, target, None, chunks, Error::Storage)
+                    .await?;
             }
         }
+        Ok(())
+    }
+
+    /// Copies the session's data to the blob's key, hashing what it copies; publishes only if
+    /// that hash is `digest`. Used when no saved hash covers every chunk.
+    async fn publish_verified(
+        &self,
+        id: &str,
+        state: &UploadState,
+        digest: &Digest,
+        target: &Path,
+    ) -> Result<()> {
+        let mut hasher = Hasher::new(digest.algorithm());
+        let mut chunks = self.read_parts(id, &state.parts);
+        let mut writer = self.writer(&self.store, target);
+        let copied: Result<()> = async {
+            while let Some(chunk) = chunks.try_next().await? {
+                hasher.update(&chunk);
+                writer.put(chunk).await?;
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = copied {
+            let _ = writer.abort().await;
+            return Err(e);
+        }
+        let actual = hasher.finish();
+        if &actual != digest {
+            let _ = writer.abort().await;
+            return Err(Error::DigestMismatch {
+                expected: digest.clone(),
+                actual,
+            });
+        }
+        writer.shutdown().await.map_err(io_to_storage)?;
         Ok(())
     }
 
@@ -210,16 +292,82 @@ impl ObjectRegistry {
     async fn remove_upload(&self, id: &str) -> Result<()> {
         self.delete_quiet(&layout::upload_state(id)).await?;
         let dir = layout::upload_dir(id);
-        let paths: Vec<Path> = self
-            .store
-            .list(Some(&dir))
-            .map_ok(|m| m.location)
-            .try_collect()
-            .await?;
-        for p in paths {
-            self.delete_quiet(&p).await?;
+        for store in std::iter::once(&self.store).chain(self.scratch.iter()) {
+            let paths: Vec<Path> = store
+                .list(Some(&dir))
+                .map_ok(|m| m.location)
+                .try_collect()
+                .await?;
+            for p in paths {
+                delete_quiet(store, &p).await?;
+            }
         }
         Ok(())
+    }
+
+    /// Hashes the session's data as stored.
+    async fn hash_parts(
+        &self,
+        id: &str,
+        state: &UploadState,
+        algorithm: Algorithm,
+    ) -> Result<Digest> {
+        let mut hasher = Hasher::new(algorithm);
+        let mut chunks = self.read_parts(id, &state.parts);
+        while let Some(chunk) = chunks.try_next().await? {
+            hasher.update(&chunk);
+        }
+        Ok(hasher.finish())
+    }
+
+    /// Verifies the session's data against `digest` and makes the blob exist at `target`.
+    async fn verify_and_publish(
+        &self,
+        id: &str,
+        state: &UploadState,
+        digest: &Digest,
+        target: &Path,
+    ) -> Result<()> {
+        let saved = state
+            .hasher
+            .as_ref()
+            .and_then(Hasher::restore)
+            .filter(|h| h.algorithm() == digest.algorithm());
+        let exists = self.exists(target).await?;
+        let published = match (saved, exists) {
+            (Some(h), _) => {
+                let actual = h.finish();
+                if &actual != digest {
+                    return Err(Error::DigestMismatch {
+                        expected: digest.clone(),
+                        actual,
+                    });
+                }
+                if exists {
+                    return Ok(());
+                }
+                self.publish(id, state, target).await
+            }
+            // The bytes exist already; the client's upload must still hash to the digest, or
+            // it could link content it never had into its repository.
+            (None, true) => {
+                let actual = self.hash_parts(id, state, digest.algorithm()).await?;
+                if &actual != digest {
+                    return Err(Error::DigestMismatch {
+                        expected: digest.clone(),
+                        actual,
+                    });
+                }
+                return Ok(());
+            }
+            (None, false) => self.publish_verified(id, state, digest, target).await,
+        };
+        match published {
+            Err(e @ Error::DigestMismatch { .. }) => Err(e),
+            // A concurrent finish of the same session may have moved the data already.
+            Err(e) if !self.exists(target).await? => Err(e),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -273,25 +421,12 @@ impl UploadStore for ObjectRegistry {
         if let Some((len, body)) = last {
             state = self.append(id, state, None, len, body).await?;
         }
-        let actual = match state.hasher.as_ref().and_then(Hasher::restore) {
-            Some(h) if h.algorithm() == digest.algorithm() => h.finish(),
-            _ => self.rehash(id, &state, digest.algorithm()).await?,
-        };
-        if &actual != digest {
-            self.remove_upload(id).await?;
-            return Err(Error::DigestMismatch {
-                expected: digest.clone(),
-                actual,
-            });
-        }
         let target = layout::blob(digest);
-        if !self.exists(&target).await? {
-            if let Err(e) = self.publish(id, &state, &target).await {
-                // A concurrent finish of the same session may have moved the data already.
-                if !self.exists(&target).await? {
-                    return Err(e);
-                }
+        if let Err(e) = self.verify_and_publish(id, &state, digest, &target).await {
+            if matches!(e, Error::DigestMismatch { .. }) {
+                self.remove_upload(id).await?;
             }
+            return Err(e);
         }
         self.link_blob(repo, digest, state.size).await?;
         self.remove_upload(id).await?;
@@ -305,12 +440,15 @@ impl UploadStore for ObjectRegistry {
 
     async fn upload_purge(&self, max_age: Duration) -> Result<usize> {
         let cutoff = now().saturating_sub(max_age.as_secs());
-        let listing = self
-            .store
-            .list_with_delimiter(Some(&layout::uploads_root()))
-            .await?;
+        let mut dirs = std::collections::BTreeSet::new();
+        for store in std::iter::once(&self.store).chain(self.scratch.iter()) {
+            let listing = store
+                .list_with_delimiter(Some(&layout::uploads_root()))
+                .await?;
+            dirs.extend(listing.common_prefixes);
+        }
         let mut purged = 0;
-        for dir in listing.common_prefixes {
+        for dir in dirs {
             let Some(id) = dir.filename().map(str::to_owned) else {
                 continue;
             };
@@ -321,12 +459,14 @@ impl UploadStore for ObjectRegistry {
                 Ok(Some(state)) => state.updated_at < cutoff,
                 // No readable state: judge by the age of whatever is left.
                 Ok(None) | Err(Error::Corrupt { .. }) => {
-                    let newest = self
-                        .store
-                        .list(Some(&dir))
-                        .map_ok(|m| m.last_modified.timestamp().max(0) as u64)
-                        .try_fold(0, |a, b| async move { Ok(a.max(b)) })
-                        .await?;
+                    let mut newest = 0;
+                    for store in std::iter::once(&self.store).chain(self.scratch.iter()) {
+                        newest = store
+                            .list(Some(&dir))
+                            .map_ok(|m| m.last_modified.timestamp().max(0) as u64)
+                            .try_fold(newest, |a, b| async move { Ok(a.max(b)) })
+                            .await?;
+                    }
                     newest < cutoff
                 }
                 Err(e) => return Err(e),
