@@ -309,7 +309,10 @@ async fn raw_get(base: &str, path: &str) -> Result<u64> {
 fn blocking_get(authority: &str, path: &str) -> Result<u64> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(authority)?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut buf = vec![0u8; 4 << 20];
     let mut head = Vec::new();
     let (mut body, header_end) = loop {

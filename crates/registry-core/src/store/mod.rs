@@ -82,29 +82,15 @@ impl ObjectRegistry {
 
     /// Reads a whole small object; `None` when absent.
     async fn get_small(&self, path: &Path) -> Result<Option<Bytes>> {
-        match self.store.get(path).await {
-            Ok(r) => Ok(Some(r.bytes().await?)),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        get_small_in(&self.store, path).await
     }
 
     async fn get_json<T: DeserializeOwned>(&self, path: &Path) -> Result<Option<T>> {
-        let Some(bytes) = self.get_small(path).await? else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| Error::Corrupt {
-                path: path.to_string(),
-                reason: e.to_string(),
-            })
+        get_json_in(&self.store, path).await
     }
 
     async fn put_json<T: Serialize>(&self, path: &Path, value: &T) -> Result<()> {
-        let bytes = serde_json::to_vec(value).expect("plain data serializes");
-        self.store.put(path, PutPayload::from(bytes)).await?;
-        Ok(())
+        put_json_in(&self.store, path, value).await
     }
 
     async fn exists(&self, path: &Path) -> Result<bool> {
@@ -157,4 +143,37 @@ impl ObjectRegistry {
         }
         self.exists(&layout::catalog_marker(repo)).await
     }
+}
+
+async fn get_small_in(store: &Arc<dyn ObjectStore>, path: &Path) -> Result<Option<Bytes>> {
+    match store.get(path).await {
+        Ok(r) => Ok(Some(r.bytes().await?)),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn get_json_in<T: DeserializeOwned>(
+    store: &Arc<dyn ObjectStore>,
+    path: &Path,
+) -> Result<Option<T>> {
+    let Some(bytes) = get_small_in(store, path).await? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| Error::Corrupt {
+            path: path.to_string(),
+            reason: e.to_string(),
+        })
+}
+
+async fn put_json_in<T: Serialize>(
+    store: &Arc<dyn ObjectStore>,
+    path: &Path,
+    value: &T,
+) -> Result<()> {
+    let bytes = serde_json::to_vec(value).expect("plain data serializes");
+    store.put(path, PutPayload::from(bytes)).await?;
+    Ok(())
 }

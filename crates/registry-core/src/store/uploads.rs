@@ -25,7 +25,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
-use super::ObjectRegistry;
+use super::{get_json_in, put_json_in, ObjectRegistry};
 use crate::digest::{Algorithm, Digest, Hasher, SavedHasher};
 use crate::error::{Error, Result};
 use crate::layout;
@@ -96,12 +96,30 @@ impl ObjectRegistry {
     async fn load_upload(&self, repo: &RepoName, id: &str) -> Result<UploadState> {
         check_id(id)?;
         match self
-            .get_json::<UploadState>(&layout::upload_state(id))
-            .await?
+            .session_json::<UploadState>(&layout::upload_state(id))
+            .await
         {
-            Some(s) if s.repo == repo.as_str() => Ok(s),
-            _ => Err(Error::UploadUnknown),
+            Ok(Some(s)) if s.repo == repo.as_str() => Ok(s),
+            Ok(_) => Err(Error::UploadUnknown),
+            // A session document torn by a machine crash: the session is gone, the client
+            // starts over (purge removes the remains).
+            Err(Error::Corrupt { path, reason }) => {
+                tracing::warn!(%path, %reason, "unreadable upload session");
+                Err(Error::UploadUnknown)
+            }
+            Err(e) => Err(e),
         }
+    }
+
+    /// The store of session documents: the scratch store when there is one. A session lost
+    /// with it in a machine crash is unknown afterwards and the client starts over; what it
+    /// says can never publish wrong bytes, since chunks are verified when published.
+    fn sessions(&self) -> &Arc<dyn ObjectStore> {
+        self.scratch.as_ref().unwrap_or(&self.store)
+    }
+
+    async fn session_json<T: serde::de::DeserializeOwned>(&self, path: &Path) -> Result<Option<T>> {
+        get_json_in(self.sessions(), path).await
     }
 
     /// The store holding `part`.
@@ -230,7 +248,7 @@ impl ObjectRegistry {
         state.size += written;
         state.hasher = hasher.map(|h| h.save());
         state.updated_at = now();
-        self.put_json(&layout::upload_state(id), &state).await?;
+        put_json_in(self.sessions(), &layout::upload_state(id), &state).await?;
         Ok(state)
     }
 
@@ -290,7 +308,7 @@ impl ObjectRegistry {
 
     /// Removes a session: its state first (so it is gone at once), then its data.
     async fn remove_upload(&self, id: &str) -> Result<()> {
-        self.delete_quiet(&layout::upload_state(id)).await?;
+        delete_quiet(self.sessions(), &layout::upload_state(id)).await?;
         let dir = layout::upload_dir(id);
         for store in std::iter::once(&self.store).chain(self.scratch.iter()) {
             let paths: Vec<Path> = store
@@ -382,7 +400,7 @@ impl UploadStore for ObjectRegistry {
             parts: Vec::new(),
             hasher: Some(Hasher::new(algorithm).save()),
         };
-        self.put_json(&layout::upload_state(&id), &state).await?;
+        put_json_in(self.sessions(), &layout::upload_state(&id), &state).await?;
         Ok(UploadStatus { id, size: 0 })
     }
 
@@ -453,7 +471,7 @@ impl UploadStore for ObjectRegistry {
                 continue;
             };
             let stale = match self
-                .get_json::<UploadState>(&layout::upload_state(&id))
+                .session_json::<UploadState>(&layout::upload_state(&id))
                 .await
             {
                 Ok(Some(state)) => state.updated_at < cutoff,
