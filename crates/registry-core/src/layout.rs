@@ -16,6 +16,9 @@
 //!
 //! Repository path components never start with `_` (the name grammar forbids it), so the `_…`
 //! directories cannot collide with nested repository names.
+//!
+//! Keys under `uploads/` may be written through the registry's scratch view of the storage (see
+//! `ObjectRegistry::with_scratch`); the keys are the same, only their durability differs.
 
 use object_store::path::Path;
 
