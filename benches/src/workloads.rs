@@ -452,16 +452,16 @@ async fn push_streamed(
     // The session's URL may change with every answer (Distribution carries state in it).
     let loc = location(&r)?;
     lat.push(s.elapsed());
-    let s = Instant::now();
-    t.send(
-        Method::PUT,
-        &Target::with_query(&loc, &format!("digest={digest}")),
-        None,
-        StatusCode::CREATED,
-    )
-    .await?;
-    lat.push(s.elapsed());
+    lat.push(finish_upload(t, &loc, digest).await?);
     Ok(lat)
+}
+
+/// Closes an upload session with its digest; returns the request's latency.
+async fn finish_upload(t: &Target, loc: &str, digest: &str) -> Result<Duration> {
+    let s = Instant::now();
+    let url = Target::with_query(loc, &format!("digest={digest}"));
+    t.send(Method::PUT, &url, None, StatusCode::CREATED).await?;
+    Ok(s.elapsed())
 }
 
 /// Runs one round of one workload against one target.
@@ -516,15 +516,7 @@ pub async fn run(t: &Target, w: Workload, round: usize, sizes: Sizes) -> Result<
                 loc = location(&r)?;
                 lat.push(s.elapsed());
             }
-            let s = Instant::now();
-            t.send(
-                Method::PUT,
-                &Target::with_query(&loc, &format!("digest={digest}")),
-                None,
-                StatusCode::CREATED,
-            )
-            .await?;
-            lat.push(s.elapsed());
+            lat.push(finish_upload(t, &loc, &digest).await?);
             Sample {
                 elapsed: start.elapsed(),
                 requests: lat.len() as u64 + 1,
