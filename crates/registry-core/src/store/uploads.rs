@@ -181,16 +181,7 @@ impl ObjectRegistry {
                 return Err(e);
             }
         }
-        writer
-            .shutdown()
-            .await
-            .map_err(|e| match e.downcast::<object_store::Error>() {
-                Ok(e) => Error::Storage(e),
-                Err(e) => Error::Storage(object_store::Error::Generic {
-                    store: "BufWriter",
-                    source: Box::new(e),
-                }),
-            })?;
+        writer.shutdown().await.map_err(io_to_storage)?;
         Ok(written)
     }
 
