@@ -6,6 +6,8 @@
 //! repositories/<name>/_manifests/revisions/<alg>/<hex>  link: the manifest is in the repository;
 //!                                                  holds {"mediaType","size"}
 //! repositories/<name>/_manifests/tags/<tag>        holds {"digest","mediaType","size"}
+//! repositories/<name>/_manifests/tags_generation   random value, rewritten when tags are added or
+//!                                                  removed (validates cached tag lists)
 //! repositories/<name>/_referrers/<alg>/<hex>/<alg>-<hex>
 //!                                                  a referrer of subject <alg>:<hex>; holds its descriptor
 //! catalog/<name>/_repository                       marker: the repository exists (for the catalog)
@@ -17,7 +19,7 @@
 //! Repository path components never start with `_` (the name grammar forbids it), so the `_…`
 //! directories cannot collide with nested repository names.
 //!
-//! Keys under `uploads/` may be written through the registry's scratch view of the storage (see
+//! Keys under `uploads/` and `tags_generation` may be written through the registry's scratch view of the storage (see
 //! `ObjectRegistry::with_scratch`); the keys are the same, only their durability differs.
 
 use object_store::path::Path;
@@ -72,6 +74,17 @@ pub fn tags_dir(repo: &RepoName) -> Path {
 /// One tag.
 pub fn tag(repo: &RepoName, t: &Tag) -> Path {
     tags_dir(repo).join(t.as_str())
+}
+
+/// A value rewritten whenever the set of tags of `repo` changes, so a cached tag list can be
+/// validated with one small read.
+pub fn tags_generation(repo: &RepoName) -> Path {
+    join(&[
+        "repositories",
+        repo.as_str(),
+        "_manifests",
+        "tags_generation",
+    ])
 }
 
 /// The directory of referrers of `subject`.

@@ -174,22 +174,23 @@ pub trait Storage: BlobStore + UploadStore + ManifestStore + ReferrerStore + Cat
 impl<T: BlobStore + UploadStore + ManifestStore + ReferrerStore + CatalogStore> Storage for T {}
 
 /// Cuts a sorted list into the page after `last` of at most `n` entries.
-pub fn paginate<T, F: Fn(&T) -> &str>(
-    sorted: Vec<T>,
+pub fn paginate<T: Clone, F: Fn(&T) -> &str>(
+    sorted: &[T],
     last: Option<&str>,
     n: Option<usize>,
     key: F,
 ) -> Page<T> {
-    let mut items: Vec<T> = match last {
-        Some(l) => sorted.into_iter().filter(|x| key(x) > l).collect(),
-        None => sorted,
+    let start = match last {
+        Some(l) => sorted.partition_point(|x| key(x) <= l),
+        None => 0,
     };
-    // `n=0` asks for an empty page with no continuation.
-    let more = n.is_some_and(|n| n > 0 && items.len() > n);
-    if let Some(n) = n {
-        items.truncate(n);
+    let rest = &sorted[start..];
+    let take = n.map_or(rest.len(), |n| n.min(rest.len()));
+    Page {
+        items: rest[..take].to_vec(),
+        // `n=0` asks for an empty page with no continuation.
+        more: n.is_some_and(|n| n > 0 && rest.len() > n),
     }
-    Page { items, more }
 }
 
 #[cfg(test)]
@@ -199,7 +200,7 @@ mod tests {
     #[test]
     fn pages() {
         let v = vec!["a", "b", "c", "d"];
-        let p = paginate(v.clone(), None, Some(2), |s| s);
+        let p = paginate(&v, None, Some(2), |s| s);
         assert_eq!(
             p,
             Page {
@@ -207,7 +208,7 @@ mod tests {
                 more: true
             }
         );
-        let p = paginate(v.clone(), Some("b"), Some(2), |s| s);
+        let p = paginate(&v, Some("b"), Some(2), |s| s);
         assert_eq!(
             p,
             Page {
@@ -215,9 +216,9 @@ mod tests {
                 more: false
             }
         );
-        let p = paginate(v.clone(), Some("bb"), None, |s| s);
+        let p = paginate(&v, Some("bb"), None, |s| s);
         assert_eq!(p.items, vec!["c", "d"]);
-        let p = paginate(v, None, Some(0), |s| s);
+        let p = paginate(&v, None, Some(0), |s| s);
         assert_eq!(
             p,
             Page {

@@ -70,6 +70,7 @@ pub async fn run_all_backends<F: Fn() -> Backend>(fresh: F) {
     cancel_and_unknown_sessions(registry(fresh())).await;
     mount_between_repositories(registry(fresh())).await;
     manifests_tags_and_referrers(registry(fresh())).await;
+    tag_lists_stay_fresh_across_nodes(fresh()).await;
     catalog_pages(registry(fresh())).await;
     purge_removes_idle_sessions(registry(fresh())).await;
     concurrent_pushes_of_one_blob(registry(fresh())).await;
@@ -520,6 +521,30 @@ async fn manifests_tags_and_referrers(s: ObjectRegistry) {
         .await
         .unwrap();
     assert!(s.referrers(&r, &ghost).await.unwrap().is_empty());
+}
+
+/// Two registries ("nodes") over one backend: tag lists cached by one see the other's changes.
+async fn tag_lists_stay_fresh_across_nodes(backend: Backend) {
+    let (a, b) = (backend.registry(), backend.registry());
+    let r = repo("nodes");
+    let cfg = push_blob(&a, &r, b"{}").await;
+    let m = image_manifest(&cfg, 2, &[], None);
+    let tag = |t: &str| Reference::Tag(t.parse().unwrap());
+    let names = |p: Page<Tag>| p.items.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+    a.manifest_put(&r, &tag("one"), Some(OCI_MANIFEST), m.clone().into(), &[])
+        .await
+        .unwrap();
+    assert_eq!(names(a.tags(&r, None, None).await.unwrap()), ["one"]);
+    assert_eq!(names(b.tags(&r, None, None).await.unwrap()), ["one"]);
+    b.manifest_put(&r, &tag("two"), Some(OCI_MANIFEST), m.clone().into(), &[])
+        .await
+        .unwrap();
+    assert_eq!(names(a.tags(&r, None, None).await.unwrap()), ["one", "two"]);
+    b.manifest_delete(&r, &tag("one")).await.unwrap();
+    assert_eq!(names(a.tags(&r, None, None).await.unwrap()), ["two"]);
+    let d = Reference::Digest(Digest::of(Algorithm::Sha256, &m));
+    b.manifest_delete(&r, &d).await.unwrap();
+    assert!(names(a.tags(&r, None, None).await.unwrap()).is_empty());
 }
 
 async fn catalog_pages(s: ObjectRegistry) {

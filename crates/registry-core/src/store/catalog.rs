@@ -29,7 +29,7 @@ impl CatalogStore for ObjectRegistry {
             })
             .collect();
         names.sort();
-        Ok(paginate(names, last, n, RepoName::as_str))
+        Ok(paginate(&names, last, n, RepoName::as_str))
     }
 
     async fn health(&self) -> Result<()> {

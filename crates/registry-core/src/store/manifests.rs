@@ -3,6 +3,8 @@
 //! tagged; deletion runs in the opposite order, so no tag or referrer ever names a missing
 //! manifest.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -130,10 +132,41 @@ impl ObjectRegistry {
     }
 
     async fn set_tag(&self, repo: &RepoName, tag: &Tag, target: &TagTarget) -> Result<()> {
-        self.put_json(&layout::tag(repo, tag), target).await
+        let path = layout::tag(repo, tag);
+        let added = !self.exists(&path).await?;
+        self.put_json(&path, target).await?;
+        if added {
+            self.tags_changed(repo).await?;
+        }
+        Ok(())
     }
 
-    async fn all_tags(&self, repo: &RepoName) -> Result<Vec<Tag>> {
+    /// Records that the set of tags of `repo` changed; called after the change is stored, so a
+    /// reader that sees the new generation also sees the change.
+    async fn tags_changed(&self, repo: &RepoName) -> Result<()> {
+        let generation = uuid::Uuid::new_v4().simple().to_string();
+        self.volatile()
+            .put(
+                &layout::tags_generation(repo),
+                PutPayload::from(generation.into_bytes()),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The sorted tags of `repo`. The generation is read before listing, so a list cached
+    /// under it can only be newer than the generation, never older.
+    async fn all_tags(&self, repo: &RepoName) -> Result<Arc<Vec<Tag>>> {
+        let generation =
+            super::get_small_in(self.volatile(), &layout::tags_generation(repo)).await?;
+        if let Some(g) = &generation {
+            let cache = self.tag_lists.lock().expect("not poisoned");
+            if let Some((cached, list)) = cache.get(repo) {
+                if cached == g {
+                    return Ok(list.clone());
+                }
+            }
+        }
         let listing = self
             .store
             .list_with_delimiter(Some(&layout::tags_dir(repo)))
@@ -144,9 +177,20 @@ impl ObjectRegistry {
             .filter_map(|m| m.location.filename()?.parse().ok())
             .collect();
         tags.sort();
+        let tags = Arc::new(tags);
+        if let Some(g) = generation {
+            let mut cache = self.tag_lists.lock().expect("not poisoned");
+            if cache.len() >= TAG_LIST_CACHE_REPOS {
+                cache.clear();
+            }
+            cache.insert(repo.clone(), (g, tags.clone()));
+        }
         Ok(tags)
     }
 }
+
+/// How many repositories' tag lists are cached at most.
+const TAG_LIST_CACHE_REPOS: usize = 1024;
 
 #[async_trait]
 impl ManifestStore for ObjectRegistry {
@@ -243,19 +287,25 @@ impl ManifestStore for ObjectRegistry {
                 if !self.exists(&path).await? {
                     return Err(Error::ManifestUnknown(t.to_string()));
                 }
-                self.delete_quiet(&path).await
+                self.delete_quiet(&path).await?;
+                self.tags_changed(repo).await
             }
             Reference::Digest(d) => {
                 let Some(rev) = self.revision(repo, d).await? else {
                     return Err(Error::ManifestUnknown(d.to_string()));
                 };
-                for tag in self.all_tags(repo).await? {
-                    let path = layout::tag(repo, &tag);
+                let mut untagged = false;
+                for tag in self.all_tags(repo).await?.iter() {
+                    let path = layout::tag(repo, tag);
                     if let Some(t) = self.get_json::<TagTarget>(&path).await? {
                         if &t.digest == d {
                             self.delete_quiet(&path).await?;
+                            untagged = true;
                         }
                     }
+                }
+                if untagged {
+                    self.tags_changed(repo).await?;
                 }
                 if let Some(bytes) = self.get_small(&layout::blob(d)).await? {
                     if let Ok(parsed) = manifest::parse(Some(&rev.media_type), &bytes) {
@@ -279,7 +329,7 @@ impl ManifestStore for ObjectRegistry {
         if !self.repo_exists(repo).await? {
             return Err(Error::NameUnknown(repo.to_string()));
         }
-        Ok(paginate(self.all_tags(repo).await?, last, n, Tag::as_str))
+        Ok(paginate(&self.all_tags(repo).await?, last, n, Tag::as_str))
     }
 }
 

@@ -10,7 +10,7 @@ mod catalog;
 mod manifests;
 mod uploads;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -21,7 +21,10 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::layout;
-use crate::names::RepoName;
+use crate::names::{RepoName, Tag};
+
+/// A repository's sorted tags and the `tags_generation` they were listed under.
+type CachedTags = (Bytes, Arc<Vec<Tag>>);
 
 /// Tunables of [`ObjectRegistry`].
 #[derive(Clone, Debug)]
@@ -52,6 +55,9 @@ pub struct ObjectRegistry {
     /// Repositories whose catalog marker is known to exist. A cache only: markers are never
     /// removed, so a stale entry cannot be wrong.
     known_repos: Arc<Mutex<HashSet<RepoName>>>,
+    /// Tag lists by repository, each with the `tags_generation` it was listed under. A cache
+    /// only: an entry is used only while the stored generation still equals its own.
+    tag_lists: Arc<Mutex<HashMap<RepoName, CachedTags>>>,
 }
 
 impl ObjectRegistry {
@@ -62,6 +68,7 @@ impl ObjectRegistry {
             scratch: None,
             options,
             known_repos: Arc::default(),
+            tag_lists: Arc::default(),
         }
     }
 
@@ -78,6 +85,12 @@ impl ObjectRegistry {
     /// The underlying object store.
     pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
+    }
+
+    /// Where data goes that may be lost in a machine crash without harm: the scratch store
+    /// when there is one (upload sessions, cache validators).
+    fn volatile(&self) -> &Arc<dyn ObjectStore> {
+        self.scratch.as_ref().unwrap_or(&self.store)
     }
 
     /// Reads a whole small object; `None` when absent.

@@ -115,7 +115,7 @@ impl ObjectRegistry {
     /// with it in a machine crash is unknown afterwards and the client starts over; what it
     /// says can never publish wrong bytes, since chunks are verified when published.
     fn sessions(&self) -> &Arc<dyn ObjectStore> {
-        self.scratch.as_ref().unwrap_or(&self.store)
+        self.volatile()
     }
 
     async fn session_json<T: serde::de::DeserializeOwned>(&self, path: &Path) -> Result<Option<T>> {
