@@ -1,10 +1,10 @@
 //! The storage key layout, drawn once. Every key the registry reads or writes is built here.
 //!
 //! ```text
-//! blobs/<alg>/<hex[..2]>/<hex>/data               content-addressed bytes: layers, configs, manifests
+//! blobs/<alg>/<hex[..2]>/<hex>/data               content-addressed bytes of layers and configs
 //! repositories/<name>/_layers/<alg>/<hex>          link: the blob is in the repository; holds its size
-//! repositories/<name>/_manifests/revisions/<alg>/<hex>  link: the manifest is in the repository;
-//!                                                  holds {"mediaType","size"}
+//! repositories/<name>/_manifests/revisions/<alg>/<hex>  the manifest, in the repository:
+//!                                                  "<mediaType>\n" then its exact bytes
 //! repositories/<name>/_manifests/tags/<tag>        holds {"digest","mediaType","size"}
 //! repositories/<name>/_manifests/tags_generation   random value, rewritten when tags are added or
 //!                                                  removed (validates cached tag lists)

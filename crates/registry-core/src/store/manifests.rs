@@ -1,5 +1,5 @@
-//! Manifests, tags and referrers. A manifest is stored as a content-addressed blob, then linked
-//! as a revision of the repository (with its media type), then indexed under its subject, then
+//! Manifests, tags and referrers. A manifest is stored as a revision of its repository (its
+//! media type, then its exact bytes, in one object), then indexed under its subject, then
 //! tagged; deletion runs in the opposite order, so no tag or referrer ever names a missing
 //! manifest.
 
@@ -19,12 +19,44 @@ use crate::manifest::{self, Descriptor, ManifestKind};
 use crate::names::{Reference, RepoName, Tag};
 use crate::storage::{paginate, ManifestInfo, ManifestStore, Page, PutManifest, ReferrerStore};
 
-/// Content of a revision link.
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// A stored manifest revision: `<media type>\n<exact manifest bytes>` in one object, so a push
+/// is one write and a pull by digest one read. Media types are always one of
+/// [`manifest::MANIFEST_TYPES`], so they never contain a newline.
 struct Revision {
     media_type: String,
-    size: u64,
+    bytes: Bytes,
+}
+
+impl Revision {
+    fn encode(media_type: &str, bytes: &Bytes) -> PutPayload {
+        PutPayload::from_iter([Bytes::from(format!("{media_type}\n")), bytes.clone()])
+    }
+
+    fn decode(path: &object_store::path::Path, raw: Bytes) -> Result<Revision> {
+        let corrupt = |reason: &str| Error::Corrupt {
+            path: path.to_string(),
+            reason: reason.to_owned(),
+        };
+        let newline = raw
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or_else(|| corrupt("no media type line"))?;
+        let media_type = std::str::from_utf8(&raw[..newline])
+            .map_err(|_| corrupt("media type is not UTF-8"))?
+            .to_owned();
+        Ok(Revision {
+            media_type,
+            bytes: raw.slice(newline + 1..),
+        })
+    }
+
+    fn info(&self, digest: &Digest) -> ManifestInfo {
+        ManifestInfo {
+            digest: digest.clone(),
+            media_type: self.media_type.clone(),
+            size: self.bytes.len() as u64,
+        }
+    }
 }
 
 /// Content of a tag.
@@ -38,7 +70,11 @@ struct TagTarget {
 
 impl ObjectRegistry {
     async fn revision(&self, repo: &RepoName, digest: &Digest) -> Result<Option<Revision>> {
-        self.get_json(&layout::revision_link(repo, digest)).await
+        let path = layout::revision_link(repo, digest);
+        match self.get_small(&path).await? {
+            Some(raw) => Revision::decode(&path, raw).map(Some),
+            None => Ok(None),
+        }
     }
 
     async fn resolve(&self, repo: &RepoName, reference: &Reference) -> Result<ManifestInfo> {
@@ -55,14 +91,7 @@ impl ObjectRegistry {
                     size: target.size,
                 })
             }
-            Reference::Digest(d) => {
-                let rev = self.revision(repo, d).await?.ok_or_else(unknown)?;
-                Ok(ManifestInfo {
-                    digest: d.clone(),
-                    media_type: rev.media_type,
-                    size: rev.size,
-                })
-            }
+            Reference::Digest(d) => Ok(self.revision(repo, d).await?.ok_or_else(unknown)?.info(d)),
         }
     }
 
@@ -122,7 +151,7 @@ impl ObjectRegistry {
         if target.media_type != manifest::OCI_INDEX {
             return Ok(Vec::new());
         }
-        let Some(bytes) = self.get_small(&layout::blob(&target.digest)).await? else {
+        let Some(Revision { bytes, .. }) = self.revision(repo, &target.digest).await? else {
             return Ok(Vec::new());
         };
         // A client-maintained index that does not parse lists nothing; it is not our error.
@@ -220,15 +249,11 @@ impl ManifestStore for ObjectRegistry {
         self.ensure_repo(repo).await?;
 
         let size = bytes.len() as u64;
-        let blob = layout::blob(&digest);
-        if !self.exists(&blob).await? {
-            self.store.put(&blob, PutPayload::from(bytes)).await?;
-        }
-        let revision = Revision {
-            media_type: parsed.media_type.clone(),
-            size,
-        };
-        self.put_json(&layout::revision_link(repo, &digest), &revision)
+        self.store
+            .put(
+                &layout::revision_link(repo, &digest),
+                Revision::encode(&parsed.media_type, &bytes),
+            )
             .await?;
         if let Some(subject) = &parsed.subject {
             let descriptor = Descriptor {
@@ -272,12 +297,15 @@ impl ManifestStore for ObjectRegistry {
         repo: &RepoName,
         reference: &Reference,
     ) -> Result<(ManifestInfo, Bytes)> {
-        let info = self.resolve(repo, reference).await?;
-        let bytes = self
-            .get_small(&layout::blob(&info.digest))
+        let digest = match reference {
+            Reference::Digest(d) => d.clone(),
+            Reference::Tag(_) => self.resolve(repo, reference).await?.digest,
+        };
+        let rev = self
+            .revision(repo, &digest)
             .await?
             .ok_or_else(|| Error::ManifestUnknown(reference.to_string()))?;
-        Ok((info, bytes))
+        Ok((rev.info(&digest), rev.bytes))
     }
 
     async fn manifest_delete(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
@@ -307,12 +335,10 @@ impl ManifestStore for ObjectRegistry {
                 if untagged {
                     self.tags_changed(repo).await?;
                 }
-                if let Some(bytes) = self.get_small(&layout::blob(d)).await? {
-                    if let Ok(parsed) = manifest::parse(Some(&rev.media_type), &bytes) {
-                        if let Some(subject) = parsed.subject {
-                            self.delete_quiet(&layout::referrer(repo, &subject.digest, d))
-                                .await?;
-                        }
+                if let Ok(parsed) = manifest::parse(Some(&rev.media_type), &rev.bytes) {
+                    if let Some(subject) = parsed.subject {
+                        self.delete_quiet(&layout::referrer(repo, &subject.digest, d))
+                            .await?;
                     }
                 }
                 self.delete_quiet(&layout::revision_link(repo, d)).await
