@@ -39,6 +39,13 @@ impl T {
         self.req(Method::GET, path).send().await.unwrap()
     }
 
+    /// The bytes of a blob, which must be readable.
+    async fn blob(&self, repo: &str, digest: &str) -> bytes::Bytes {
+        let r = self.get(&format!("/v2/{repo}/blobs/{digest}")).await;
+        assert_eq!(r.status(), StatusCode::OK, "blob {digest} in {repo}");
+        r.bytes().await.unwrap()
+    }
+
     /// Pushes a blob with a single POST; returns its digest.
     async fn push_blob(&self, repo: &str, bytes: &[u8]) -> String {
         let d = sha256(bytes);
@@ -318,14 +325,7 @@ async fn chunked_upload_rules() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(header(&r, "location"), format!("/v2/chunks/blobs/{d}"));
-    assert_eq!(
-        t.get(&format!("/v2/chunks/blobs/{d}"))
-            .await
-            .bytes()
-            .await
-            .unwrap(),
-        bytes
-    );
+    assert_eq!(t.blob("chunks", &d).await, bytes);
     // The session is gone.
     expect_error(
         t.get(&loc).await,
@@ -357,14 +357,7 @@ async fn streamed_patch_without_content_range() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    assert_eq!(
-        t.get(&format!("/v2/stream/blobs/{d}"))
-            .await
-            .bytes()
-            .await
-            .unwrap(),
-        bytes
-    );
+    assert_eq!(t.blob("stream", &d).await, bytes);
 }
 
 #[tokio::test]
@@ -478,14 +471,7 @@ async fn upload_continues_after_server_restart() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    assert_eq!(
-        t.get(&format!("/v2/resume/blobs/{d}"))
-            .await
-            .bytes()
-            .await
-            .unwrap(),
-        bytes
-    );
+    assert_eq!(t.blob("resume", &d).await, bytes);
 }
 
 #[tokio::test]
@@ -509,14 +495,7 @@ async fn blobs_are_scoped_and_mountable() {
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(header(&r, "location"), format!("/v2/dst/blobs/{d}"));
     assert_eq!(header(&r, "docker-content-digest"), d);
-    assert_eq!(
-        t.get(&format!("/v2/dst/blobs/{d}"))
-            .await
-            .bytes()
-            .await
-            .unwrap(),
-        &b"layer"[..]
-    );
+    assert_eq!(t.blob("dst", &d).await, &b"layer"[..]);
     // Unknown source repository or blob: a new upload session instead.
     let missing = sha256(b"missing");
     for q in [
@@ -1087,14 +1066,7 @@ async fn sha512_uploads() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    assert_eq!(
-        t.get(&format!("/v2/long/blobs/{d}"))
-            .await
-            .bytes()
-            .await
-            .unwrap(),
-        bytes
-    );
+    assert_eq!(t.blob("long", &d).await, bytes);
 }
 
 #[tokio::test]
@@ -1104,14 +1076,7 @@ async fn fifty_concurrent_pushes_of_one_blob_and_manifest() {
     let pushes = (0..50).map(|_| t.push_blob("same", &bytes));
     let digests = futures::future::join_all(pushes).await;
     let d = &digests[0];
-    assert_eq!(
-        t.get(&format!("/v2/same/blobs/{d}"))
-            .await
-            .bytes()
-            .await
-            .unwrap(),
-        bytes
-    );
+    assert_eq!(t.blob("same", &d).await, bytes);
     let m = manifest(d, bytes.len(), &[], None);
     let puts = (0..50).map(|_| t.put_manifest("same", "latest", OCI_MANIFEST, &m));
     for r in futures::future::join_all(puts).await {
