@@ -1076,7 +1076,7 @@ async fn fifty_concurrent_pushes_of_one_blob_and_manifest() {
     let pushes = (0..50).map(|_| t.push_blob("same", &bytes));
     let digests = futures::future::join_all(pushes).await;
     let d = &digests[0];
-    assert_eq!(t.blob("same", &d).await, bytes);
+    assert_eq!(t.blob("same", d).await, bytes);
     let m = manifest(d, bytes.len(), &[], None);
     let puts = (0..50).map(|_| t.put_manifest("same", "latest", OCI_MANIFEST, &m));
     for r in futures::future::join_all(puts).await {
