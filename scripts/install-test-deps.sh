@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Installs what the end-to-end tests drive: skopeo and podman (Debian packages). Idempotent.
+# Installs what the end-to-end tests and benchmark scripts drive: skopeo, podman, curl (Debian
+# packages). Idempotent.
 set -euo pipefail
 missing=()
-for tool in skopeo podman; do
+for tool in skopeo podman curl; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -14,6 +15,6 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-for tool in skopeo podman; do
+for tool in skopeo podman curl; do
   command -v "$tool" >/dev/null 2>&1 || { echo "install-test-deps: $tool still missing" >&2; exit 1; }
 done
