@@ -210,6 +210,8 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: 
         .observe(start.elapsed().as_secs_f64());
     let bytes_out = metrics.bytes_out.clone();
     response.map(|body| {
+        // Bodies of known size (errors, manifests, small JSON) are counted at once and left
+        // unwrapped: wrapping would hide their size, and with it their Content-Length.
         if let Some(n) = body.size_hint().exact() {
             bytes_out.inc_by(n);
             return body;

@@ -95,10 +95,7 @@ fn check_id(id: &str) -> Result<()> {
 impl ObjectRegistry {
     async fn load_upload(&self, repo: &RepoName, id: &str) -> Result<UploadState> {
         check_id(id)?;
-        match self
-            .session_json::<UploadState>(&layout::upload_state(id))
-            .await
-        {
+        match get_json_in::<UploadState>(self.volatile(), &layout::upload_state(id)).await {
             Ok(Some(s)) if s.repo == repo.as_str() => Ok(s),
             Ok(_) => Err(Error::UploadUnknown),
             // A session document torn by a machine crash: the session is gone, the client
@@ -109,17 +106,6 @@ impl ObjectRegistry {
             }
             Err(e) => Err(e),
         }
-    }
-
-    /// The store of session documents: the scratch store when there is one. A session lost
-    /// with it in a machine crash is unknown afterwards and the client starts over; what it
-    /// says can never publish wrong bytes, since chunks are verified when published.
-    fn sessions(&self) -> &Arc<dyn ObjectStore> {
-        self.volatile()
-    }
-
-    async fn session_json<T: serde::de::DeserializeOwned>(&self, path: &Path) -> Result<Option<T>> {
-        get_json_in(self.sessions(), path).await
     }
 
     /// The store holding `part`.
@@ -239,7 +225,7 @@ impl ObjectRegistry {
         state.size += written;
         state.hasher = hasher.map(|h| h.save());
         state.updated_at = now();
-        put_json_in(self.sessions(), &layout::upload_state(id), &state).await?;
+        put_json_in(self.volatile(), &layout::upload_state(id), &state).await?;
         Ok(state)
     }
 
@@ -297,9 +283,20 @@ impl ObjectRegistry {
         Ok(())
     }
 
-    /// Removes a session: its state first (so it is gone at once), then its data.
-    async fn remove_upload(&self, id: &str) -> Result<()> {
-        delete_quiet(self.sessions(), &layout::upload_state(id)).await?;
+    /// Removes a session: its document first (so it is gone at once), then the chunks it
+    /// lists. Objects it does not list (a racing writer's chunk) are left to the purge.
+    async fn remove_session(&self, id: &str, state: &UploadState) -> Result<()> {
+        delete_quiet(self.volatile(), &layout::upload_state(id)).await?;
+        for part in &state.parts {
+            delete_quiet(self.part_store(part), &part.path(id)).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes everything under a session's directory, in every store (for the purge, which
+    /// may find sessions without a readable document).
+    async fn remove_upload_dir(&self, id: &str) -> Result<()> {
+        delete_quiet(self.volatile(), &layout::upload_state(id)).await?;
         let dir = layout::upload_dir(id);
         for store in std::iter::once(&self.store).chain(self.scratch.iter()) {
             let paths: Vec<Path> = store
@@ -391,7 +388,7 @@ impl UploadStore for ObjectRegistry {
             parts: Vec::new(),
             hasher: Some(Hasher::new(algorithm).save()),
         };
-        put_json_in(self.sessions(), &layout::upload_state(&id), &state).await?;
+        put_json_in(self.volatile(), &layout::upload_state(&id), &state).await?;
         Ok(UploadStatus { id, size: 0 })
     }
 
@@ -433,18 +430,18 @@ impl UploadStore for ObjectRegistry {
         let target = layout::blob(digest);
         if let Err(e) = self.verify_and_publish(id, &state, digest, &target).await {
             if matches!(e, Error::DigestMismatch { .. }) {
-                self.remove_upload(id).await?;
+                self.remove_session(id, &state).await?;
             }
             return Err(e);
         }
         self.link_blob(repo, digest, state.size).await?;
-        self.remove_upload(id).await?;
+        self.remove_session(id, &state).await?;
         Ok(state.size)
     }
 
     async fn upload_cancel(&self, repo: &RepoName, id: &str) -> Result<()> {
-        self.load_upload(repo, id).await?;
-        self.remove_upload(id).await
+        let state = self.load_upload(repo, id).await?;
+        self.remove_session(id, &state).await
     }
 
     async fn upload_purge(&self, max_age: Duration) -> Result<usize> {
@@ -461,27 +458,26 @@ impl UploadStore for ObjectRegistry {
             let Some(id) = dir.filename().map(str::to_owned) else {
                 continue;
             };
-            let stale = match self
-                .session_json::<UploadState>(&layout::upload_state(&id))
-                .await
-            {
-                Ok(Some(state)) => state.updated_at < cutoff,
-                // No readable state: judge by the age of whatever is left.
-                Ok(None) | Err(Error::Corrupt { .. }) => {
-                    let mut newest = 0;
-                    for store in std::iter::once(&self.store).chain(self.scratch.iter()) {
-                        newest = store
-                            .list(Some(&dir))
-                            .map_ok(|m| m.last_modified.timestamp().max(0) as u64)
-                            .try_fold(newest, |a, b| async move { Ok(a.max(b)) })
-                            .await?;
+            let stale =
+                match get_json_in::<UploadState>(self.volatile(), &layout::upload_state(&id)).await
+                {
+                    Ok(Some(state)) => state.updated_at < cutoff,
+                    // No readable state: judge by the age of whatever is left.
+                    Ok(None) | Err(Error::Corrupt { .. }) => {
+                        let mut newest = 0;
+                        for store in std::iter::once(&self.store).chain(self.scratch.iter()) {
+                            newest = store
+                                .list(Some(&dir))
+                                .map_ok(|m| m.last_modified.timestamp().max(0) as u64)
+                                .try_fold(newest, |a, b| async move { Ok(a.max(b)) })
+                                .await?;
+                        }
+                        newest < cutoff
                     }
-                    newest < cutoff
-                }
-                Err(e) => return Err(e),
-            };
+                    Err(e) => return Err(e),
+                };
             if stale {
-                self.remove_upload(&id).await?;
+                self.remove_upload_dir(&id).await?;
                 purged += 1;
             }
         }
