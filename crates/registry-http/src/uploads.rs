@@ -74,13 +74,14 @@ pub(crate) async fn start(
         }
         // Unknown source or blob: fall back to a regular upload session (202).
     }
-    let algorithm = match (req.query("digest-algorithm"), digest_param(req)?) {
+    let digest = digest_param(req)?;
+    let algorithm = match (req.query("digest-algorithm"), &digest) {
         (Some(a), _) => a.parse::<Algorithm>()?,
         (None, Some(d)) => d.algorithm(),
         (None, None) => Algorithm::Sha256,
     };
     let up = s.storage.upload_start(&name, algorithm).await?;
-    if let Some(digest) = digest_param(req)? {
+    if let Some(digest) = digest {
         let len = req.content_length();
         s.storage
             .upload_finish(&name, &up.id, &digest, Some((len, stream(body))))
