@@ -1,10 +1,24 @@
-//! `registry-auth`: who a request comes from. This crate knows nothing of storage or HTTP
-//! frameworks; the guards (htpasswd, mutual TLS, IP allowlists, access rules) build on
-//! [`Identity`].
+//! `registry-auth`: who a request comes from and what it may do. This crate knows nothing of
+//! storage or HTTP frameworks: [`Guard`] admits addresses ([`ip`]), authenticates client
+//! certificates ([`tls`]) and Basic credentials ([`basic`], [`htpasswd`], with the [`brake`]),
+//! and authorizes actions ([`rules`]).
 
 #![warn(missing_docs)]
 
+pub mod basic;
+pub mod brake;
+pub mod guard;
+pub mod htpasswd;
+pub mod ip;
+pub mod pattern;
+pub mod rules;
+pub mod tls;
+pub mod watch;
+
 use std::fmt;
+
+pub use guard::{Guard, Refusal};
+pub use rules::{Action, Anonymous, Policy, Rule};
 
 /// Who a request comes from, once authenticated.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

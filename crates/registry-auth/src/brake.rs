@@ -1,0 +1,165 @@
+//! The brute-force brake: after `attempts` failed logins from one address within `window`,
+//! further logins from it are refused for `pause` without being verified. IPv6 clients are
+//! counted per /64, since one host usually holds a whole /64.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The brake's tunables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BrakeSettings {
+    /// Failures that engage the brake (0: never).
+    pub attempts: u32,
+    /// The window failures are counted in.
+    pub window: Duration,
+    /// How long an engaged brake refuses.
+    pub pause: Duration,
+}
+
+impl Default for BrakeSettings {
+    fn default() -> Self {
+        BrakeSettings {
+            attempts: 10,
+            window: Duration::from_secs(60),
+            pause: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    since: Instant,
+    failures: u32,
+    until: Option<Instant>,
+}
+
+/// Most tracked addresses; beyond it, stale entries are dropped.
+const TRACKED: usize = 65_536;
+
+/// Counts failures per address.
+#[derive(Debug)]
+pub struct Brake {
+    settings: BrakeSettings,
+    entries: Mutex<HashMap<IpAddr, Entry>>,
+}
+
+fn bucket(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
+impl Brake {
+    /// A brake with these settings.
+    pub fn new(settings: BrakeSettings) -> Brake {
+        Brake {
+            settings,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `Err(retry_after)` while the brake is engaged for `ip`.
+    pub fn check(&self, ip: IpAddr) -> Result<(), Duration> {
+        if self.settings.attempts == 0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        match entries.get(&bucket(ip)).and_then(|e| e.until) {
+            Some(until) if until > now => Err(until - now),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records a failed login from `ip`; `Err(retry_after)` when this one engaged the brake.
+    pub fn fail(&self, ip: IpAddr) -> Result<(), Duration> {
+        let s = self.settings;
+        if s.attempts == 0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= TRACKED {
+            entries.retain(|_, e| {
+                now.duration_since(e.since) < s.window || e.until.is_some_and(|u| u > now)
+            });
+        }
+        let entry = entries.entry(bucket(ip)).or_insert(Entry {
+            since: now,
+            failures: 0,
+            until: None,
+        });
+        if now.duration_since(entry.since) >= s.window && entry.until.is_none_or(|u| u <= now) {
+            *entry = Entry {
+                since: now,
+                failures: 0,
+                until: None,
+            };
+        }
+        entry.failures += 1;
+        if entry.failures >= s.attempts {
+            entry.until = Some(now + s.pause);
+            entry.failures = 0;
+            entry.since = now;
+            return Err(s.pause);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engages_after_attempts_and_releases_after_pause() {
+        let brake = Brake::new(BrakeSettings {
+            attempts: 3,
+            window: Duration::from_secs(60),
+            pause: Duration::from_millis(200),
+        });
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        assert!(brake.fail(a).is_ok());
+        assert!(brake.fail(a).is_ok());
+        assert!(brake.check(a).is_ok());
+        assert!(brake.fail(a).is_err());
+        assert!(brake.check(a).is_err());
+        assert!(brake.check(b).is_ok(), "other addresses are not braked");
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(brake.check(a).is_ok());
+    }
+
+    #[test]
+    fn ipv6_counts_per_64() {
+        let brake = Brake::new(BrakeSettings {
+            attempts: 2,
+            ..BrakeSettings::default()
+        });
+        assert!(brake.fail("2001:db8:1:2::1".parse().unwrap()).is_ok());
+        assert!(brake.fail("2001:db8:1:2::ffff".parse().unwrap()).is_err());
+        assert!(brake
+            .check("2001:db8:1:2:abcd::9".parse().unwrap())
+            .is_err());
+        assert!(brake.check("2001:db8:1:3::1".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn disabled() {
+        let brake = Brake::new(BrakeSettings {
+            attempts: 0,
+            ..BrakeSettings::default()
+        });
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..100 {
+            assert!(brake.fail(a).is_ok());
+        }
+        assert!(brake.check(a).is_ok());
+    }
+}
