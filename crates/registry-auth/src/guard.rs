@@ -107,19 +107,29 @@ impl Guard {
         }
     }
 
-    /// The client's address, if it is allowed to connect.
+    /// The client's address, if it is allowed to connect. `peer` is `None` when the server
+    /// does not know it; only an allow-everything list admits such requests. A client that a
+    /// trusted proxy cannot name is likewise admitted only by an allow-everything list, and is
+    /// then known by the proxy's address.
     pub fn admit(
         &self,
-        peer: IpAddr,
+        peer: Option<IpAddr>,
         forwarded: Option<&str>,
         x_forwarded_for: Option<&str>,
     ) -> Result<IpAddr, Refusal> {
         let everything = self.allow.is_everything();
+        let unknown = || Refusal::Denied("the client address is unknown".into());
+        let Some(peer) = peer else {
+            return match everything {
+                true => Ok(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+                false => Err(unknown()),
+            };
+        };
         match client_address(peer, forwarded, x_forwarded_for, &self.trusted_proxies) {
             Some(ip) if everything || self.allow.contains(ip) => Ok(ip),
             None if everything => Ok(peer.to_canonical()),
             Some(ip) => Err(Refusal::Denied(format!("address {ip} is not allowed"))),
-            None => Err(Refusal::Denied("the client address is unknown".into())),
+            None => Err(unknown()),
         }
     }
 
@@ -189,6 +199,11 @@ impl Guard {
             },
             _ => self.policy.allows(identity, action, repository),
         }
+    }
+
+    /// Whether some repositories may be hidden from `identity` (so listings must be filtered).
+    pub fn restricts(&self, identity: &Identity) -> bool {
+        !matches!(identity, Identity::Anonymous) && self.policy.has_rules()
     }
 
     /// [`Guard::may`] as an answer: anonymous requests are asked to log in, others denied.

@@ -120,6 +120,11 @@ impl Policy {
         Policy { anonymous, rules }
     }
 
+    /// Whether any rule is configured (without rules, identities may do everything).
+    pub fn has_rules(&self) -> bool {
+        !self.rules.is_empty()
+    }
+
     /// What anonymous requests may do.
     pub fn anonymous(&self) -> Anonymous {
         self.anonymous

@@ -18,6 +18,31 @@
 //! [metrics]
 //! enabled = true          # Prometheus metrics at GET /metrics
 //! listen = "127.0.0.1:9090"  # optional: serve /metrics there instead of on the API listener
+//!
+//! [tls]                   # with cert and key, server.listen speaks HTTPS
+//! cert = "/etc/registry/cert.pem"
+//! key = "/etc/registry/key.pem"
+//! client_ca = "/etc/registry/clients-ca.pem"    # verify client certificates against it
+//! client_auth = "required"                      # or "optional"
+//! client_names = ["*.clients.registry.example.com"]
+//! plain_listen = "127.0.0.1:5080"               # optional: plain HTTP as well
+//!
+//! [auth]
+//! htpasswd = "/etc/registry/htpasswd"   # bcrypt, $apr1$, {SHA}, $5$, $6$
+//! realm = "Registry"
+//! public_read = false     # anonymous pull
+//! cache = "2m"            # how long a verified password is remembered
+//! brake = { attempts = 10, window = "1m", pause = "5m" }
+//!
+//! [network]
+//! allow = ["10.0.0.0/8", "2001:db8::/32"]   # default: everything
+//! trusted_proxies = ["127.0.0.1"]           # Forwarded / X-Forwarded-For believed from these
+//!
+//! [[access]]              # with rules, what no rule grants is denied
+//! users = ["ann"]
+//! certificates = ["*.ci.example.com"]
+//! repositories = ["team-a/**"]
+//! actions = ["pull", "push", "delete"]
 //! ```
 
 use std::net::SocketAddr;
@@ -25,6 +50,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use registry_auth::brake::BrakeSettings;
+use registry_auth::ip::IpRanges;
+use registry_auth::pattern::NamePattern;
+use registry_auth::tls::{ClientAuth, TlsFiles};
+use registry_auth::Rule;
 use serde::Deserialize;
 
 /// The file as written; every field optional.
@@ -41,6 +71,78 @@ pub struct RawConfig {
     pub uploads: RawUploads,
     #[serde(default)]
     pub metrics: RawMetrics,
+    #[serde(default)]
+    pub tls: RawTls,
+    #[serde(default)]
+    pub auth: RawAuth,
+    #[serde(default)]
+    pub network: RawNetwork,
+    #[serde(default)]
+    pub access: Vec<RawRule>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub client_ca: Option<PathBuf>,
+    pub client_auth: Option<String>,
+    pub client_names: Option<Vec<String>>,
+    pub plain_listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub htpasswd: Option<PathBuf>,
+    pub realm: Option<String>,
+    pub public_read: Option<bool>,
+    pub cache: Option<String>,
+    #[serde(default)]
+    pub brake: RawBrake,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBrake {
+    pub attempts: Option<u32>,
+    pub window: Option<String>,
+    pub pause: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNetwork {
+    pub allow: Option<Vec<String>>,
+    pub trusted_proxies: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    #[serde(default)]
+    pub users: Vec<String>,
+    #[serde(default)]
+    pub certificates: Vec<String>,
+    #[serde(default)]
+    pub repositories: Vec<String>,
+    #[serde(default)]
+    pub actions: Vec<String>,
+}
+
+/// The guards of the instance, validated.
+#[derive(Debug, Clone)]
+pub struct GuardSettings {
+    pub htpasswd: Option<PathBuf>,
+    pub realm: String,
+    pub public_read: bool,
+    pub cache: Duration,
+    pub brake: BrakeSettings,
+    pub client_names: Option<Vec<NamePattern>>,
+    pub allow: IpRanges,
+    pub trusted_proxies: IpRanges,
+    pub rules: Vec<Rule>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -99,6 +201,9 @@ pub enum StorageLocation {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
+    pub plain_listen: Option<SocketAddr>,
+    pub tls: Option<TlsFiles>,
+    pub guard: GuardSettings,
     pub storage: StorageLocation,
     pub delete_enabled: bool,
     pub manifest_max_bytes: usize,
@@ -137,15 +242,118 @@ impl RawConfig {
                     .with_context(|| format!("metrics.listen {addr:?} is not IP:PORT"))?,
             ),
         };
+        let tls = validate_tls(&self.tls)?;
+        let plain_listen = match &self.tls.plain_listen {
+            None => None,
+            Some(_) if tls.is_none() => bail!("tls.plain_listen needs tls.cert and tls.key"),
+            Some(a) => Some(
+                a.parse()
+                    .with_context(|| format!("tls.plain_listen {a:?} is not IP:PORT"))?,
+            ),
+        };
+        let guard = validate_guard(&self.auth, &self.network, &self.tls, &self.access)?;
+        if guard.client_names.is_some() && tls.as_ref().is_none_or(|t| t.client_ca.is_none()) {
+            bail!("tls.client_names needs tls.client_ca (the CA that signs client certificates)");
+        }
+        let authenticates =
+            guard.htpasswd.is_some() || tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        if !guard.rules.is_empty() && !authenticates {
+            bail!("access rules need authentication: set auth.htpasswd or tls.client_ca");
+        }
         Ok(Settings {
             metrics,
             listen,
+            plain_listen,
+            tls,
+            guard,
             storage,
             delete_enabled: self.api.delete.unwrap_or(true),
             manifest_max_bytes,
             upload_max_age,
         })
     }
+}
+
+fn validate_tls(raw: &RawTls) -> anyhow::Result<Option<TlsFiles>> {
+    let client_auth = match raw.client_auth.as_deref() {
+        None | Some("required") => ClientAuth::Required,
+        Some("optional") => ClientAuth::Optional,
+        Some(other) => bail!("tls.client_auth {other:?} must be \"required\" or \"optional\""),
+    };
+    match (&raw.cert, &raw.key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: raw.client_ca.clone(),
+            client_auth,
+        })),
+        (None, None) if raw.client_ca.is_some() => {
+            bail!("client certificates need TLS: set tls.cert and tls.key too")
+        }
+        (None, None) => Ok(None),
+        _ => bail!("TLS needs both tls.cert and tls.key"),
+    }
+}
+
+fn validate_guard(
+    auth: &RawAuth,
+    network: &RawNetwork,
+    tls: &RawTls,
+    access: &[RawRule],
+) -> anyhow::Result<GuardSettings> {
+    let d = BrakeSettings::default();
+    let brake = BrakeSettings {
+        attempts: auth.brake.attempts.unwrap_or(d.attempts),
+        window: match &auth.brake.window {
+            Some(w) => parse_duration(w).context("auth.brake.window")?,
+            None => d.window,
+        },
+        pause: match &auth.brake.pause {
+            Some(p) => parse_duration(p).context("auth.brake.pause")?,
+            None => d.pause,
+        },
+    };
+    let client_names = match &tls.client_names {
+        None => None,
+        Some(names) => Some(
+            names
+                .iter()
+                .map(|n| NamePattern::parse(n))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(anyhow::Error::msg)
+                .context("tls.client_names")?,
+        ),
+    };
+    let ranges = |list: &Option<Vec<String>>, default: IpRanges, what: &str| match list {
+        None => Ok(default),
+        Some(l) => IpRanges::parse(l)
+            .map_err(anyhow::Error::msg)
+            .context(what.to_owned()),
+    };
+    let rules = access
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            Rule::new(&r.users, &r.certificates, &r.repositories, &r.actions)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("access rule {}", i + 1))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(GuardSettings {
+        htpasswd: auth.htpasswd.clone(),
+        realm: auth.realm.clone().unwrap_or_else(|| "Registry".into()),
+        public_read: auth.public_read.unwrap_or(false),
+        cache: parse_duration(auth.cache.as_deref().unwrap_or("2m")).context("auth.cache")?,
+        brake,
+        client_names,
+        allow: ranges(&network.allow, IpRanges::all(), "network.allow")?,
+        trusted_proxies: ranges(
+            &network.trusted_proxies,
+            IpRanges::none(),
+            "network.trusted_proxies",
+        )?,
+        rules,
+    })
 }
 
 /// Parses a storage location: a path, `file://` URL or `memory://`.

@@ -1,6 +1,7 @@
 //! The `registry` binary: parses the command line and runs a subcommand.
 
 mod config;
+mod listen;
 mod serve;
 
 use std::path::PathBuf;
@@ -23,6 +24,9 @@ enum Command {
     ///   registry serve                                  (./data on http://127.0.0.1:5000)
     ///   registry serve --listen 0.0.0.0:5000 --storage /srv/registry
     ///   registry serve --config /etc/registry/registry.toml
+    ///   registry serve --htpasswd ./htpasswd --tls-cert cert.pem --tls-key key.pem
+    ///   registry serve --tls-cert cert.pem --tls-key key.pem --client-ca clients.pem \
+    ///                  --client-names '*.clients.example.com' --allow-ip 10.0.0.0/8
     #[command(verbatim_doc_comment)]
     Serve(ServeArgs),
 }
@@ -44,6 +48,33 @@ struct ServeArgs {
     /// Purge upload sessions idle for longer than this (e.g. 30m, 24h) [default: 24h].
     #[arg(long)]
     upload_max_age: Option<String>,
+    /// Require HTTP Basic logins from this htpasswd file (bcrypt, $apr1$, {SHA}, $5$, $6$).
+    #[arg(long, value_name = "FILE")]
+    htpasswd: Option<PathBuf>,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Verify client certificates against this PEM CA bundle (required unless --client-auth optional).
+    #[arg(long, value_name = "FILE")]
+    client_ca: Option<PathBuf>,
+    /// Whether client certificates are "required" or "optional" [default: required].
+    #[arg(long, value_name = "MODE")]
+    client_auth: Option<String>,
+    /// Authorized client certificate names, comma-separated; `*` stands for one DNS label.
+    #[arg(long, value_name = "PATTERNS", value_delimiter = ',')]
+    client_names: Option<Vec<String>>,
+    /// Only these addresses may connect (CIDRs, comma-separated) [default: all].
+    #[arg(long, value_name = "CIDRS", value_delimiter = ',')]
+    allow_ip: Option<Vec<String>>,
+    /// Believe Forwarded / X-Forwarded-For from these proxies (CIDRs, comma-separated).
+    #[arg(long, value_name = "CIDRS", value_delimiter = ',')]
+    trusted_proxies: Option<Vec<String>>,
+    /// Let anyone pull without credentials (pushes and deletes still need an identity).
+    #[arg(long)]
+    public_read: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -83,6 +114,31 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
     }
     if args.upload_max_age.is_some() {
         raw.uploads.max_age = args.upload_max_age;
+    }
+    if args.htpasswd.is_some() {
+        raw.auth.htpasswd = args.htpasswd;
+    }
+    if args.tls_cert.is_some() {
+        raw.tls.cert = args.tls_cert;
+        raw.tls.key = args.tls_key;
+    }
+    if args.client_ca.is_some() {
+        raw.tls.client_ca = args.client_ca;
+    }
+    if args.client_auth.is_some() {
+        raw.tls.client_auth = args.client_auth;
+    }
+    if args.client_names.is_some() {
+        raw.tls.client_names = args.client_names;
+    }
+    if args.allow_ip.is_some() {
+        raw.network.allow = args.allow_ip;
+    }
+    if args.trusted_proxies.is_some() {
+        raw.network.trusted_proxies = args.trusted_proxies;
+    }
+    if args.public_read {
+        raw.auth.public_read = Some(true);
     }
     let settings = raw.validate()?;
     tokio::runtime::Builder::new_multi_thread()

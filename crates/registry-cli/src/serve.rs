@@ -2,6 +2,7 @@
 //! lets in-flight requests finish. Uploads are staged and renamed, so a stop at any moment
 //! leaves no partial object visible.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,12 +11,19 @@ use object_store::chunked::ChunkedStore;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::ObjectStore;
+use registry_auth::basic::BasicAuth;
+use registry_auth::tls::TlsConfig;
+use registry_auth::{Anonymous, Guard, Policy};
 use registry_core::observe::ObservedStore;
 use registry_core::{ObjectRegistry, Storage, StoreOptions};
 use registry_http::metrics::Metrics;
 use registry_http::{router, ApiConfig, RegistryState};
 
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
 use crate::config::{MetricsSettings, Settings, StorageLocation};
+use crate::listen;
 
 /// Reads are served in chunks of this size (object_store's default for files is 8 KiB).
 const READ_CHUNK: usize = 256 * 1024;
@@ -81,14 +89,21 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         manifest_max_bytes: settings.manifest_max_bytes,
         ..ApiConfig::default()
     };
+    let guard = build_guard(&settings)?;
     let mut state = RegistryState::new(storage, api);
     if let Some(m) = &metrics {
         state = state.with_metrics(m.clone());
     }
+    if let Some(g) = &guard {
+        state = state.with_guard(g.clone());
+    }
     let mut app = router(state);
     match (&settings.metrics, &metrics) {
         (MetricsSettings::OnApi, Some(m)) => {
-            app = app.merge(registry_http::metrics::router(m.clone()))
+            app = app.merge(registry_http::guarded(
+                registry_http::metrics::router(m.clone()),
+                guard.clone(),
+            ))
         }
         (MetricsSettings::Separate(addr), Some(m)) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -105,21 +120,77 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         _ => {}
     }
     let app = app.layer(axum::middleware::from_fn(registry_http::log::log_requests));
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let tls = match &settings.tls {
+        Some(files) => Some(Arc::new(
+            TlsConfig::load(files.clone()).map_err(anyhow::Error::msg)?,
+        )),
+        None => None,
+    };
+    let (stop, stopped) = watch::channel(false);
+    let mut servers = Vec::new();
+    let listener = bind(settings.listen).await?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(
         address = %listener.local_addr()?,
         storage = ?settings.storage,
-        "registry listening on http://{}",
+        "registry listening on {scheme}://{}",
         listener.local_addr()?
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("server failed")?;
+    if guard.is_some() && tls.is_none() && !settings.listen.ip().is_loopback() {
+        tracing::warn!("guards are configured but the listener is plain HTTP: credentials travel in clear text; configure [tls]");
+    }
+    servers.push(tokio::spawn(listen::serve(
+        listener,
+        tls,
+        app.clone(),
+        stopped.clone(),
+    )));
+    if let Some(addr) = settings.plain_listen {
+        let listener = bind(addr).await?;
+        tracing::info!("also listening on http://{}", listener.local_addr()?);
+        servers.push(tokio::spawn(listen::serve(listener, None, app, stopped)));
+    }
+    shutdown_signal().await;
+    tracing::info!("stopping: finishing in-flight requests");
+    let _ = stop.send(true);
+    for s in servers {
+        let _ = s.await;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
+}
+
+/// The instance's guard, or `None` when nothing is guarded (then no per-request work is done).
+fn build_guard(settings: &Settings) -> anyhow::Result<Option<Arc<Guard>>> {
+    let g = &settings.guard;
+    let client_ca = settings.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+    if g.htpasswd.is_none() && !client_ca && g.allow.is_everything() {
+        return Ok(None);
+    }
+    let anonymous = if g.public_read {
+        Anonymous::Pull
+    } else {
+        Anonymous::Everything // lowered to Deny by the guard when authentication is configured
+    };
+    let mut guard = Guard::open()
+        .with_allowed_addresses(g.allow.clone())
+        .with_trusted_proxies(g.trusted_proxies.clone())
+        .with_policy(Policy::new(anonymous, g.rules.clone()));
+    if let Some(path) = &g.htpasswd {
+        let basic = BasicAuth::open(path, &g.realm, g.cache).map_err(anyhow::Error::msg)?;
+        tracing::info!(file = %path.display(), users = basic.users(), "HTTP Basic authentication on");
+        guard = guard.with_basic(basic, g.brake);
+    }
+    if client_ca {
+        guard = guard.with_client_certificates(g.client_names.clone());
+    }
+    Ok(Some(Arc::new(guard)))
 }
 
 /// Purges idle upload sessions now and then, forever.

@@ -29,15 +29,7 @@ pub enum Endpoint {
 }
 
 /// The class of access a request needs, for authorization.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Access {
-    /// Read.
-    Pull,
-    /// Write.
-    Push,
-    /// Delete.
-    Delete,
-}
+pub use registry_auth::Action as Access;
 
 impl Endpoint {
     /// Parses a raw request path.

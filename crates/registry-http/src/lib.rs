@@ -22,6 +22,7 @@
 mod blobs;
 pub mod endpoint;
 pub mod error;
+pub mod guard;
 mod listing;
 pub mod log;
 mod manifests;
@@ -37,6 +38,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
+use registry_auth::Guard;
 use registry_core::Storage;
 
 pub use endpoint::{Access, Endpoint};
@@ -72,6 +74,8 @@ pub struct RegistryState {
     pub config: Arc<ApiConfig>,
     /// Where requests are counted, if anywhere.
     pub metrics: Option<Arc<metrics::Metrics>>,
+    /// Who may connect and do what; `None`: everyone, everything.
+    pub guard: Option<Arc<Guard>>,
 }
 
 impl RegistryState {
@@ -81,7 +85,14 @@ impl RegistryState {
             storage,
             config: Arc::new(config),
             metrics: None,
+            guard: None,
         }
+    }
+
+    /// Puts `guard` in front of every request (see [`guard::guard_requests`]).
+    pub fn with_guard(mut self, guard: Arc<Guard>) -> Self {
+        self.guard = Some(guard);
+        self
     }
 
     /// Records every request in `metrics` (serve them with [`metrics::router`]).
@@ -91,21 +102,38 @@ impl RegistryState {
     }
 }
 
-/// The registry API (`/v2/…`) and `GET /healthz`; requests are recorded in the state's metrics,
-/// if it has any.
+/// The registry API (`/v2/…`) and `GET /healthz`, behind the state's guard if it has one;
+/// requests are recorded in the state's metrics, if it has any. Routes merged into the result
+/// (such as [`metrics::router`]) are not guarded: use [`guarded`] for those.
 pub fn router(state: RegistryState) -> Router {
     let metrics = state.metrics.clone();
+    let guard = state.guard.clone();
     let api = Router::new()
         .route("/v2", any(dispatch))
         .route("/v2/", any(dispatch))
         .route("/v2/{*rest}", any(dispatch))
         .route("/healthz", get(healthz))
-        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
+        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") });
+    let api = guarded(api, guard)
         .layer(axum::middleware::map_response(api_version))
         .with_state(state);
     match metrics {
         Some(m) => api.layer(axum::middleware::from_fn_with_state(m, metrics::track)),
         None => api,
+    }
+}
+
+/// `routes` behind `guard`, if there is one.
+pub fn guarded<S: Clone + Send + Sync + 'static>(
+    routes: Router<S>,
+    guard: Option<Arc<Guard>>,
+) -> Router<S> {
+    match guard {
+        Some(g) => routes.layer(axum::middleware::from_fn_with_state(
+            g,
+            guard::guard_requests,
+        )),
+        None => routes,
     }
 }
 
@@ -132,6 +160,8 @@ pub(crate) struct Req {
     pub method: Method,
     pub uri: Uri,
     pub headers: HeaderMap,
+    /// The caller, when a guard authenticated one.
+    pub caller: Option<guard::Caller>,
 }
 
 impl Req {
@@ -168,25 +198,31 @@ impl Req {
     }
 }
 
-async fn dispatch(
-    State(state): State<RegistryState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+async fn dispatch(State(state): State<RegistryState>, request: axum::extract::Request) -> Response {
+    let (mut parts, body) = request.into_parts();
+    // The guard has parsed the path already, when there is one.
+    let endpoint = parts.extensions.remove::<Endpoint>();
     let req = Req {
-        method,
-        uri,
-        headers,
+        method: parts.method,
+        uri: parts.uri,
+        headers: parts.headers,
+        caller: parts.extensions.remove::<guard::Caller>(),
     };
-    route(&state, req, body)
+    route(&state, req, endpoint, body)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn route(state: &RegistryState, req: Req, body: Body) -> ApiResult<Response> {
-    let endpoint = Endpoint::parse(req.uri.path())?;
+async fn route(
+    state: &RegistryState,
+    req: Req,
+    endpoint: Option<Endpoint>,
+    body: Body,
+) -> ApiResult<Response> {
+    let endpoint = match endpoint {
+        Some(e) => e,
+        None => Endpoint::parse(req.uri.path())?,
+    };
     let is_delete = req.method == Method::DELETE && endpoint.access(&req.method) == Access::Delete;
     if is_delete && !state.config.delete_enabled {
         return Err(ApiError::new(

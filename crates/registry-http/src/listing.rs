@@ -7,7 +7,7 @@ use registry_core::manifest::OCI_INDEX;
 use registry_core::{Digest, Page, RepoName};
 use serde_json::json;
 
-use crate::{respond, ApiError, ApiResult, ErrorCode, RegistryState, Req};
+use crate::{respond, Access, ApiError, ApiResult, ErrorCode, RegistryState, Req};
 
 /// `n` and `last` of a paginated request; `n` is capped at the configured page size.
 fn page_params(s: &RegistryState, req: &Req) -> ApiResult<(Option<usize>, Option<String>)> {
@@ -53,7 +53,13 @@ pub(crate) async fn tags(s: &RegistryState, req: &Req, name: RepoName) -> ApiRes
 
 pub(crate) async fn catalog(s: &RegistryState, req: &Req) -> ApiResult<Response> {
     let (n, last) = page_params(s, req)?;
-    let page = s.storage.repositories(last.as_deref(), n).await?;
+    let page = match req.caller.as_ref().filter(|c| c.is_restricted()) {
+        None => s.storage.repositories(last.as_deref(), n).await?,
+        Some(caller) => {
+            let want = n.unwrap_or(s.config.max_page_size);
+            visible_repositories(s, last, want, |r| caller.may(Access::Pull, r)).await?
+        }
+    };
     let repos: Vec<&str> = page.items.iter().map(|r| r.as_str()).collect();
     Ok(paged(
         "/v2/_catalog",
@@ -61,6 +67,34 @@ pub(crate) async fn catalog(s: &RegistryState, req: &Req) -> ApiResult<Response>
         &page,
         json!({ "repositories": repos }),
     ))
+}
+
+/// Up to `want` repositories after `last` that `visible` accepts, reading the catalog page by
+/// page until enough are found or it ends.
+async fn visible_repositories(
+    s: &RegistryState,
+    mut last: Option<String>,
+    want: usize,
+    visible: impl Fn(&str) -> bool,
+) -> ApiResult<Page<RepoName>> {
+    let mut items = Vec::new();
+    loop {
+        let page = s.storage.repositories(last.as_deref(), Some(want)).await?;
+        let mut rest = page.items.into_iter();
+        for repo in rest.by_ref() {
+            last = Some(repo.to_string());
+            if visible(repo.as_str()) {
+                items.push(repo);
+                if items.len() == want {
+                    break;
+                }
+            }
+        }
+        if items.len() == want || !page.more {
+            let more = rest.len() > 0 || page.more;
+            return Ok(Page { items, more });
+        }
+    }
 }
 
 pub(crate) async fn referrers(

@@ -9,7 +9,7 @@ use futures::{StreamExt, TryStreamExt};
 use registry_core::{Algorithm, ByteStream, Digest, RepoName, UploadStatus};
 
 use crate::range::parse_content_range;
-use crate::{respond, ApiError, ApiResult, ErrorCode, RegistryState, Req};
+use crate::{respond, Access, ApiError, ApiResult, ErrorCode, RegistryState, Req};
 
 fn stream(body: Body) -> ByteStream {
     body.into_data_stream()
@@ -68,7 +68,12 @@ pub(crate) async fn start(
         let digest: Digest = mount.parse()?;
         if let Some(from) = req.query("from") {
             let from: RepoName = from.parse()?;
-            if s.storage.blob_mount(&name, &from, &digest).await?.is_some() {
+            // Mounting reads the source: a caller who may not pull it gets a plain session.
+            let may_read = req
+                .caller
+                .as_ref()
+                .is_none_or(|c| c.may(Access::Pull, from.as_str()));
+            if may_read && s.storage.blob_mount(&name, &from, &digest).await?.is_some() {
                 return Ok(created(&name, &digest));
             }
         }
