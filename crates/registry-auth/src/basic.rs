@@ -56,19 +56,29 @@ impl BasicAuth {
         self.file.get().len()
     }
 
-    /// Whether `user` with `password` is in the file.
+    /// Whether `user` with `password` was verified within the cache lifetime (and the file has
+    /// not changed since).
+    pub fn cached(&self, user: &str, password: &str) -> bool {
+        if self.ttl.is_zero() {
+            return false;
+        }
+        let _ = self.file.get(); // notice a changed file first
+        let generation = self.file.generation();
+        let key = self.cache_key(user, password);
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .get(&key)
+            .is_some_and(|(at, g)| *g == generation && at.elapsed() < self.ttl)
+    }
+
+    /// Whether `user` with `password` is in the file (from the cache when possible).
     pub async fn verify(&self, user: &str, password: &str) -> bool {
+        if self.cached(user, password) {
+            return true;
+        }
         let file = self.file.get();
         let generation = self.file.generation();
         let key = self.cache_key(user, password);
-        if self.ttl > Duration::ZERO {
-            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((at, g)) = cache.get(&key) {
-                if *g == generation && at.elapsed() < self.ttl {
-                    return true;
-                }
-            }
-        }
         let (hash, known) = match file.get(user) {
             Some(h) => (h.clone(), true),
             None => match file.decoy() {

@@ -32,6 +32,8 @@ impl Default for BrakeSettings {
 struct Entry {
     since: Instant,
     failures: u32,
+    /// Attempts being verified right now: they count, so parallel guesses cannot overrun.
+    inflight: u32,
     until: Option<Instant>,
 }
 
@@ -64,21 +66,18 @@ impl Brake {
         }
     }
 
-    /// `Err(retry_after)` while the brake is engaged for `ip`.
-    pub fn check(&self, ip: IpAddr) -> Result<(), Duration> {
-        if self.settings.attempts == 0 {
-            return Ok(());
-        }
+    /// `Some(retry_after)` while the brake is engaged for `ip`.
+    pub fn engaged(&self, ip: IpAddr) -> Option<Duration> {
         let now = Instant::now();
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        match entries.get(&bucket(ip)).and_then(|e| e.until) {
-            Some(until) if until > now => Err(until - now),
-            _ => Ok(()),
-        }
+        let until = entries.get(&bucket(ip))?.until?;
+        (until > now).then(|| until - now)
     }
 
-    /// Records a failed login from `ip`; `Err(retry_after)` when this one engaged the brake.
-    pub fn fail(&self, ip: IpAddr) -> Result<(), Duration> {
+    /// Starts a login attempt from `ip`: `Err(retry_after)` while the brake is engaged, or when
+    /// failures plus attempts in flight reach the limit. Every `Ok` must be followed by
+    /// [`Brake::finish`].
+    pub fn begin(&self, ip: IpAddr) -> Result<(), Duration> {
         let s = self.settings;
         if s.attempts == 0 {
             return Ok(());
@@ -87,20 +86,49 @@ impl Brake {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if entries.len() >= TRACKED {
             entries.retain(|_, e| {
-                now.duration_since(e.since) < s.window || e.until.is_some_and(|u| u > now)
+                e.inflight > 0
+                    || now.duration_since(e.since) < s.window
+                    || e.until.is_some_and(|u| u > now)
             });
         }
         let entry = entries.entry(bucket(ip)).or_insert(Entry {
             since: now,
             failures: 0,
+            inflight: 0,
             until: None,
         });
-        if now.duration_since(entry.since) >= s.window && entry.until.is_none_or(|u| u <= now) {
-            *entry = Entry {
-                since: now,
-                failures: 0,
-                until: None,
-            };
+        if let Some(until) = entry.until {
+            if until > now {
+                return Err(until - now);
+            }
+            entry.until = None;
+        }
+        if now.duration_since(entry.since) >= s.window {
+            entry.since = now;
+            entry.failures = 0;
+        }
+        if entry.failures + entry.inflight >= s.attempts {
+            return Err(Duration::from_secs(1));
+        }
+        entry.inflight += 1;
+        Ok(())
+    }
+
+    /// Ends an attempt begun with [`Brake::begin`]; `Err(retry_after)` when this failure
+    /// engaged the brake.
+    pub fn finish(&self, ip: IpAddr, success: bool) -> Result<(), Duration> {
+        let s = self.settings;
+        if s.attempts == 0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(entry) = entries.get_mut(&bucket(ip)) else {
+            return Ok(());
+        };
+        entry.inflight = entry.inflight.saturating_sub(1);
+        if success {
+            return Ok(());
         }
         entry.failures += 1;
         if entry.failures >= s.attempts {
@@ -126,14 +154,13 @@ mod tests {
         });
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
-        assert!(brake.fail(a).is_ok());
-        assert!(brake.fail(a).is_ok());
-        assert!(brake.check(a).is_ok());
-        assert!(brake.fail(a).is_err());
-        assert!(brake.check(a).is_err());
-        assert!(brake.check(b).is_ok(), "other addresses are not braked");
+        assert!(fail(&brake, a).is_ok());
+        assert!(fail(&brake, a).is_ok());
+        assert!(fail(&brake, a).is_err());
+        assert!(brake.begin(a).is_err());
+        assert!(brake.begin(b).is_ok(), "other addresses are not braked");
         std::thread::sleep(Duration::from_millis(250));
-        assert!(brake.check(a).is_ok());
+        assert!(brake.begin(a).is_ok());
     }
 
     #[test]
@@ -142,12 +169,11 @@ mod tests {
             attempts: 2,
             ..BrakeSettings::default()
         });
-        assert!(brake.fail("2001:db8:1:2::1".parse().unwrap()).is_ok());
-        assert!(brake.fail("2001:db8:1:2::ffff".parse().unwrap()).is_err());
-        assert!(brake
-            .check("2001:db8:1:2:abcd::9".parse().unwrap())
-            .is_err());
-        assert!(brake.check("2001:db8:1:3::1".parse().unwrap()).is_ok());
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(fail(&brake, ip("2001:db8:1:2::1")).is_ok());
+        assert!(fail(&brake, ip("2001:db8:1:2::ffff")).is_err());
+        assert!(brake.begin(ip("2001:db8:1:2:abcd::9")).is_err());
+        assert!(brake.begin(ip("2001:db8:1:3::1")).is_ok());
     }
 
     #[test]
@@ -158,8 +184,35 @@ mod tests {
         });
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         for _ in 0..100 {
-            assert!(brake.fail(a).is_ok());
+            assert!(fail(&brake, a).is_ok());
         }
-        assert!(brake.check(a).is_ok());
+        assert!(brake.begin(a).is_ok());
+    }
+
+    #[test]
+    fn attempts_in_flight_count() {
+        let brake = Brake::new(BrakeSettings {
+            attempts: 3,
+            ..BrakeSettings::default()
+        });
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..3 {
+            assert!(brake.begin(a).is_ok());
+        }
+        assert!(brake.begin(a).is_err(), "a fourth parallel guess waits");
+        assert!(brake.finish(a, true).is_ok());
+        assert!(brake.begin(a).is_ok(), "a success frees its slot");
+        assert!(brake.finish(a, false).is_ok());
+        assert!(brake.finish(a, false).is_ok());
+        assert!(
+            brake.finish(a, false).is_err(),
+            "the third failure engages the brake"
+        );
+        assert!(brake.begin(a).is_err());
+    }
+
+    fn fail(brake: &Brake, ip: IpAddr) -> Result<(), Duration> {
+        brake.begin(ip)?;
+        brake.finish(ip, false)
     }
 }

@@ -170,17 +170,27 @@ impl Guard {
         {
             return Ok(Identity::Anonymous); // e.g. a bearer token meant for someone else
         }
-        if let Err(retry_after) = self.brake.check(client) {
-            return Err(Refusal::TooManyAttempts { retry_after });
-        }
         let Some((user, password)) = parse_basic(header) else {
             return Err(unauthenticated());
         };
-        if basic.verify(&user, &password).await {
+        // An engaged brake refuses everything, remembered passwords included, so that nothing
+        // can be learned from it; otherwise a remembered password costs no attempt.
+        if let Some(retry_after) = self.brake.engaged(client) {
+            return Err(Refusal::TooManyAttempts { retry_after });
+        }
+        if basic.cached(&user, &password) {
+            return Ok(Identity::User(user));
+        }
+        if let Err(retry_after) = self.brake.begin(client) {
+            return Err(Refusal::TooManyAttempts { retry_after });
+        }
+        let ok = basic.verify(&user, &password).await;
+        let braked = self.brake.finish(client, ok);
+        if ok {
             return Ok(Identity::User(user));
         }
         tracing::info!(%client, user = %user, "failed login");
-        match self.brake.fail(client) {
+        match braked {
             Ok(()) => Err(unauthenticated()),
             Err(retry_after) => {
                 tracing::warn!(%client, pause = ?retry_after, "too many failed logins; braking");

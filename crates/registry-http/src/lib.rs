@@ -114,25 +114,30 @@ pub fn router(state: RegistryState) -> Router {
         .route("/v2/{*rest}", any(dispatch))
         .route("/healthz", get(healthz))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") });
-    let api = guarded(api, guard)
-        .layer(axum::middleware::map_response(api_version))
-        .with_state(state);
+    let api = match guard {
+        Some(_) => guarded(api, guard),
+        None => api.layer(axum::middleware::map_response(api_version)),
+    }
+    .with_state(state);
     match metrics {
         Some(m) => api.layer(axum::middleware::from_fn_with_state(m, metrics::track)),
         None => api,
     }
 }
 
-/// `routes` behind `guard`, if there is one.
+/// `routes` behind `guard`, if there is one; refusals carry the API-version header, as every
+/// registry response does.
 pub fn guarded<S: Clone + Send + Sync + 'static>(
     routes: Router<S>,
     guard: Option<Arc<Guard>>,
 ) -> Router<S> {
     match guard {
-        Some(g) => routes.layer(axum::middleware::from_fn_with_state(
-            g,
-            guard::guard_requests,
-        )),
+        Some(g) => routes
+            .layer(axum::middleware::from_fn_with_state(
+                g,
+                guard::guard_requests,
+            ))
+            .layer(axum::middleware::map_response(api_version)),
         None => routes,
     }
 }
