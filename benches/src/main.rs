@@ -39,6 +39,12 @@ struct Args {
     /// Shrinks every size and count (0.01 for a quick smoke run).
     #[arg(long, default_value_t = 1.0)]
     scale: f64,
+    /// Log in to the registry under test with HTTP Basic (`user:password`).
+    #[arg(long, value_name = "USER:PASSWORD")]
+    basic_auth: Option<String>,
+    /// Log in to the second registry with HTTP Basic (`user:password`).
+    #[arg(long, value_name = "USER:PASSWORD")]
+    compare_basic_auth: Option<String>,
     /// Also write the table to this file.
     #[arg(long)]
     output: Option<PathBuf>,
@@ -53,9 +59,21 @@ async fn main() -> Result<()> {
         args.workloads.clone()
     };
     let sizes = Sizes { scale: args.scale };
-    let mut targets = vec![Target::new(&args.label, &args.url, args.pid, 1)?];
+    let mut targets = vec![Target::new(
+        &args.label,
+        &args.url,
+        args.pid,
+        1,
+        args.basic_auth.as_deref(),
+    )?];
     if let Some(url) = &args.compare {
-        targets.push(Target::new(&args.compare_label, url, args.compare_pid, 2)?);
+        targets.push(Target::new(
+            &args.compare_label,
+            url,
+            args.compare_pid,
+            2,
+            args.compare_basic_auth.as_deref(),
+        )?);
     }
     for t in &mut targets {
         eprintln!("preparing {} ({})", t.label, t.base);

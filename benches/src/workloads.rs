@@ -128,6 +128,8 @@ pub struct Target {
     /// Seed space of this target, so two targets never push the same content.
     pub id: u64,
     client: Client,
+    /// `Authorization` sent with every request, if the registry wants credentials.
+    authorization: Option<String>,
     prepared: Option<Prepared>,
 }
 
@@ -141,12 +143,30 @@ struct Prepared {
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 impl Target {
-    /// A target at `base`.
-    pub fn new(label: &str, base: &str, pid: Option<u32>, id: u64) -> Result<Target> {
+    /// A target at `base`; `basic` is `user:password` for registries that want a login.
+    pub fn new(
+        label: &str,
+        base: &str,
+        pid: Option<u32>,
+        id: u64,
+        basic: Option<&str>,
+    ) -> Result<Target> {
+        use base64::Engine;
+        let authorization = basic.map(|b| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(b)
+            )
+        });
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(a) = &authorization {
+            headers.insert("authorization", a.parse()?);
+        }
         let client = Client::builder()
             .no_proxy()
             .pool_max_idle_per_host(128)
             .http1_only()
+            .default_headers(headers)
             .build()?;
         Ok(Target {
             label: label.to_owned(),
@@ -154,6 +174,7 @@ impl Target {
             pid,
             id,
             client,
+            authorization,
             prepared: None,
         })
     }
@@ -297,21 +318,24 @@ where
 /// for the single big pull, where an async HTTP client's per-read work would bound the figure
 /// before the server does (curl reaches the same rate). Checks the body against
 /// `Content-Length` and returns its length.
-async fn raw_get(base: &str, path: &str) -> Result<u64> {
+async fn raw_get(base: &str, path: &str, authorization: Option<String>) -> Result<u64> {
     let authority = base
         .strip_prefix("http://")
         .context("raw GET needs an http:// URL")?
         .to_owned();
     let path = path.to_owned();
-    tokio::task::spawn_blocking(move || blocking_get(&authority, &path)).await?
+    tokio::task::spawn_blocking(move || blocking_get(&authority, &path, authorization)).await?
 }
 
-fn blocking_get(authority: &str, path: &str) -> Result<u64> {
+fn blocking_get(authority: &str, path: &str, authorization: Option<String>) -> Result<u64> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(authority)?;
+    let auth = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\n{auth}Connection: close\r\n\r\n"
     )?;
     let mut buf = vec![0u8; 4 << 20];
     let mut head = Vec::new();
@@ -558,7 +582,7 @@ pub async fn run(t: &Target, w: Workload, round: usize, sizes: Sizes) -> Result<
         }
         Workload::PullBig => {
             let path = format!("/v2/bench/read/blobs/{}", p.big);
-            closed_loop(1, 1, |_| raw_get(&t.base, &path)).await?
+            closed_loop(1, 1, |_| raw_get(&t.base, &path, t.authorization.clone())).await?
         }
         Workload::ManifestPut => {
             let n = sizes.count(2000);

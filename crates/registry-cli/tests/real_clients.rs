@@ -210,3 +210,97 @@ fn podman_push_and_pull() {
     ])));
     assert_eq!(tags["Tags"], serde_json::json!(["latest"]));
 }
+
+/// skopeo against the TLS listener: logging in with `--creds` (the CA from a certs.d-style
+/// `--cert-dir`), then with a client certificate from the same layout and no password.
+#[test]
+fn skopeo_over_tls_with_credentials_and_client_certificates() {
+    use common::pki::{Ca, Validity};
+    let work = tempfile::tempdir().unwrap();
+    let ca = Ca::new("skopeo test CA");
+    let (cert, key) = ca.server().write(work.path(), "server.pem", "server.key");
+    let ca_path = work.path().join("clients-ca.pem");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    let htpasswd = work.path().join("htpasswd");
+    let hash = bcrypt::hash("ann-secret", 4).unwrap();
+    std::fs::write(&htpasswd, format!("ann:{hash}\n")).unwrap();
+    let server = Server::start(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--client-ca",
+        ca_path.to_str().unwrap(),
+        "--client-auth",
+        "optional",
+        "--client-names",
+        "*.clients.registry.example.com",
+        "--htpasswd",
+        htpasswd.to_str().unwrap(),
+    ]);
+    // Docker's layout: certs.d/<host>/ca.crt, client.cert, client.key.
+    let trust_only = work.path().join("certs.d/trust");
+    std::fs::create_dir_all(&trust_only).unwrap();
+    std::fs::write(trust_only.join("ca.crt"), ca.pem()).unwrap();
+    let with_client = work.path().join("certs.d/client");
+    std::fs::create_dir_all(&with_client).unwrap();
+    std::fs::write(with_client.join("ca.crt"), ca.pem()).unwrap();
+    ca.client(&["ci.clients.registry.example.com"], "ci", Validity::Now)
+        .write(&with_client, "client.cert", "client.key");
+
+    let layout = work.path().join("layout");
+    let digest = write_oci_layout(&layout, "v1", &[tar(&[("f", b"tls\n")])]);
+    let image = format!("docker://{}/tls/img", server.addr);
+    let trust = trust_only.to_str().unwrap();
+    run(skopeo(&[
+        "copy",
+        "--preserve-digests",
+        "--dest-cert-dir",
+        trust,
+        "--dest-creds",
+        "ann:ann-secret",
+        &format!("oci:{}:v1", layout.display()),
+        &format!("{image}:v1"),
+    ]));
+    let inspect = json(&run(skopeo(&[
+        "inspect",
+        "--cert-dir",
+        trust,
+        "--creds",
+        "ann:ann-secret",
+        &format!("{image}:v1"),
+    ])));
+    assert_eq!(inspect["Digest"], digest);
+
+    // Wrong password, no credentials, or an untrusted server certificate: refused.
+    for args in [
+        vec!["--cert-dir", trust, "--creds", "ann:wrong"],
+        vec!["--cert-dir", trust],
+        vec!["--creds", "ann:ann-secret"],
+    ] {
+        let mut all = vec!["inspect"];
+        all.extend(args.iter().copied());
+        let image_ref = format!("{image}:v1");
+        all.push(&image_ref);
+        let out = skopeo(&all).output().unwrap();
+        assert!(!out.status.success(), "skopeo {all:?} succeeded");
+    }
+
+    // A client certificate is an identity: push and pull without a password.
+    let client = with_client.to_str().unwrap();
+    run(skopeo(&[
+        "copy",
+        "--preserve-digests",
+        "--dest-cert-dir",
+        client,
+        &format!("oci:{}:v1", layout.display()),
+        &format!("{image}:v2"),
+    ]));
+    let inspect = json(&run(skopeo(&[
+        "inspect",
+        "--cert-dir",
+        client,
+        &format!("{image}:v2"),
+    ])));
+    assert_eq!(inspect["Digest"], digest);
+}
