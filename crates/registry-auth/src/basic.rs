@@ -109,7 +109,8 @@ impl BasicAuth {
         ok
     }
 
-    fn cache_key(&self, user: &str, password: &str) -> [u8; 32] {
+    /// A keyed hash of user and password: what the cache and concurrent logins are keyed by.
+    pub(crate) fn cache_key(&self, user: &str, password: &str) -> [u8; 32] {
         let mut h = Sha256::new();
         h.update(self.key);
         h.update((user.len() as u64).to_be_bytes());

@@ -75,12 +75,17 @@ impl Brake {
     }
 
     /// Starts a login attempt from `ip`: `Err(retry_after)` while the brake is engaged, or when
-    /// failures plus attempts in flight reach the limit. Every `Ok` must be followed by
-    /// [`Brake::finish`].
-    pub fn begin(&self, ip: IpAddr) -> Result<(), Duration> {
+    /// failures plus attempts in flight reach the limit. The attempt counts until it is
+    /// finished or dropped (a dropped one, e.g. of a client that went away, counts as nothing).
+    pub fn begin(&self, ip: IpAddr) -> Result<Attempt<'_>, Duration> {
         let s = self.settings;
+        let attempt = Attempt {
+            brake: self,
+            ip,
+            open: s.attempts > 0,
+        };
         if s.attempts == 0 {
-            return Ok(());
+            return Ok(attempt);
         }
         let now = Instant::now();
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
@@ -108,26 +113,25 @@ impl Brake {
             entry.failures = 0;
         }
         if entry.failures + entry.inflight >= s.attempts {
+            let mut refused = attempt;
+            refused.open = false;
             return Err(Duration::from_secs(1));
         }
         entry.inflight += 1;
-        Ok(())
+        Ok(attempt)
     }
 
-    /// Ends an attempt begun with [`Brake::begin`]; `Err(retry_after)` when this failure
-    /// engaged the brake.
-    pub fn finish(&self, ip: IpAddr, success: bool) -> Result<(), Duration> {
+    /// Settles an attempt: `None` for one that was abandoned, else whether it succeeded.
+    /// `Err(retry_after)` when this failure engaged the brake.
+    fn settle(&self, ip: IpAddr, success: Option<bool>) -> Result<(), Duration> {
         let s = self.settings;
-        if s.attempts == 0 {
-            return Ok(());
-        }
         let now = Instant::now();
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let Some(entry) = entries.get_mut(&bucket(ip)) else {
             return Ok(());
         };
         entry.inflight = entry.inflight.saturating_sub(1);
-        if success {
+        if success != Some(false) {
             return Ok(());
         }
         entry.failures += 1;
@@ -138,6 +142,32 @@ impl Brake {
             return Err(s.pause);
         }
         Ok(())
+    }
+}
+
+/// A login attempt in flight; see [`Brake::begin`].
+#[must_use]
+pub struct Attempt<'a> {
+    brake: &'a Brake,
+    ip: IpAddr,
+    open: bool,
+}
+
+impl Attempt<'_> {
+    /// Ends the attempt; `Err(retry_after)` when this failure engaged the brake.
+    pub fn finish(mut self, success: bool) -> Result<(), Duration> {
+        match std::mem::replace(&mut self.open, false) {
+            true => self.brake.settle(self.ip, Some(success)),
+            false => Ok(()),
+        }
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            let _ = self.brake.settle(self.ip, None);
+        }
     }
 }
 
@@ -196,23 +226,23 @@ mod tests {
             ..BrakeSettings::default()
         });
         let a: IpAddr = "192.0.2.1".parse().unwrap();
-        for _ in 0..3 {
-            assert!(brake.begin(a).is_ok());
-        }
+        let mut flying: Vec<Attempt> = (0..3).map(|_| brake.begin(a).unwrap()).collect();
         assert!(brake.begin(a).is_err(), "a fourth parallel guess waits");
-        assert!(brake.finish(a, true).is_ok());
-        assert!(brake.begin(a).is_ok(), "a success frees its slot");
-        assert!(brake.finish(a, false).is_ok());
-        assert!(brake.finish(a, false).is_ok());
+        assert!(flying.pop().unwrap().finish(true).is_ok());
+        let abandoned = brake.begin(a).expect("a success frees its slot");
+        drop(abandoned);
+        flying.push(brake.begin(a).expect("an abandoned attempt frees its slot"));
+        assert!(flying.pop().unwrap().finish(false).is_ok());
+        assert!(flying.pop().unwrap().finish(false).is_ok());
+        let third = flying.pop().unwrap();
         assert!(
-            brake.finish(a, false).is_err(),
+            third.finish(false).is_err(),
             "the third failure engages the brake"
         );
         assert!(brake.begin(a).is_err());
     }
 
     fn fail(brake: &Brake, ip: IpAddr) -> Result<(), Duration> {
-        brake.begin(ip)?;
-        brake.finish(ip, false)
+        brake.begin(ip)?.finish(false)
     }
 }

@@ -2,8 +2,12 @@
 //! (client certificate, Basic credentials, or anonymous), and may they do this. Every answer is
 //! a [`Refusal`] the HTTP layer turns into its status; this module knows nothing of HTTP types.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::OnceCell;
 
 use crate::basic::{parse_basic, BasicAuth};
 use crate::brake::{Brake, BrakeSettings};
@@ -39,6 +43,7 @@ pub struct Guard {
     client_names: Option<Vec<NamePattern>>,
     client_certificates: bool,
     policy: Policy,
+    flights: Flights,
 }
 
 impl Default for Guard {
@@ -58,6 +63,7 @@ impl Guard {
             client_names: None,
             client_certificates: false,
             policy: Policy::new(Anonymous::Everything, Vec::new()),
+            flights: Mutex::new(HashMap::new()),
         }
     }
 
@@ -181,21 +187,30 @@ impl Guard {
         if basic.cached(&user, &password) {
             return Ok(Identity::User(user));
         }
-        if let Err(retry_after) = self.brake.begin(client) {
-            return Err(Refusal::TooManyAttempts { retry_after });
-        }
-        let ok = basic.verify(&user, &password).await;
-        let braked = self.brake.finish(client, ok);
-        if ok {
-            return Ok(Identity::User(user));
-        }
-        tracing::info!(%client, user = %user, "failed login");
-        match braked {
-            Ok(()) => Err(unauthenticated()),
-            Err(retry_after) => {
-                tracing::warn!(%client, pause = ?retry_after, "too many failed logins; braking");
-                Err(Refusal::TooManyAttempts { retry_after })
-            }
+        // Concurrent logins with the same credentials (a client fetching layers in parallel
+        // when the cache has just expired) share one verification and one brake slot.
+        let key = basic.cache_key(&user, &password);
+        let flight = Flight::join(&self.flights, key);
+        let outcome = *flight
+            .cell
+            .get_or_init(|| async {
+                let attempt = self.brake.begin(client)?;
+                let ok = basic.verify(&user, &password).await;
+                let braked = attempt.finish(ok);
+                if !ok {
+                    tracing::info!(%client, user = %user, "failed login");
+                }
+                if let Err(pause) = braked {
+                    tracing::warn!(%client, ?pause, "too many failed logins; braking");
+                }
+                braked.map(|()| ok)
+            })
+            .await;
+        drop(flight);
+        match outcome {
+            Ok(true) => Ok(Identity::User(user)),
+            Ok(false) => Err(unauthenticated()),
+            Err(retry_after) => Err(Refusal::TooManyAttempts { retry_after }),
         }
     }
 
@@ -238,5 +253,168 @@ impl Guard {
                 None => format!("{id} may not {action}"),
             })),
         }
+    }
+}
+
+type Flights = Mutex<HashMap<[u8; 32], Arc<OnceCell<Result<bool, Duration>>>>>;
+
+/// One shared verification; leaves the table when its last waiter is done or gone, so requests
+/// cancelled mid-verification leave nothing behind.
+struct Flight<'a> {
+    table: &'a Flights,
+    key: [u8; 32],
+    cell: Arc<OnceCell<Result<bool, Duration>>>,
+}
+
+impl<'a> Flight<'a> {
+    fn join(table: &'a Flights, key: [u8; 32]) -> Flight<'a> {
+        let mut t = table.lock().unwrap_or_else(|e| e.into_inner());
+        let cell = t.entry(key).or_default().clone();
+        Flight { table, key, cell }
+    }
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let listed = t.get(&self.key).is_some_and(|c| Arc::ptr_eq(c, &self.cell));
+        // Let go of ours under the lock, so every waiter's count changes under it.
+        let ours = std::mem::replace(&mut self.cell, Arc::new(OnceCell::new()));
+        let done = ours.initialized();
+        drop(ours);
+        let idle = listed
+            && t.get(&self.key)
+                .is_some_and(|c| done || Arc::strong_count(c) == 1);
+        if idle {
+            t.remove(&self.key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn admission() {
+        let open = Guard::open();
+        assert_eq!(open.admit(None, None, None), Ok(ip("0.0.0.0")));
+        assert_eq!(
+            open.admit(Some(ip("::ffff:10.0.0.1")), None, None),
+            Ok(ip("10.0.0.1"))
+        );
+        let only_local = Guard::open()
+            .with_allowed_addresses(IpRanges::parse(&["127.0.0.1"]).unwrap())
+            .with_trusted_proxies(IpRanges::parse(&["127.0.0.1"]).unwrap());
+        assert!(only_local.admit(None, None, None).is_err());
+        assert!(only_local.admit(Some(ip("127.0.0.1")), None, None).is_ok());
+        assert!(only_local.admit(Some(ip("127.0.0.2")), None, None).is_err());
+        assert!(only_local
+            .admit(Some(ip("127.0.0.1")), Some("for=unknown"), None)
+            .is_err());
+        let deny_all =
+            Guard::open().with_allowed_addresses(IpRanges::parse(&["0.0.0.0/32"]).unwrap());
+        assert!(deny_all.admit(Some(ip("127.0.0.1")), None, None).is_err());
+        assert!(deny_all.admit(Some(ip("::1")), None, None).is_err());
+    }
+
+    #[tokio::test]
+    async fn certificates_and_anonymous() {
+        let names = vec![NamePattern::parse("*.ci.example.com").unwrap()];
+        let guard = Guard::open().with_client_certificates(Some(names));
+        let local = ip("127.0.0.1");
+        let cert = |names: &[&str]| ClientCertificate {
+            names: names.iter().map(|s| s.to_string()).collect(),
+        };
+        assert_eq!(
+            guard
+                .authenticate(
+                    local,
+                    Some(&cert(&["x.example.com", "a.ci.example.com"])),
+                    None
+                )
+                .await,
+            Ok(Identity::Certificate("a.ci.example.com".into()))
+        );
+        assert!(matches!(
+            guard
+                .authenticate(local, Some(&cert(&["x.example.com"])), None)
+                .await,
+            Err(Refusal::Denied(_))
+        ));
+        assert!(matches!(
+            guard.authenticate(local, Some(&cert(&[])), None).await,
+            Err(Refusal::Denied(_))
+        ));
+        // Authentication is configured, so anonymous requests are denied by default, and
+        // without Basic there is nothing to challenge with.
+        let anon = guard.authenticate(local, None, None).await.unwrap();
+        assert_eq!(anon, Identity::Anonymous);
+        assert!(matches!(
+            guard.authorize(&anon, Action::Pull, None),
+            Err(Refusal::Denied(_))
+        ));
+        let public = Guard::open()
+            .with_client_certificates(None)
+            .with_policy(Policy::new(Anonymous::Pull, Vec::new()));
+        assert!(public.authorize(&anon, Action::Pull, Some("x")).is_ok());
+        assert!(public.authorize(&anon, Action::Push, Some("x")).is_err());
+        assert!(!public.restricts(&Identity::Certificate("c".into())));
+        // With no guard configured at all, everyone may do everything.
+        assert!(Guard::open()
+            .authorize(&anon, Action::Delete, Some("x"))
+            .is_ok());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn parallel_logins_share_one_verification() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("htpasswd");
+        std::fs::write(&path, format!("ann:{}\n", bcrypt::hash("pw", 6).unwrap())).unwrap();
+        // No cache at all, and a brake that allows two logins in flight.
+        let basic = BasicAuth::open(&path, "r", Duration::ZERO).unwrap();
+        let brake = BrakeSettings {
+            attempts: 2,
+            ..BrakeSettings::default()
+        };
+        let guard = Arc::new(Guard::open().with_basic(basic, brake));
+        // "ann:pw" and "ann:px"
+        let (right, wrong) = ("Basic YW5uOnB3", "Basic YW5uOnB4");
+        let logins: Vec<_> = (0..24)
+            .map(|_| {
+                let g = guard.clone();
+                tokio::spawn(
+                    async move { g.authenticate(ip("127.0.0.1"), None, Some(right)).await },
+                )
+            })
+            .collect();
+        for l in logins {
+            assert_eq!(l.await.unwrap(), Ok(Identity::User("ann".into())));
+        }
+        assert!(guard.flights.lock().unwrap().is_empty());
+        // The same wrong guess in parallel is one failure, not 24.
+        let guesses: Vec<_> = (0..24)
+            .map(|_| {
+                let g = guard.clone();
+                tokio::spawn(
+                    async move { g.authenticate(ip("127.0.0.1"), None, Some(wrong)).await },
+                )
+            })
+            .collect();
+        for g in guesses {
+            assert!(matches!(
+                g.await.unwrap(),
+                Err(Refusal::Unauthenticated { .. })
+            ));
+        }
+        assert!(guard.flights.lock().unwrap().is_empty());
+        assert_eq!(
+            guard.authenticate(ip("127.0.0.1"), None, Some(right)).await,
+            Ok(Identity::User("ann".into()))
+        );
     }
 }

@@ -200,12 +200,16 @@ async fn basic_auth_on_every_endpoint_and_every_hash_format() {
     let mut expected = vec![401; 9];
     expected.resize(statuses.len(), 429);
     assert_eq!(statuses, expected);
-    // Guesses in parallel cannot overrun the limit: at most 10 are verified.
+    // Different guesses in parallel cannot overrun the limit: at most 10 are verified.
     let client = attacker("127.0.0.3");
     let statuses: Vec<u16> = futures::future::join_all(
         every_endpoint(&client, &base)
             .into_iter()
-            .map(|rb| async { send(rb, Some(("ann", "wrong"))).await.status().as_u16() }),
+            .enumerate()
+            .map(|(i, rb)| async move {
+                let guess = format!("guess-{i}");
+                send(rb, Some(("ann", &guess))).await.status().as_u16()
+            }),
     )
     .await;
     let verified = statuses.iter().filter(|&&s| s == 401).count();
@@ -858,5 +862,81 @@ async fn optional_client_certificates_with_basic_auth_and_reload() {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
+    }
+}
+
+#[tokio::test]
+async fn https_and_plain_listeners_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("both CA");
+    let (cert, key) = ca.server().write(dir.path(), "server.pem", "server.key");
+    let htpasswd = dir.path().join("htpasswd");
+    write_htpasswd(&htpasswd);
+    let plain = format!("127.0.0.1:{}", common::free_port());
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "[tls]\ncert = {cert:?}\nkey = {key:?}\nplain_listen = {plain:?}\n[auth]\nhtpasswd = {htpasswd:?}\n"
+        ),
+    );
+    let server = Server::start(&["--config", cfg.to_str().unwrap()]);
+    let https = Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap()])
+        .build()
+        .unwrap();
+    let http = Client::new();
+    let tls_base = format!("https://{}", server.addr);
+    let plain_base = format!("http://{plain}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while http
+        .get(format!("{plain_base}/healthz"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "plain listener did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // One registry behind both: pushed over HTTPS, pulled over HTTP; the same guard on each.
+    let (manifest, _) = push_image(&https, &tls_base, "both/app", "v1", Some(ANN)).await;
+    let r = send(
+        http.head(format!("{plain_base}/v2/both/app/manifests/{manifest}")),
+        Some(BOB),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = http.get(format!("{plain_base}/v2/")).send().await.unwrap();
+    expect_error(r, StatusCode::UNAUTHORIZED, "UNAUTHORIZED").await;
+}
+
+/// Found by the auth benchmark: when the remembered password expired, 48 parallel requests of
+/// one client all verified at once and the brake's in-flight limit answered 429. Concurrent
+/// logins with the same credentials now share one verification.
+#[tokio::test]
+async fn parallel_requests_of_one_client_are_not_braked() {
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = dir.path().join("htpasswd");
+    write_htpasswd(&htpasswd);
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "[auth]\nhtpasswd = {htpasswd:?}\ncache = \"0s\"\nbrake = {{ attempts = 3 }}\n"
+        ),
+    );
+    let server = Server::start(&["--config", cfg.to_str().unwrap()]);
+    let base = server.url();
+    let http = Client::new();
+    for _ in 0..3 {
+        let statuses: Vec<u16> = futures::future::join_all((0..48).map(|_| async {
+            send(http.get(format!("{base}/v2/")), Some(ANN))
+                .await
+                .status()
+                .as_u16()
+        }))
+        .await;
+        assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
     }
 }

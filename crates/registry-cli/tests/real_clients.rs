@@ -159,11 +159,8 @@ fn podman(root: &Path, args: &[&str]) -> Command {
     c
 }
 
-#[test]
-fn podman_push_and_pull() {
-    let server = Server::start(&[]);
-    let work = tempfile::tempdir().unwrap();
-    let root = work.path();
+/// Writes podman's private configuration under `root`.
+fn podman_root(root: &Path) {
     std::fs::create_dir_all(root.join("xdg")).unwrap();
     std::fs::write(
         root.join("containers.conf"),
@@ -180,6 +177,14 @@ fn podman_push_and_pull() {
     )
     .unwrap();
     std::fs::write(root.join("auth.json"), "{}").unwrap();
+}
+
+#[test]
+fn podman_push_and_pull() {
+    let server = Server::start(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path();
+    podman_root(root);
 
     // Seed the registry with skopeo, then let podman pull it, retag it, push it and pull it back.
     let layout = root.join("layout");
@@ -303,4 +308,89 @@ fn skopeo_over_tls_with_credentials_and_client_certificates() {
         &format!("{image}:v2"),
     ])));
     assert_eq!(inspect["Digest"], digest);
+}
+
+/// `podman login` over TLS against an htpasswd user (the CA in a certs.d-style `--cert-dir`),
+/// then push and pull with the stored credentials; a wrong password fails the login.
+#[test]
+fn podman_login_push_pull_over_tls() {
+    use common::pki::Ca;
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path();
+    podman_root(root);
+    let ca = Ca::new("podman test CA");
+    let (cert, key) = ca.server().write(root, "server.pem", "server.key");
+    let htpasswd = root.join("htpasswd");
+    let hash = bcrypt::hash("ann-secret", 4).unwrap();
+    std::fs::write(&htpasswd, format!("ann:{hash}\n")).unwrap();
+    let server = Server::start(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--htpasswd",
+        htpasswd.to_str().unwrap(),
+    ]);
+    let certs = root.join("certs.d");
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::write(certs.join("ca.crt"), ca.pem()).unwrap();
+    let certs = certs.to_str().unwrap();
+    let addr = server.addr.as_str();
+
+    let wrong = podman(
+        root,
+        &[
+            "login",
+            "--cert-dir",
+            certs,
+            "-u",
+            "ann",
+            "-p",
+            "nope",
+            addr,
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        !wrong.status.success(),
+        "login with a wrong password succeeded"
+    );
+    run(podman(
+        root,
+        &[
+            "login",
+            "--cert-dir",
+            certs,
+            "-u",
+            "ann",
+            "-p",
+            "ann-secret",
+            addr,
+        ],
+    ));
+    let layout = root.join("layout");
+    write_oci_layout(&layout, "v1", &[tar(&[("file", &data(50_000, 3)[..])])]);
+    let image = format!("{addr}/podman/tls:v1");
+    run(skopeo(&[
+        "copy",
+        "--dest-cert-dir",
+        certs,
+        "--dest-creds",
+        "ann:ann-secret",
+        &format!("oci:{}:v1", layout.display()),
+        &format!("docker://{image}"),
+    ]));
+    run(podman(root, &["pull", "--cert-dir", certs, &image]));
+    let pushed = format!("{addr}/podman/tls-pushed:v1");
+    run(podman(root, &["tag", &image, &pushed]));
+    run(podman(root, &["push", "--cert-dir", certs, &pushed]));
+    run(podman(root, &["logout", addr]));
+    let anonymous = podman(root, &["pull", "--cert-dir", certs, &pushed])
+        .output()
+        .unwrap();
+    assert!(
+        !anonymous.status.success(),
+        "pull without credentials succeeded"
+    );
 }

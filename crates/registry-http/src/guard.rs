@@ -81,19 +81,38 @@ fn joined(headers: &HeaderMap, name: &str) -> Option<String> {
     (!values.is_empty()).then(|| values.join(","))
 }
 
+/// Who a response went to, as far as the guard found out; put in the response's extensions for
+/// the request log.
+#[derive(Clone, Debug)]
+pub struct Attribution {
+    /// The client's address, after trusted proxies.
+    pub address: IpAddr,
+    /// The identity, once authenticated.
+    pub identity: Option<Identity>,
+}
+
 /// Middleware: `router.layer(axum::middleware::from_fn_with_state(guard, guard_requests))`.
 pub async fn guard_requests(
     State(guard): State<Arc<Guard>>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    match check(&guard, &mut request).await {
+    let mut attribution = None;
+    let mut response = match check(&guard, &mut request, &mut attribution).await {
         Ok(()) => next.run(request).await,
         Err(e) => e.into_response(),
+    };
+    if let Some(a) = attribution {
+        response.extensions_mut().insert(a);
     }
+    response
 }
 
-async fn check(guard: &Arc<Guard>, request: &mut Request) -> Result<(), ApiError> {
+async fn check(
+    guard: &Arc<Guard>,
+    request: &mut Request,
+    attribution: &mut Option<Attribution>,
+) -> Result<(), ApiError> {
     let connection = request.extensions().get::<Connection>().cloned();
     let peer = connection.as_ref().map(|c| c.peer).or_else(|| {
         request
@@ -107,6 +126,10 @@ async fn check(guard: &Arc<Guard>, request: &mut Request) -> Result<(), ApiError
         joined(headers, "forwarded").as_deref(),
         joined(headers, "x-forwarded-for").as_deref(),
     )?;
+    *attribution = Some(Attribution {
+        address,
+        identity: None,
+    });
     let path = request.uri().path();
     if path == "/healthz" {
         return Ok(());
@@ -116,6 +139,10 @@ async fn check(guard: &Arc<Guard>, request: &mut Request) -> Result<(), ApiError
     let identity = guard
         .authenticate(address, certificate, authorization)
         .await?;
+    *attribution = Some(Attribution {
+        address,
+        identity: Some(identity.clone()),
+    });
     if path == "/v2" || path.starts_with("/v2/") {
         match Endpoint::parse(path) {
             Ok(endpoint) => {

@@ -1,6 +1,6 @@
 //! The request log: one `tracing` event per request with method, path, status, bytes in and out,
-//! and duration. Query strings are left out (they may carry upload state), and nothing from
-//! `Authorization` is ever logged.
+//! duration, and (behind a guard) the client's address and identity. Query strings are left out
+//! (they may carry upload state), and nothing from `Authorization` is ever logged.
 
 use std::time::Instant;
 
@@ -10,6 +10,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use crate::error::ServerFault;
+use crate::guard::Attribution;
 
 /// Middleware: `router.layer(axum::middleware::from_fn(registry_http::log::log_requests))`.
 pub async fn log_requests(request: Request, next: Next) -> Response {
@@ -32,10 +33,16 @@ pub async fn log_requests(request: Request, next: Next) -> Response {
         .or_else(|| response.body().size_hint().exact())
         .unwrap_or(0);
     let ms = format_args!("{:.3}", start.elapsed().as_secs_f64() * 1000.0);
+    let who = response.extensions().get::<Attribution>();
+    let client = who.map(|a| a.address.to_string()).unwrap_or_default();
+    let identity = who
+        .and_then(|a| a.identity.as_ref())
+        .map(|i| i.to_string())
+        .unwrap_or_default();
     if let Some(ServerFault(reason)) = response.extensions().get::<ServerFault>() {
-        tracing::error!(%method, %path, status, bytes_in, bytes_out, %ms, reason, "request failed");
+        tracing::error!(%method, %path, status, bytes_in, bytes_out, %ms, client, identity, reason, "request failed");
     } else {
-        tracing::info!(%method, %path, status, bytes_in, bytes_out, %ms, "request");
+        tracing::info!(%method, %path, status, bytes_in, bytes_out, %ms, client, identity, "request");
     }
     response
 }
