@@ -202,16 +202,14 @@ async fn basic_auth_on_every_endpoint_and_every_hash_format() {
     assert_eq!(statuses, expected);
     // Different guesses in parallel cannot overrun the limit: at most 10 are verified.
     let client = attacker("127.0.0.3");
-    let statuses: Vec<u16> = futures::future::join_all(
-        every_endpoint(&client, &base)
-            .into_iter()
-            .enumerate()
-            .map(|(i, rb)| async move {
+    let statuses: Vec<u16> =
+        futures::future::join_all(every_endpoint(&client, &base).into_iter().enumerate().map(
+            |(i, rb)| async move {
                 let guess = format!("guess-{i}");
                 send(rb, Some(("ann", &guess))).await.status().as_u16()
-            }),
-    )
-    .await;
+            },
+        ))
+        .await;
     let verified = statuses.iter().filter(|&&s| s == 401).count();
     assert!((1..=10).contains(&verified), "{statuses:?}");
     assert!(
@@ -922,9 +920,7 @@ async fn parallel_requests_of_one_client_are_not_braked() {
     write_htpasswd(&htpasswd);
     let cfg = config(
         dir.path(),
-        &format!(
-            "[auth]\nhtpasswd = {htpasswd:?}\ncache = \"0s\"\nbrake = {{ attempts = 3 }}\n"
-        ),
+        &format!("[auth]\nhtpasswd = {htpasswd:?}\ncache = \"0s\"\nbrake = {{ attempts = 3 }}\n"),
     );
     let server = Server::start(&["--config", cfg.to_str().unwrap()]);
     let base = server.url();

@@ -26,6 +26,14 @@ fn skopeo(args: &[&str]) -> Command {
     c
 }
 
+/// Writes `dir/htpasswd` with one bcrypt user; returns its path.
+fn bcrypt_user(dir: &Path, user: &str, password: &str) -> std::path::PathBuf {
+    let path = dir.join("htpasswd");
+    let hash = bcrypt::hash(password, 4).unwrap();
+    std::fs::write(&path, format!("{user}:{hash}\n")).unwrap();
+    path
+}
+
 fn json(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("tool printed JSON")
 }
@@ -226,9 +234,7 @@ fn skopeo_over_tls_with_credentials_and_client_certificates() {
     let (cert, key) = ca.server().write(work.path(), "server.pem", "server.key");
     let ca_path = work.path().join("clients-ca.pem");
     std::fs::write(&ca_path, ca.pem()).unwrap();
-    let htpasswd = work.path().join("htpasswd");
-    let hash = bcrypt::hash("ann-secret", 4).unwrap();
-    std::fs::write(&htpasswd, format!("ann:{hash}\n")).unwrap();
+    let htpasswd = bcrypt_user(work.path(), "ann", "ann-secret");
     let server = Server::start(&[
         "--tls-cert",
         cert.to_str().unwrap(),
@@ -320,9 +326,7 @@ fn podman_login_push_pull_over_tls() {
     podman_root(root);
     let ca = Ca::new("podman test CA");
     let (cert, key) = ca.server().write(root, "server.pem", "server.key");
-    let htpasswd = root.join("htpasswd");
-    let hash = bcrypt::hash("ann-secret", 4).unwrap();
-    std::fs::write(&htpasswd, format!("ann:{hash}\n")).unwrap();
+    let htpasswd = bcrypt_user(root, "ann", "ann-secret");
     let server = Server::start(&[
         "--tls-cert",
         cert.to_str().unwrap(),
