@@ -6,7 +6,15 @@
 //! listen = "127.0.0.1:5000"
 //!
 //! [storage]
-//! url = "./data"          # a directory, file:///abs/path, or memory://
+//! url = "./data"          # a directory, file:///abs/path, s3://bucket/prefix, or memory://
+//!
+//! [storage.s3]            # with s3:// URLs; unset values come from AWS_* variables
+//! endpoint = "https://s3.example.com"
+//! region = "auto"
+//! access_key_id = "…"
+//! secret_access_key = "…"
+//! allow_http = false      # plain HTTP to a non-loopback endpoint
+//! virtual_hosted = false  # bucket.endpoint addressing instead of endpoint/bucket
 //!
 //! [api]
 //! delete = true           # allow manifest, tag and blob DELETE
@@ -155,6 +163,7 @@ pub struct RawServer {
 #[serde(deny_unknown_fields)]
 pub struct RawStorage {
     pub url: Option<String>,
+    pub s3: Option<S3Location>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -195,6 +204,41 @@ pub enum StorageLocation {
     Filesystem(PathBuf),
     /// Process memory (tests, benchmarks); lost on exit.
     Memory,
+    /// An S3-compatible bucket, under a key prefix.
+    S3(S3Location),
+}
+
+/// A secret setting: never printed.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
+/// An S3 bucket and how to reach it. Unset values come from the standard `AWS_*` environment
+/// variables (as object_store reads them).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Location {
+    #[serde(skip)]
+    pub bucket: String,
+    #[serde(skip)]
+    pub prefix: String,
+    /// e.g. `https://s3.eu-central-1.amazonaws.com`, `http://127.0.0.1:3900`.
+    pub endpoint: Option<String>,
+    /// `auto` for Cloudflare R2.
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<Secret>,
+    pub session_token: Option<Secret>,
+    /// Plain HTTP to a non-loopback endpoint (loopback endpoints may always use it).
+    pub allow_http: Option<bool>,
+    /// `bucket.endpoint/key` addressing instead of `endpoint/bucket/key`.
+    pub virtual_hosted: Option<bool>,
 }
 
 /// Validated settings.
@@ -225,7 +269,18 @@ impl RawConfig {
         let listen: SocketAddr = listen
             .parse()
             .with_context(|| format!("listen address {listen:?} is not IP:PORT"))?;
-        let storage = parse_storage(self.storage.url.as_deref().unwrap_or("./data"))?;
+        let mut storage = parse_storage(self.storage.url.as_deref().unwrap_or("./data"))?;
+        match (&mut storage, self.storage.s3) {
+            (StorageLocation::S3(loc), Some(s3)) => {
+                *loc = S3Location {
+                    bucket: std::mem::take(&mut loc.bucket),
+                    prefix: std::mem::take(&mut loc.prefix),
+                    ..s3
+                }
+            }
+            (_, Some(_)) => bail!("[storage.s3] needs storage.url = \"s3://bucket/prefix\""),
+            _ => {}
+        }
         let manifest_max_bytes = self.api.manifest_max_bytes.unwrap_or(4 * 1024 * 1024);
         if manifest_max_bytes < 4 * 1024 * 1024 {
             bail!(
@@ -356,10 +411,25 @@ fn validate_guard(
     })
 }
 
-/// Parses a storage location: a path, `file://` URL or `memory://`.
+/// Parses a storage location: a path, `file://` URL, `s3://bucket/prefix` or `memory://`.
 pub fn parse_storage(s: &str) -> anyhow::Result<StorageLocation> {
     if s == "memory://" {
         return Ok(StorageLocation::Memory);
+    }
+    if let Some(rest) = s.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let valid = (3..=63).contains(&bucket.len())
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        if !valid {
+            bail!("storage URL {s:?}: {bucket:?} is not an S3 bucket name");
+        }
+        return Ok(StorageLocation::S3(S3Location {
+            bucket: bucket.to_owned(),
+            prefix: prefix.trim_matches('/').to_owned(),
+            ..S3Location::default()
+        }));
     }
     if let Some(path) = s.strip_prefix("file://") {
         if !path.starts_with('/') {
@@ -368,7 +438,7 @@ pub fn parse_storage(s: &str) -> anyhow::Result<StorageLocation> {
         return Ok(StorageLocation::Filesystem(PathBuf::from(path)));
     }
     if let Some((scheme, _)) = s.split_once("://") {
-        bail!("storage URL {s:?}: unsupported scheme {scheme:?} (use a directory, file:// or memory://)");
+        bail!("storage URL {s:?}: unsupported scheme {scheme:?} (use a directory, file://, s3:// or memory://)");
     }
     if s.is_empty() {
         bail!("storage location is empty");
@@ -429,6 +499,27 @@ mod tests {
     }
 
     #[test]
+    fn s3_location() {
+        let raw: RawConfig = toml::from_str(
+            "[storage]\nurl = \"s3://my-bucket/reg/istry/\"\n[storage.s3]\nendpoint = \"http://127.0.0.1:3900\"\nregion = \"garage\"\nsecret_access_key = \"hush\"\n",
+        )
+        .unwrap();
+        let s = raw.validate().unwrap();
+        let StorageLocation::S3(loc) = &s.storage else {
+            panic!("not S3: {:?}", s.storage)
+        };
+        assert_eq!(
+            (loc.bucket.as_str(), loc.prefix.as_str()),
+            ("my-bucket", "reg/istry")
+        );
+        assert_eq!(loc.region.as_deref(), Some("garage"));
+        let printed = format!("{s:?}");
+        assert!(!printed.contains("hush"), "{printed}");
+        let raw: RawConfig = toml::from_str("[storage.s3]\nregion = \"x\"\n").unwrap();
+        assert!(raw.validate().is_err(), "[storage.s3] without an s3:// URL");
+    }
+
+    #[test]
     fn bad_values() {
         assert!(parse_duration("5x").is_err());
         assert!(parse_duration("").is_err());
@@ -436,6 +527,8 @@ mod tests {
         assert!(parse_storage("ftp://x").is_err());
         assert!(parse_storage("file://relative").is_err());
         assert_eq!(parse_storage("memory://").unwrap(), StorageLocation::Memory);
+        assert!(parse_storage("s3://Bad_Bucket/x").is_err());
+        assert!(parse_storage("s3://").is_err());
         let mut raw = RawConfig::default();
         raw.server.listen = Some("nonsense".into());
         assert!(raw.validate().is_err());

@@ -6,11 +6,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::chunked::ChunkedStore;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
+use object_store::prefix::PrefixStore;
 use object_store::ObjectStore;
+use object_store::{ClientConfigKey, RetryConfig};
 use registry_auth::basic::BasicAuth;
 use registry_auth::tls::TlsConfig;
 use registry_auth::{Anonymous, Guard, Policy};
@@ -22,7 +25,7 @@ use registry_http::{router, ApiConfig, RegistryState};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::{MetricsSettings, Settings, StorageLocation};
+use crate::config::{MetricsSettings, S3Location, Secret, Settings, StorageLocation};
 use crate::listen;
 
 /// Reads are served in chunks of this size (object_store's default for files is 8 KiB).
@@ -60,12 +63,81 @@ fn open_storage(location: &StorageLocation) -> anyhow::Result<OpenedStorage> {
                 },
             })
         }
+        StorageLocation::S3(loc) => Ok(OpenedStorage {
+            store: open_s3(loc)?,
+            scratch: None,
+            // Streaming writes become S3 multipart uploads of parts this size.
+            options: StoreOptions::default(),
+        }),
         StorageLocation::Memory => Ok(OpenedStorage {
             store: Arc::new(InMemory::new()),
             scratch: None,
             options: StoreOptions::default(),
         }),
     }
+}
+
+/// The S3 client: settings from the config, the rest from `AWS_*` variables; plain HTTP only to
+/// loopback endpoints unless allowed explicitly; a failing S3 is given up on within seconds, so
+/// that clients get 503 rather than a hanging request.
+fn open_s3(loc: &S3Location) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    let retry = RetryConfig {
+        max_retries: 3,
+        retry_timeout: Duration::from_secs(15),
+        ..RetryConfig::default()
+    };
+    let mut b = AmazonS3Builder::from_env().with_retry(retry).with_config(
+        AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+        "5s",
+    );
+    let mut b = b.with_bucket_name(&loc.bucket);
+    if let Some(e) = &loc.endpoint {
+        b = b.with_endpoint(e);
+    }
+    if let Some(r) = &loc.region {
+        b = b.with_region(r);
+    }
+    if let Some(k) = &loc.access_key_id {
+        b = b.with_access_key_id(k);
+    }
+    if let Some(Secret(k)) = &loc.secret_access_key {
+        b = b.with_secret_access_key(k);
+    }
+    if let Some(Secret(t)) = &loc.session_token {
+        b = b.with_token(t);
+    }
+    if let Some(v) = loc.virtual_hosted {
+        b = b.with_virtual_hosted_style_request(v);
+    }
+    let endpoint = loc
+        .endpoint
+        .clone()
+        .or_else(|| b.get_config_value(&AmazonS3ConfigKey::Endpoint));
+    if let Some(e) = endpoint.as_deref().filter(|e| e.starts_with("http://")) {
+        let loopback = e
+            .trim_start_matches("http://")
+            .split(['/', ':'])
+            .next()
+            .is_some_and(|h| {
+                h == "localhost"
+                    || h.parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            });
+        let allowed = loc.allow_http.unwrap_or(false)
+            || b.get_config_value(&AmazonS3ConfigKey::Client(ClientConfigKey::AllowHttp))
+                .is_some_and(|v| v == "true");
+        if !loopback && !allowed {
+            bail!("S3 endpoint {e} is plain HTTP: set storage.s3.allow_http = true (or AWS_ALLOW_HTTP=true) to allow it");
+        }
+        b = b.with_allow_http(true);
+    }
+    let s3 = b
+        .build()
+        .with_context(|| format!("cannot use S3 bucket {:?}", loc.bucket))?;
+    Ok(match loc.prefix.as_str() {
+        "" => Arc::new(s3),
+        p => Arc::new(PrefixStore::new(s3, p)),
+    })
 }
 
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {

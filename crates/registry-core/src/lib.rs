@@ -39,6 +39,9 @@ pub use store::{ObjectRegistry, StoreOptions};
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;
 
+#[cfg(any(test, feature = "testsuite"))]
+pub mod garage;
+
 #[cfg(test)]
 mod backend_tests {
     use std::sync::Arc;
@@ -82,6 +85,20 @@ mod backend_tests {
                 store: view(true),
                 scratch: Some(view(false)),
             }
+        })
+        .await;
+    }
+
+    /// S3 as `registry serve` uses it: a real Garage, every write durable, no scratch view.
+    #[tokio::test]
+    async fn s3_backend() {
+        let garage = tokio::task::spawn_blocking(crate::garage::Garage::start)
+            .await
+            .unwrap();
+        let counter = std::sync::atomic::AtomicUsize::new(0);
+        crate::testsuite::run_all(|| {
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            garage.store(&format!("suite-{n}"))
         })
         .await;
     }

@@ -7,6 +7,7 @@ pub mod pki;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,9 @@ pub struct Server {
     pub addr: String,
     pub dir: tempfile::TempDir,
     pub extra: Vec<String>,
+    /// `--storage`; `None`: `<dir>/data`.
+    pub storage: Option<String>,
+    pub env: Vec<(&'static str, String)>,
 }
 
 /// A port that was free a moment ago.
@@ -32,16 +36,27 @@ pub fn free_port() -> u16 {
 impl Server {
     /// Starts a server on fresh storage.
     pub fn start(extra: &[&str]) -> Server {
+        Server::start_on(None, Vec::new(), extra)
+    }
+
+    /// Starts a server on `storage` (e.g. `s3://bucket/prefix`) with extra environment.
+    pub fn start_on(
+        storage: Option<String>,
+        env: Vec<(&'static str, String)>,
+        extra: &[&str],
+    ) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let addr = format!("127.0.0.1:{}", free_port());
-        let child = spawn(&addr, &dir.path().join("data"), &extra);
-        let s = Server {
-            child,
+        let mut s = Server {
+            child: Command::new("true").spawn().unwrap(),
             addr,
             dir,
             extra,
+            storage,
+            env,
         };
+        s.child = s.spawn();
         s.wait_ready();
         s
     }
@@ -71,7 +86,7 @@ impl Server {
     pub fn kill_and_restart(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
-        self.child = spawn(&self.addr, &self.data(), &self.extra);
+        self.child = self.spawn();
         self.wait_ready();
     }
 
@@ -83,17 +98,23 @@ impl Server {
     }
 }
 
-fn spawn(addr: &str, data: &Path, extra: &[String]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_registry"))
-        .arg("serve")
-        .args(["--listen", addr])
-        .arg("--storage")
-        .arg(data)
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start registry")
+impl Server {
+    fn spawn(&self) -> Child {
+        let storage = self
+            .storage
+            .clone()
+            .unwrap_or_else(|| self.data().display().to_string());
+        Command::new(env!("CARGO_BIN_EXE_registry"))
+            .arg("serve")
+            .args(["--listen", &self.addr])
+            .args(["--storage", &storage])
+            .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start registry")
+    }
 }
 
 impl Drop for Server {
