@@ -86,11 +86,13 @@ fn open_s3(loc: &S3Location) -> anyhow::Result<Arc<dyn ObjectStore>> {
         retry_timeout: Duration::from_secs(15),
         ..RetryConfig::default()
     };
-    let mut b = AmazonS3Builder::from_env().with_retry(retry).with_config(
-        AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
-        "5s",
-    );
-    let mut b = b.with_bucket_name(&loc.bucket);
+    let mut b = AmazonS3Builder::from_env()
+        .with_retry(retry)
+        .with_config(
+            AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+            "5s",
+        )
+        .with_bucket_name(&loc.bucket);
     if let Some(e) = &loc.endpoint {
         b = b.with_endpoint(e);
     }
