@@ -4,6 +4,7 @@
 mod common;
 
 use common::{data, Server};
+use registry_core::garage::{Garage, BUCKET};
 use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
 use oci_client::manifest::{OciDescriptor, OciImageManifest, OCI_IMAGE_MEDIA_TYPE};
 use oci_client::secrets::RegistryAuth;
@@ -18,7 +19,22 @@ fn client() -> Client {
 
 #[tokio::test]
 async fn push_and_pull_multi_layer_image_and_referrer() {
-    let server = Server::start(&[]);
+    push_and_pull(&Server::start(&[])).await;
+}
+
+/// The same on S3 (a real Garage).
+#[tokio::test]
+async fn push_and_pull_on_s3() {
+    let garage = tokio::task::spawn_blocking(Garage::start).await.unwrap();
+    let server = Server::start_on(
+        Some(format!("s3://{BUCKET}/oci-client")),
+        garage.env(),
+        &[],
+    );
+    push_and_pull(&server).await;
+}
+
+async fn push_and_pull(server: &Server) {
     let client = client();
     let auth = RegistryAuth::Anonymous;
     let image: Reference = format!("{}/team/app:1.0", server.addr).parse().unwrap();

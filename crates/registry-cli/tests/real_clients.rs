@@ -40,7 +40,18 @@ fn json(out: &Output) -> serde_json::Value {
 
 #[test]
 fn skopeo_copy_in_and_out_inspect_list_delete() {
-    let server = Server::start(&[]);
+    skopeo_round_trip(&Server::start(&[]));
+}
+
+/// The same on S3 (a real Garage).
+#[test]
+fn skopeo_on_s3() {
+    let garage = registry_core::garage::Garage::start();
+    let storage = format!("s3://{}/skopeo", registry_core::garage::BUCKET);
+    skopeo_round_trip(&Server::start_on(Some(storage), garage.env(), &[]));
+}
+
+fn skopeo_round_trip(server: &Server) {
     let work = tempfile::tempdir().unwrap();
     let layout = work.path().join("layout");
     let layers = vec![
