@@ -15,6 +15,7 @@
 //! secret_access_key = "…"
 //! allow_http = false      # plain HTTP to a non-loopback endpoint
 //! virtual_hosted = false  # bucket.endpoint addressing instead of endpoint/bucket
+//! redirect = false        # blob GET answers 307 to a presigned S3 URL (20 minutes)
 //!
 //! [api]
 //! delete = true           # allow manifest, tag and blob DELETE
@@ -239,6 +240,8 @@ pub struct S3Location {
     pub allow_http: Option<bool>,
     /// `bucket.endpoint/key` addressing instead of `endpoint/bucket/key`.
     pub virtual_hosted: Option<bool>,
+    /// Blob GETs answer 307 to a presigned URL: the bytes flow from S3, not the registry.
+    pub redirect: Option<bool>,
 }
 
 /// Validated settings.

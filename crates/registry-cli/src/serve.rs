@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::chunked::ChunkedStore;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::prefix::PrefixStore;
+use object_store::signer::Signer;
 use object_store::ObjectStore;
 use object_store::{ClientConfigKey, RetryConfig};
 use registry_auth::basic::BasicAuth;
@@ -36,7 +37,12 @@ struct OpenedStorage {
     store: Arc<dyn ObjectStore>,
     scratch: Option<Arc<dyn ObjectStore>>,
     options: StoreOptions,
+    /// Signs blob URLs for redirect mode, with the key prefix.
+    presigner: Option<(Arc<dyn Signer>, String)>,
 }
+
+/// How long a redirect's presigned URL stays valid.
+const REDIRECT_TTL: Duration = Duration::from_secs(20 * 60);
 
 fn open_storage(location: &StorageLocation) -> anyhow::Result<OpenedStorage> {
     match location {
@@ -61,18 +67,29 @@ fn open_storage(location: &StorageLocation) -> anyhow::Result<OpenedStorage> {
                     write_buffer: 1024 * 1024,
                     write_concurrency: 2,
                 },
+                presigner: None,
             })
         }
-        StorageLocation::S3(loc) => Ok(OpenedStorage {
-            store: open_s3(loc)?,
-            scratch: None,
-            // Streaming writes become S3 multipart uploads of parts this size.
-            options: StoreOptions::default(),
-        }),
+        StorageLocation::S3(loc) => {
+            let s3 = Arc::new(open_s3(loc)?);
+            let store: Arc<dyn ObjectStore> = match loc.prefix.as_str() {
+                "" => s3.clone(),
+                p => Arc::new(PrefixStore::new(s3.clone(), p)),
+            };
+            Ok(OpenedStorage {
+                store,
+                scratch: None,
+                // Streaming writes become S3 multipart uploads of parts this size.
+                options: StoreOptions::default(),
+                presigner: (loc.redirect == Some(true))
+                    .then(|| (s3 as Arc<dyn Signer>, loc.prefix.clone())),
+            })
+        }
         StorageLocation::Memory => Ok(OpenedStorage {
             store: Arc::new(InMemory::new()),
             scratch: None,
             options: StoreOptions::default(),
+            presigner: None,
         }),
     }
 }
@@ -80,7 +97,7 @@ fn open_storage(location: &StorageLocation) -> anyhow::Result<OpenedStorage> {
 /// The S3 client: settings from the config, the rest from `AWS_*` variables; plain HTTP only to
 /// loopback endpoints unless allowed explicitly; a failing S3 is given up on within seconds, so
 /// that clients get 503 rather than a hanging request.
-fn open_s3(loc: &S3Location) -> anyhow::Result<Arc<dyn ObjectStore>> {
+fn open_s3(loc: &S3Location) -> anyhow::Result<AmazonS3> {
     let retry = RetryConfig {
         max_retries: 3,
         retry_timeout: Duration::from_secs(15),
@@ -133,13 +150,8 @@ fn open_s3(loc: &S3Location) -> anyhow::Result<Arc<dyn ObjectStore>> {
         }
         b = b.with_allow_http(true);
     }
-    let s3 = b
-        .build()
-        .with_context(|| format!("cannot use S3 bucket {:?}", loc.bucket))?;
-    Ok(match loc.prefix.as_str() {
-        "" => Arc::new(s3),
-        p => Arc::new(PrefixStore::new(s3, p)),
-    })
+    b.build()
+        .with_context(|| format!("cannot use S3 bucket {:?}", loc.bucket))
 }
 
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
@@ -154,6 +166,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let mut registry = ObjectRegistry::new(observe(opened.store), opened.options);
     if let Some(scratch) = opened.scratch {
         registry = registry.with_scratch(observe(scratch));
+    }
+    if let Some((signer, prefix)) = opened.presigner {
+        registry = registry.with_presigned_reads(signer, &prefix, REDIRECT_TTL);
     }
     let storage: Arc<dyn Storage> = Arc::new(registry);
     tokio::spawn(purge_uploads(storage.clone(), settings.upload_max_age));

@@ -4,11 +4,11 @@
 mod common;
 
 use common::{data, Server};
-use registry_core::garage::{Garage, BUCKET};
 use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
 use oci_client::manifest::{OciDescriptor, OciImageManifest, OCI_IMAGE_MEDIA_TYPE};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
+use registry_core::garage::{Garage, BUCKET};
 
 fn client() -> Client {
     Client::new(ClientConfig {
@@ -26,11 +26,7 @@ async fn push_and_pull_multi_layer_image_and_referrer() {
 #[tokio::test]
 async fn push_and_pull_on_s3() {
     let garage = tokio::task::spawn_blocking(Garage::start).await.unwrap();
-    let server = Server::start_on(
-        Some(format!("s3://{BUCKET}/oci-client")),
-        garage.env(),
-        &[],
-    );
+    let server = Server::start_on(Some(format!("s3://{BUCKET}/oci-client")), garage.env(), &[]);
     push_and_pull(&server).await;
 }
 

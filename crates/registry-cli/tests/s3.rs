@@ -368,3 +368,75 @@ async fn s3_outage_mid_push_gives_503_and_recovers() {
         .unwrap();
     assert_eq!(catalog["repositories"], json!(["down/app"]));
 }
+
+#[tokio::test]
+async fn redirect_mode_serves_blobs_from_s3() {
+    let garage = start_garage().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("registry.toml");
+    std::fs::write(
+        &cfg,
+        format!("[storage]\nurl = \"s3://{BUCKET}/redirect\"\n[storage.s3]\nredirect = true\n"),
+    )
+    .unwrap();
+    let server = Server::start_on(
+        Some(format!("s3://{BUCKET}/redirect")),
+        garage.env(),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let base = server.url();
+    let http = Client::new();
+    let bytes = data(1024 * 1024 + 3, 4);
+    let layer = chunked_push(
+        &http,
+        &[&base],
+        &base,
+        "redir/app",
+        &bytes,
+        &[1000, 1024 * 1024 + 3 - 1000],
+    )
+    .await;
+
+    let no_follow = Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = no_follow
+        .get(format!("{base}/v2/redir/app/blobs/{layer}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TEMPORARY_REDIRECT);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with(&garage.endpoint), "{location}");
+    // Following it (as clients do) gets the right bytes, from S3.
+    let got = http
+        .get(format!("{base}/v2/redir/app/blobs/{layer}"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(sha256(&got), layer);
+    // HEAD is answered by the registry; unknown blobs are still 404 BLOB_UNKNOWN.
+    let r = http
+        .head(format!("{base}/v2/redir/app/blobs/{layer}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = no_follow
+        .get(format!("{base}/v2/redir/app/blobs/{}", sha256(b"nothing")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    // Another repository cannot be used to get a URL for it.
+    let r = no_follow
+        .get(format!("{base}/v2/redir/other/blobs/{layer}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}

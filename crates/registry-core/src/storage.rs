@@ -87,6 +87,12 @@ pub trait BlobStore: Send + Sync {
     ) -> Result<Option<u64>>;
     /// Unlinks a blob from `repo`. The bytes stay until garbage collection.
     async fn blob_delete(&self, repo: &RepoName, digest: &Digest) -> Result<()>;
+    /// A short-lived URL the blob can be fetched from directly, when the backend offers one
+    /// (presigned S3 URLs), after checking like [`BlobStore::blob_size`] that the blob is
+    /// linked into `repo`; `None` (without any check) when reads go through the registry.
+    async fn blob_url(&self, _repo: &RepoName, _digest: &Digest) -> Result<Option<String>> {
+        Ok(None)
+    }
 }
 
 /// Upload sessions. Their whole state lives in the backend, so any node can continue one.

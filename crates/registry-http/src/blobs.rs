@@ -26,6 +26,20 @@ pub(crate) async fn get(
     digest: Digest,
 ) -> ApiResult<Response> {
     let range_header = req.header("range").filter(|_| req.method == Method::GET);
+    if req.method == Method::GET {
+        // Redirect mode: the bytes flow from the object store (a Range goes along with the
+        // client's retry of the request there).
+        if let Some(url) = s.storage.blob_url(&name, &digest).await? {
+            return Ok(respond(
+                StatusCode::TEMPORARY_REDIRECT,
+                vec![
+                    ("location", url),
+                    ("docker-content-digest", digest.to_string()),
+                ],
+                Body::empty(),
+            ));
+        }
+    }
     if req.method == Method::HEAD {
         let size = s.storage.blob_size(&name, &digest).await?;
         return Ok(respond(

@@ -53,6 +53,23 @@ impl ObjectRegistry {
 
 #[async_trait]
 impl BlobStore for ObjectRegistry {
+    async fn blob_url(&self, repo: &RepoName, digest: &Digest) -> Result<Option<String>> {
+        let Some(p) = &self.presigner else {
+            return Ok(None);
+        };
+        self.blob_size(repo, digest).await?;
+        let key = layout::blob(digest);
+        let path = match p.prefix.as_str() {
+            "" => key,
+            prefix => object_store::path::Path::from(format!("{prefix}/{key}")),
+        };
+        let url = p
+            .signer
+            .signed_url(object_store::signer::Method::GET, &path, p.ttl)
+            .await?;
+        Ok(Some(url.to_string()))
+    }
+
     async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
         self.linked_size(repo, digest)
             .await?

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use object_store::path::Path;
+use object_store::signer::Signer;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -58,6 +59,23 @@ pub struct ObjectRegistry {
     /// Tag lists by repository, each with the `tags_generation` it was listed under. A cache
     /// only: an entry is used only while the stored generation still equals its own.
     tag_lists: Arc<Mutex<HashMap<RepoName, CachedTags>>>,
+    /// Signs short-lived blob URLs, when reads may bypass the registry (S3 redirect mode).
+    presigner: Option<Presigner>,
+}
+
+/// What [`ObjectRegistry::with_presigned_reads`] was given.
+#[derive(Clone)]
+struct Presigner {
+    signer: Arc<dyn Signer>,
+    /// The prefix the registry's keys live under in the signer's bucket.
+    prefix: String,
+    ttl: std::time::Duration,
+}
+
+impl std::fmt::Debug for Presigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Presigner({:?}, {:?})", self.prefix, self.ttl)
+    }
 }
 
 impl ObjectRegistry {
@@ -69,6 +87,7 @@ impl ObjectRegistry {
             options,
             known_repos: Arc::default(),
             tag_lists: Arc::default(),
+            presigner: None,
         }
     }
 
@@ -79,6 +98,23 @@ impl ObjectRegistry {
     /// fails the upload's digest check, it is never published.
     pub fn with_scratch(mut self, scratch: Arc<dyn ObjectStore>) -> Self {
         self.scratch = Some(scratch);
+        self
+    }
+
+    /// Lets blob reads go straight to the backend: [`crate::BlobStore::blob_url`] answers with
+    /// URLs `signer` signs for `ttl`. `prefix` is the key prefix of this registry's storage in
+    /// the signer's bucket ("" for none).
+    pub fn with_presigned_reads(
+        mut self,
+        signer: Arc<dyn Signer>,
+        prefix: &str,
+        ttl: std::time::Duration,
+    ) -> Self {
+        self.presigner = Some(Presigner {
+            signer,
+            prefix: prefix.trim_matches('/').to_owned(),
+            ttl,
+        });
         self
     }
 
