@@ -105,11 +105,21 @@ fn open_s3(loc: &S3Location) -> anyhow::Result<AmazonS3> {
     };
     let mut b = AmazonS3Builder::from_env()
         .with_retry(retry)
-        .with_config(
-            AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
-            "5s",
-        )
         .with_bucket_name(&loc.bucket);
+    // object_store's default 30 s limit covers a whole request, body included: a pull of a big
+    // blob by a client slower than size/30 s was cut off. Instead: a day for the whole request,
+    // and a stall of one read (or of connecting) fails it, unless AWS_* variables say otherwise.
+    for (key, default) in [
+        (ClientConfigKey::Timeout, "1d"),
+        (ClientConfigKey::ReadTimeout, "60s"),
+        (ClientConfigKey::ConnectTimeout, "5s"),
+    ] {
+        // (get_config_value reports object_store's defaults too: ask the environment.)
+        let variable = format!("AWS_{}", key.as_ref().to_ascii_uppercase());
+        if std::env::var_os(variable).is_none() {
+            b = b.with_config(AmazonS3ConfigKey::Client(key), default);
+        }
+    }
     if let Some(e) = &loc.endpoint {
         b = b.with_endpoint(e);
     }

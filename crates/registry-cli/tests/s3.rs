@@ -440,3 +440,48 @@ async fn redirect_mode_serves_blobs_from_s3() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
+
+/// Found by the 6 GiB soak: object_store's default 30 s request timeout includes the body, so a
+/// blob pull from S3 by a client slower than size/30 s was cut off mid-stream. Reads slowly for
+/// about 40 seconds and checks every byte.
+#[tokio::test]
+async fn slow_pull_of_a_big_blob_is_not_cut_off() {
+    use futures::StreamExt;
+    let garage = start_garage().await;
+    let server = node(&garage, "slow");
+    let base = server.url();
+    let http = Client::new();
+    let bytes = data(96 * 1024 * 1024, 8);
+    let digest = sha256(&bytes);
+    let r = http
+        .post(format!("{base}/v2/slow/app/blobs/uploads/?digest={digest}"))
+        .body(bytes.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = http
+        .get(format!("{base}/v2/slow/app/blobs/{digest}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut body = r.bytes_stream();
+    let mut got = Vec::with_capacity(bytes.len());
+    let start = std::time::Instant::now();
+    while let Some(chunk) = body.next().await {
+        got.extend_from_slice(&chunk.expect("the stream was cut off"));
+        // About 2.4 MiB/s: the whole read takes ~40 s.
+        let due = std::time::Duration::from_secs_f64(got.len() as f64 / (2.4 * 1048576.0));
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+    assert!(
+        start.elapsed() > std::time::Duration::from_secs(32),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(got.len(), bytes.len());
+    assert_eq!(sha256(&got), digest);
+}

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Measures this registry on S3 (a local single-node Garage) against the filesystem, with curl
+# and release builds, on loopback:
+#   1. push (POST + streamed PATCH + PUT) and pull MB/s of a 1 GiB blob, S3 vs filesystem;
+#   2. a blob larger than S3's 5 GiB single-PUT limit (SOAK_GIB, default 6) streamed in and out
+#      with its digest checked, and the registry's peak RSS meanwhile;
+#   3. catalog latency with CATALOG_REPOS repositories (default 10000) on S3.
+# Needs `garage` (cargo install --locked garage) and SOAK_GIB+2 GiB free in WORKDIR.
+# Usage: scripts/measure-s3.sh [WORKDIR]
+set -euo pipefail
+shopt -s inherit_errexit
+cd "$(dirname "$0")/.."
+work="${1:-$(mktemp -d /var/tmp/registry-s3.XXXXXX)}"
+soak_gib="${SOAK_GIB:-6}"
+repos="${CATALOG_REPOS:-10000}"
+mkdir -p "$work"
+cargo build --release -q -p registry-cli
+bin="${CARGO_TARGET_DIR:-target}/release/registry"
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+rpc=$(port); s3=$(port); admin=$(port); ps3=$(port); pfs=$(port)
+key=GK0123456789abcdef01234567
+secret=00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff
+cat > "$work/garage.toml" <<TOML
+metadata_dir = "$work/garage/meta"
+data_dir = "$work/garage/data"
+db_engine = "lmdb"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:$rpc"
+rpc_public_addr = "127.0.0.1:$rpc"
+rpc_secret = "$secret"
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:$s3"
+root_domain = ".s3.garage.localhost"
+[admin]
+api_bind_addr = "127.0.0.1:$admin"
+TOML
+g() { garage -c "$work/garage.toml" "$@"; }
+RUST_LOG=warn garage -c "$work/garage.toml" server >"$work/garage.log" 2>&1 &
+gpid=$!
+trap 'kill $gpid ${rs3:-} ${rfs:-} 2>/dev/null || true' EXIT
+until g status >/dev/null 2>&1; do sleep 0.2; done
+node=$(g node id -q | cut -d@ -f1)
+g layout assign -z dc1 -c 10G "$node" >/dev/null
+g layout apply --version 1 >/dev/null
+g bucket create registry >/dev/null
+g key import --yes -n registry "$key" "$secret" >/dev/null
+g bucket allow --read --write --owner registry --key "$key" >/dev/null
+
+AWS_ENDPOINT_URL="http://127.0.0.1:$s3" AWS_REGION=garage AWS_ACCESS_KEY_ID=$key AWS_SECRET_ACCESS_KEY=$secret \
+  RUST_LOG=warn "$bin" serve --listen "127.0.0.1:$ps3" --storage s3://registry/measure 2>"$work/s3.log" &
+rs3=$!
+RUST_LOG=warn "$bin" serve --listen "127.0.0.1:$pfs" --storage "$work/fs" 2>"$work/fs.log" &
+rfs=$!
+for p in $ps3 $pfs; do
+  for _ in $(seq 200); do curl -sf "http://127.0.0.1:$p/healthz" >/dev/null && break; sleep 0.1; done
+done
+
+mbps() { python3 -c "print(f'{$1/1048576/$2:.0f} MiB/s ({$2:.2f} s)')"; }
+# Streams SIZE bytes of a repeatable pseudo-random stream (no file needed).
+stream() { openssl enc -aes-128-ctr -pass pass:registry -nosalt -pbkdf2 </dev/zero 2>/dev/null | head -c "$1"; }
+# push BASE REPO SIZE: POST, one streamed PATCH, PUT ?digest=; prints seconds. The digest is
+# computed first (untimed) and left in $work/digest for pull.
+push() {
+  local base=$1 repo=$2 size=$3 loc start
+  local digest
+  digest="sha256:$(stream "$size" | sha256sum | cut -d' ' -f1)"
+  echo "$digest" > "$work/digest"
+  loc=$(curl -sf -D - -o /dev/null -X POST "$base/v2/$repo/blobs/uploads/" | tr -d '\r' | awk 'tolower($1)=="location:"{print $2}')
+  start=$(date +%s.%N)
+  stream "$size" | curl -sf -o /dev/null -X PATCH -H 'Content-Type: application/octet-stream' -T - "$base$loc"
+  curl -sf -o /dev/null -X PUT "$base$loc?digest=$digest"
+  python3 -c "import time; print(time.time()-$start)"
+}
+# pull BASE REPO: prints seconds; checks the digest.
+pull() {
+  local start got digest
+  digest=$(cat "$work/digest")
+  start=$(date +%s.%N)
+  got=$(curl -sf "$1/v2/$2/blobs/$digest" | sha256sum | cut -d' ' -f1)
+  [ "sha256:$got" = "$digest" ] || { echo "digest mismatch pulling $2 from $1" >&2; exit 1; }
+  python3 -c "import time; print(time.time()-$start)"
+}
+
+gib=$((1024*1024*1024))
+echo "## 1 GiB blob (push = POST + streamed PATCH + PUT; pull checked with sha256sum)"
+for name in s3 fs; do
+  port_var="p$name"; base="http://127.0.0.1:${!port_var}"
+  t=$(push "$base" bench/one $gib); echo "$name push: $(mbps $gib "$t")"
+  t=$(pull "$base" bench/one); echo "$name pull: $(mbps $gib "$t")"
+done
+
+echo "## ${soak_gib} GiB blob on S3"
+size=$((soak_gib*gib))
+base="http://127.0.0.1:$ps3"
+( peak=0; while kill -0 $rs3 2>/dev/null; do
+    v=$(awk '/VmRSS/{print $2}' /proc/$rs3/status 2>/dev/null || echo 0); [ "${v:-0}" -gt "$peak" ] && peak=$v && echo "$peak" > "$work/peak"
+    sleep 0.2; done ) &
+sampler=$!
+t=$(push "$base" bench/big $size); echo "push: $(mbps $size "$t")"
+t=$(pull "$base" bench/big); echo "pull: $(mbps $size "$t") (digest checked)"
+kill $sampler 2>/dev/null || true
+echo "registry peak RSS during the ${soak_gib} GiB push and pull: $(( $(cat "$work/peak") / 1024 )) MiB (VmHWM $(awk '/VmHWM/{print int($2/1024)}' /proc/$rs3/status) MiB)"
+
+echo "## catalog with $repos repositories on S3"
+python3 - "$base" "$repos" <<'PY'
+import sys, hashlib, concurrent.futures, urllib.request
+base, n = sys.argv[1], int(sys.argv[2])
+body = b"x"; d = "sha256:" + hashlib.sha256(body).hexdigest()
+def push(i):
+    req = urllib.request.Request(f"{base}/v2/cat/r{i:05d}/blobs/uploads/?digest={d}", data=body, method="POST")
+    urllib.request.urlopen(req).read()
+with concurrent.futures.ThreadPoolExecutor(16) as ex:
+    list(ex.map(push, range(n)))
+PY
+for q in "?n=100" "?n=100&last=cat/r05000" "?n=10000"; do
+  ts=$(for _ in 1 2 3 4 5; do curl -sf -o /dev/null -w '%{time_total}\n' "$base/v2/_catalog$q"; done | sort -n | sed -n 3p)
+  echo "GET /v2/_catalog$q: median of 5 = $(python3 -c "print(f'{$ts*1000:.0f} ms')")"
+done
+rm -rf "$work"
