@@ -58,7 +58,8 @@ done
 
 mbps() { python3 -c "print(f'{$1/1048576/$2:.0f} MiB/s ({$2:.2f} s)')"; }
 # Streams SIZE bytes of a repeatable pseudo-random stream (no file needed).
-stream() { openssl enc -aes-128-ctr -pass pass:registry -nosalt -pbkdf2 </dev/zero 2>/dev/null | head -c "$1"; }
+# (openssl dies of SIGPIPE when head has enough: not a failure.)
+stream() { { openssl enc -aes-128-ctr -pass pass:registry -nosalt -pbkdf2 </dev/zero 2>/dev/null || true; } | head -c "$1"; }
 # push BASE REPO SIZE: POST, one streamed PATCH, PUT ?digest=; prints seconds. The digest is
 # computed first (untimed) and left in $work/digest for pull.
 push() {
