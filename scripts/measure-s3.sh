@@ -6,6 +6,7 @@
 #      with its digest checked, and the registry's peak RSS meanwhile;
 #   3. catalog latency with CATALOG_REPOS repositories (default 10000) on S3.
 # Needs `garage` (cargo install --locked garage) and SOAK_GIB+2 GiB free in WORKDIR.
+# PARTS="blob soak catalog" (the default) picks what to run.
 # Usage: scripts/measure-s3.sh [WORKDIR]
 set -euo pipefail
 shopt -s inherit_errexit
@@ -13,6 +14,7 @@ cd "$(dirname "$0")/.."
 work="${1:-$(mktemp -d /var/tmp/registry-s3.XXXXXX)}"
 soak_gib="${SOAK_GIB:-6}"
 repos="${CATALOG_REPOS:-10000}"
+parts=" ${PARTS:-blob soak catalog} "
 mkdir -p "$work"
 cargo build --release -q -p registry-cli
 bin="${CARGO_TARGET_DIR:-target}/release/registry"
@@ -84,6 +86,7 @@ pull() {
 }
 
 gib=$((1024*1024*1024))
+if [[ $parts == *" blob "* ]]; then
 echo "## 1 GiB blob (push = POST + streamed PATCH + PUT; pull checked with sha256sum)"
 for name in s3 fs; do
   port_var="p$name"; base="http://127.0.0.1:${!port_var}"
@@ -91,6 +94,9 @@ for name in s3 fs; do
   t=$(pull "$base" bench/one); echo "$name pull: $(mbps $gib "$t")"
 done
 
+fi
+base="http://127.0.0.1:$ps3"
+if [[ $parts == *" soak "* ]]; then
 echo "## ${soak_gib} GiB blob on S3"
 size=$((soak_gib*gib))
 base="http://127.0.0.1:$ps3"
@@ -103,6 +109,8 @@ t=$(pull "$base" bench/big); echo "pull: $(mbps $size "$t") (digest checked)"
 kill $sampler 2>/dev/null || true
 echo "registry peak RSS during the ${soak_gib} GiB push and pull: $(( $(cat "$work/peak") / 1024 )) MiB (VmHWM $(awk '/VmHWM/{print int($2/1024)}' /proc/$rs3/status) MiB)"
 
+fi
+if [[ $parts == *" catalog "* ]]; then
 echo "## catalog with $repos repositories on S3"
 python3 - "$base" "$repos" <<'PY'
 import sys, hashlib, concurrent.futures, urllib.request
@@ -118,4 +126,5 @@ for q in "?n=100" "?n=100&last=cat/r05000" "?n=10000"; do
   ts=$(for _ in 1 2 3 4 5; do curl -sf -o /dev/null -w '%{time_total}\n' "$base/v2/_catalog$q"; done | sort -n | sed -n 3p)
   echo "GET /v2/_catalog$q: median of 5 = $(python3 -c "print(f'{$ts*1000:.0f} ms')")"
 done
+fi
 rm -rf "$work"

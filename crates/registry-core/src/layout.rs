@@ -11,6 +11,8 @@
 //! repositories/<name>/_referrers/<alg>/<hex>/<alg>-<hex>
 //!                                                  a referrer of subject <alg>:<hex>; holds its descriptor
 //! catalog/<name>/_repository                       marker: the repository exists (for the catalog)
+//! catalog_generation                               random value, rewritten when a repository is
+//!                                                  created (validates cached catalogs)
 //! uploads/<id>/state                               upload session: repository, size, parts, hash state
 //! uploads/<id>/part-<offset, 20 digits>-<nonce>    bytes of one chunk, starting at <offset>; the
 //!                                                  nonce keeps racing writers of one offset apart
@@ -19,7 +21,7 @@
 //! Repository path components never start with `_` (the name grammar forbids it), so the `_…`
 //! directories cannot collide with nested repository names.
 //!
-//! Keys under `uploads/` and `tags_generation` may be written through the registry's scratch view of the storage (see
+//! Keys under `uploads/`, `tags_generation` and `catalog_generation` may be written through the registry's scratch view of the storage (see
 //! `ObjectRegistry::with_scratch`); the keys are the same, only their durability differs.
 
 use object_store::path::Path;
@@ -114,6 +116,11 @@ pub const CATALOG_MARKER: &str = "_repository";
 /// A repository's catalog marker.
 pub fn catalog_marker(repo: &RepoName) -> Path {
     join(&["catalog", repo.as_str(), CATALOG_MARKER])
+}
+
+/// Rewritten whenever a repository is created (outside `catalog/`, so listings never see it).
+pub fn catalog_generation() -> Path {
+    Path::from("catalog_generation")
 }
 
 /// The root of upload sessions.

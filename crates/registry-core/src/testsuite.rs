@@ -71,6 +71,7 @@ pub async fn run_all_backends<F: Fn() -> Backend>(fresh: F) {
     mount_between_repositories(registry(fresh())).await;
     manifests_tags_and_referrers(registry(fresh())).await;
     tag_lists_stay_fresh_across_nodes(fresh()).await;
+    catalog_stays_fresh_across_nodes(fresh()).await;
     catalog_pages(registry(fresh())).await;
     purge_removes_idle_sessions(registry(fresh())).await;
     concurrent_pushes_of_one_blob(registry(fresh())).await;
@@ -545,6 +546,31 @@ async fn tag_lists_stay_fresh_across_nodes(backend: Backend) {
     let d = Reference::Digest(Digest::of(Algorithm::Sha256, &m));
     b.manifest_delete(&r, &d).await.unwrap();
     assert!(names(a.tags(&r, None, None).await.unwrap()).is_empty());
+}
+
+/// Two nodes over one backend: a catalog cached by one sees repositories the other creates.
+async fn catalog_stays_fresh_across_nodes(backend: Backend) {
+    let (a, b) = (backend.registry(), backend.registry());
+    let names = |p: Page<RepoName>| p.items.iter().map(|r| r.to_string()).collect::<Vec<_>>();
+    push_blob(&a, &repo("first"), b"1").await;
+    assert_eq!(names(a.repositories(None, None).await.unwrap()), ["first"]);
+    assert_eq!(names(b.repositories(None, None).await.unwrap()), ["first"]);
+    push_blob(&b, &repo("second"), b"2").await;
+    assert_eq!(
+        names(a.repositories(None, None).await.unwrap()),
+        ["first", "second"]
+    );
+    // Storage written before generations existed has no generation object: listed anyway.
+    push_blob(&a, &repo("third"), b"3").await;
+    for store in std::iter::once(&backend.store).chain(backend.scratch.as_ref()) {
+        object_store::ObjectStoreExt::delete(store.as_ref(), &crate::layout::catalog_generation())
+            .await
+            .ok();
+    }
+    assert_eq!(
+        names(b.repositories(None, None).await.unwrap()),
+        ["first", "second", "third"]
+    );
 }
 
 async fn catalog_pages(s: ObjectRegistry) {

@@ -61,7 +61,12 @@ pub struct ObjectRegistry {
     tag_lists: Arc<Mutex<HashMap<RepoName, CachedTags>>>,
     /// Signs short-lived blob URLs, when reads may bypass the registry (S3 redirect mode).
     presigner: Option<Presigner>,
+    /// The sorted catalog with the `catalog_generation` it was listed under. A cache only, like
+    /// `tag_lists`.
+    catalog: Arc<Mutex<Option<CachedCatalog>>>,
 }
+
+type CachedCatalog = (Bytes, Arc<Vec<RepoName>>);
 
 /// What [`ObjectRegistry::with_presigned_reads`] was given.
 #[derive(Clone)]
@@ -88,6 +93,7 @@ impl ObjectRegistry {
             known_repos: Arc::default(),
             tag_lists: Arc::default(),
             presigner: None,
+            catalog: Arc::default(),
         }
     }
 
@@ -173,6 +179,8 @@ impl ObjectRegistry {
             self.store
                 .put(&marker, PutPayload::from_static(b""))
                 .await?;
+            // After the marker: a reader that sees the new generation also sees the repository.
+            self.catalog_changed().await?;
         }
         self.known_repos
             .lock()
