@@ -400,23 +400,9 @@ async fn anonymous_read_only_pull() {
         .await;
         assert!(r.headers().contains_key("www-authenticate"));
     }
-    let tags: Value = http
-        .get(format!("{base}/v2/pub/app/tags/list"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tags: Value = common::get_json(&http, format!("{base}/v2/pub/app/tags/list")).await;
     assert_eq!(tags["tags"], json!(["v1"]));
-    let catalog: Value = http
-        .get(format!("{base}/v2/_catalog"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let catalog: Value = common::get_json(&http, format!("{base}/v2/_catalog")).await;
     assert_eq!(catalog["repositories"], json!(["pub/app"]));
     // Wrong credentials are not quietly treated as anonymous.
     let r = send(http.get(format!("{base}/v2/")), Some(("ann", "wrong"))).await;
@@ -788,14 +774,7 @@ async fn mutual_tls_with_authorized_names() {
         .await;
     assert!(plain.map(|r| !r.status().is_success()).unwrap_or(true));
     // Nothing but the one image was stored.
-    let catalog: Value = good
-        .get(format!("{}/v2/_catalog", t.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let catalog: Value = common::get_json(&good, format!("{}/v2/_catalog", t.base)).await;
     assert_eq!(catalog["repositories"], json!(["mtls/app"]));
 }
 

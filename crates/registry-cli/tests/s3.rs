@@ -156,23 +156,9 @@ async fn one_node_push_and_pull_with_chunks_of_any_size() {
         r.headers()["docker-content-digest"].to_str().unwrap(),
         manifest
     );
-    let tags: Value = http
-        .get(format!("{base}/v2/s3/app/tags/list"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tags: Value = common::get_json(&http, format!("{base}/v2/s3/app/tags/list")).await;
     assert_eq!(tags["tags"], json!(["v1"]));
-    let catalog: Value = http
-        .get(format!("{base}/v2/_catalog"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let catalog: Value = common::get_json(&http, format!("{base}/v2/_catalog")).await;
     assert_eq!(catalog["repositories"], json!(["s3/app"]));
     assert_eq!(
         http.get(format!("{base}/healthz"))
@@ -358,14 +344,7 @@ async fn s3_outage_mid_push_gives_503_and_recovers() {
         &[(&layer, bytes.len())],
     )
     .await;
-    let catalog: Value = http
-        .get(format!("{base}/v2/_catalog"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let catalog: Value = common::get_json(&http, format!("{base}/v2/_catalog")).await;
     assert_eq!(catalog["repositories"], json!(["down/app"]));
 }
 

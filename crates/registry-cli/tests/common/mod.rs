@@ -124,6 +124,11 @@ impl Drop for Server {
     }
 }
 
+/// GETs `url` and parses the body as JSON (any status).
+pub async fn get_json(http: &reqwest::Client, url: String) -> serde_json::Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 /// `sha256:<hex>` of bytes.
 pub fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
