@@ -121,7 +121,13 @@ async fn sigkill_during_uploads_loses_nothing_acknowledged() {
     let workers: Vec<_> = (0..24)
         .map(|id| tokio::spawn(worker(base.clone(), id, outcome.clone(), killed.clone())))
         .collect();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Kill once traffic is flowing (at least 24 acknowledged pushes, however loaded the
+    // machine is; a fixed delay flaked under load), with more in flight.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while outcome.lock().unwrap().acknowledged.len() < 24 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     killed.store(true, Ordering::SeqCst);
     server.kill_and_restart();
     for w in workers {
