@@ -7,6 +7,7 @@
 # Usage: scripts/bench-auth.sh [--scale S] [--rounds N]   (extra flags go to registry-bench)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/distribution.sh
 out="${OUT:-BENCHMARKS-auth.md}"
 work="$(mktemp -d /var/tmp/registry-bench-auth.XXXXXX)"
 
@@ -21,31 +22,11 @@ systemctl stop docker-registry >/dev/null 2>&1 || true
 
 cargo build --release -q -p registry-cli -p registry-benches
 target="${CARGO_TARGET_DIR:-target}/release"
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 pa=$(port); pb=$(port); pc=$(port)
 htpasswd -Bbc "$work/htpasswd" bench bench-password 2>/dev/null
 cost=$(cut -d'$' -f3 "$work/htpasswd")
 
-cat > "$work/distribution.yml" <<YAML
-version: 0.1
-log:
-  level: error
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: $work/distribution
-  delete:
-    enabled: true
-  cache:
-    blobdescriptor: inmemory
-auth:
-  htpasswd:
-    realm: Registry
-    path: $work/htpasswd
-http:
-  addr: 127.0.0.1:$pb
-YAML
+distribution_config "$work/distribution.yml" "$work/distribution" "$pb" "$work/htpasswd"
 
 RUST_LOG=warn "$target/registry" serve --listen "127.0.0.1:$pa" --storage "$work/auth" \
   --htpasswd "$work/htpasswd" 2>"$work/auth.log" &

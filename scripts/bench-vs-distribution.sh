@@ -6,6 +6,7 @@
 # Usage: scripts/bench-vs-distribution.sh [--scale S] [--rounds N]   (extra flags go to registry-bench)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/distribution.sh
 out="${OUT:-BENCHMARKS.md}"
 work="${WORK:-$(mktemp -d /var/tmp/registry-bench.XXXXXX)}"
 mkdir -p "$work"
@@ -19,28 +20,9 @@ systemctl stop docker-registry >/dev/null 2>&1 || true
 
 cargo build --release -q -p registry-cli -p registry-benches
 target="${CARGO_TARGET_DIR:-target}/release"
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 pa=$(port); pb=$(port)
 
-cat > "$work/distribution.yml" <<YAML
-version: 0.1
-log:
-  level: error
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: $work/distribution
-  delete:
-    enabled: true
-  cache:
-    blobdescriptor: inmemory
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: 127.0.0.1:$pb
-YAML
+distribution_config "$work/distribution.yml" "$work/distribution" "$pb"
 
 RUST_LOG=warn "$target/registry" serve --listen "127.0.0.1:$pa" --storage "$work/registry" 2>"$work/registry.log" &
 ours=$!

@@ -11,6 +11,7 @@
 set -euo pipefail
 shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
+. scripts/lib/distribution.sh   # port()
 work="${1:-$(mktemp -d /var/tmp/registry-s3.XXXXXX)}"
 soak_gib="${SOAK_GIB:-6}"
 repos="${CATALOG_REPOS:-10000}"
@@ -18,7 +19,6 @@ parts=" ${PARTS:-blob soak catalog} "
 mkdir -p "$work"
 cargo build --release -q -p registry-cli
 bin="${CARGO_TARGET_DIR:-target}/release/registry"
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 rpc=$(port); s3=$(port); admin=$(port); ps3=$(port); pfs=$(port)
 key=GK0123456789abcdef01234567
 secret=00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff

@@ -73,9 +73,11 @@ impl BasicAuth {
 
     /// Whether `user` with `password` is in the file (from the cache when possible).
     pub async fn verify(&self, user: &str, password: &str) -> bool {
-        if self.cached(user, password) {
-            return true;
-        }
+        self.cached(user, password) || self.verify_uncached(user, password).await
+    }
+
+    /// Verifies against the file itself (whatever the cache says) and remembers a success.
+    pub async fn verify_uncached(&self, user: &str, password: &str) -> bool {
         let file = self.file.get();
         let generation = self.file.generation();
         let key = self.cache_key(user, password);

@@ -195,7 +195,7 @@ impl Guard {
             .cell
             .get_or_init(|| async {
                 let attempt = self.brake.begin(client)?;
-                let ok = basic.verify(&user, &password).await;
+                let ok = basic.verify_uncached(&user, &password).await;
                 let braked = attempt.finish(ok);
                 if !ok {
                     tracing::info!(%client, user = %user, "failed login");

@@ -98,12 +98,10 @@ async fn push_image(
         .await;
         assert_eq!(r.status(), StatusCode::CREATED, "push blob to {repo}");
     }
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(&config), "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256(&layer), "size": layer.len()}],
-    }))
-    .unwrap();
+    let manifest = common::oci_manifest(
+        (&sha256(&config), config.len()),
+        &[(&sha256(&layer), layer.len())],
+    );
     let r = send(
         http.put(format!("{base}/v2/{repo}/manifests/{tag}"))
             .header("content-type", OCI_MANIFEST)

@@ -78,16 +78,7 @@ async fn push_manifest(
     config: &str,
     layers: &[(&str, usize)],
 ) -> String {
-    let layers: Vec<Value> = layers
-        .iter()
-        .map(|(d, n)| json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": n}))
-        .collect();
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 2},
-        "layers": layers,
-    }))
-    .unwrap();
+    let manifest = common::oci_manifest((config, 2), layers);
     let r = http
         .put(format!("{base}/v2/{repo}/manifests/{tag}"))
         .header("content-type", OCI_MANIFEST)

@@ -19,8 +19,8 @@ pub struct Server {
     pub addr: String,
     pub dir: tempfile::TempDir,
     pub extra: Vec<String>,
-    /// `--storage`; `None`: `<dir>/data`.
-    pub storage: Option<String>,
+    /// `--storage`.
+    pub storage: String,
     pub env: Vec<(&'static str, String)>,
 }
 
@@ -48,15 +48,15 @@ impl Server {
         let dir = tempfile::tempdir().unwrap();
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let addr = format!("127.0.0.1:{}", free_port());
-        let mut s = Server {
-            child: Command::new("true").spawn().unwrap(),
+        let storage = storage.unwrap_or_else(|| dir.path().join("data").display().to_string());
+        let s = Server {
+            child: spawn(&addr, &storage, &env, &extra),
             addr,
             dir,
             extra,
             storage,
             env,
         };
-        s.child = s.spawn();
         s.wait_ready();
         s
     }
@@ -86,7 +86,7 @@ impl Server {
     pub fn kill_and_restart(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
-        self.child = self.spawn();
+        self.child = spawn(&self.addr, &self.storage, &self.env, &self.extra);
         self.wait_ready();
     }
 
@@ -98,23 +98,16 @@ impl Server {
     }
 }
 
-impl Server {
-    fn spawn(&self) -> Child {
-        let storage = self
-            .storage
-            .clone()
-            .unwrap_or_else(|| self.data().display().to_string());
-        Command::new(env!("CARGO_BIN_EXE_registry"))
-            .arg("serve")
-            .args(["--listen", &self.addr])
-            .args(["--storage", &storage])
-            .args(&self.extra)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start registry")
-    }
+fn spawn(addr: &str, storage: &str, env: &[(&'static str, String)], extra: &[String]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_registry"))
+        .arg("serve")
+        .args(["--listen", addr, "--storage", storage])
+        .args(extra)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start registry")
 }
 
 impl Drop for Server {
@@ -127,6 +120,21 @@ impl Drop for Server {
 /// GETs `url` and parses the body as JSON (any status).
 pub async fn get_json(http: &reqwest::Client, url: String) -> serde_json::Value {
     http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+/// An OCI image manifest naming a config and uncompressed tar layers by (digest, size).
+pub fn oci_manifest(config: (&str, usize), layers: &[(&str, usize)]) -> Vec<u8> {
+    let layers: Vec<serde_json::Value> = layers
+        .iter()
+        .map(|(d, n)| serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": n}))
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.0, "size": config.1},
+        "layers": layers,
+    }))
+    .unwrap()
 }
 
 /// `sha256:<hex>` of bytes.
@@ -198,24 +206,19 @@ pub fn write_oci_layout(dir: &Path, tag: &str, layers: &[Vec<u8>]) -> String {
         std::fs::write(blobs.join(&d[7..]), bytes).unwrap();
         d
     };
-    let layer_descs: Vec<serde_json::Value> = layers
+    let layer_digests: Vec<String> = layers.iter().map(|l| put(l)).collect();
+    let layer_descs: Vec<(&str, usize)> = layer_digests
         .iter()
-        .map(|l| serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": put(l), "size": l.len()}))
+        .zip(layers)
+        .map(|(d, l)| (d.as_str(), l.len()))
         .collect();
-    let diff_ids: Vec<String> = layers.iter().map(|l| sha256(l)).collect();
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64", "os": "linux",
         "config": {"Cmd": ["/hello"]},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "rootfs": {"type": "layers", "diff_ids": layer_digests},
     }))
     .unwrap();
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": put(&config), "size": config.len()},
-        "layers": layer_descs,
-    }))
-    .unwrap();
+    let manifest = oci_manifest((&put(&config), config.len()), &layer_descs);
     let manifest_digest = put(&manifest);
     let index = serde_json::json!({
         "schemaVersion": 2,

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::{ObjectStoreExt, PutPayload};
 
@@ -16,33 +17,30 @@ use crate::storage::{paginate, CatalogStore, Page};
 
 impl ObjectRegistry {
     /// Records that a repository was created.
-    pub(super) async fn catalog_changed(&self) -> Result<()> {
-        let generation = uuid::Uuid::new_v4().simple().to_string();
+    /// Returns the new generation.
+    pub(super) async fn catalog_changed(&self) -> Result<Bytes> {
+        let generation = Bytes::from(uuid::Uuid::new_v4().simple().to_string());
         self.volatile()
             .put(
                 &layout::catalog_generation(),
-                PutPayload::from(generation.into_bytes()),
+                PutPayload::from(generation.clone()),
             )
             .await?;
-        Ok(())
+        Ok(generation)
     }
 
     /// Every repository, sorted. Listed from the markers only when the catalog generation
     /// changed since the last listing (it is read before listing, so a cached list is never
     /// older than its generation); otherwise one small read.
     async fn all_repositories(&self) -> Result<Arc<Vec<RepoName>>> {
-        let mut generation =
-            super::get_small_in(self.volatile(), &layout::catalog_generation()).await?;
-        if generation.is_none() {
-            // Storage written before generations existed: start one.
-            self.catalog_changed().await?;
-            generation =
-                super::get_small_in(self.volatile(), &layout::catalog_generation()).await?;
-        }
-        if let (Some(g), Some((cached, list))) =
-            (&generation, &*self.catalog.lock().expect("not poisoned"))
-        {
-            if cached == g {
+        let generation =
+            match super::get_small_in(self.volatile(), &layout::catalog_generation()).await? {
+                Some(g) => g,
+                // Storage written before generations existed: start one.
+                None => self.catalog_changed().await?,
+            };
+        if let Some((cached, list)) = &*self.catalog.lock().expect("not poisoned") {
+            if *cached == generation {
                 return Ok(list.clone());
             }
         }
@@ -62,9 +60,7 @@ impl ObjectRegistry {
             .collect();
         names.sort();
         let names = Arc::new(names);
-        if let Some(g) = generation {
-            *self.catalog.lock().expect("not poisoned") = Some((g, names.clone()));
-        }
+        *self.catalog.lock().expect("not poisoned") = Some((generation, names.clone()));
         Ok(names)
     }
 }

@@ -1,0 +1,33 @@
+# Shared by the benchmark scripts (source it): a free loopback port, and the CNCF Distribution
+# configuration they compare against.
+
+# A TCP port on 127.0.0.1 that was free a moment ago.
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# distribution_config FILE ROOTDIR PORT [HTPASSWD]: filesystem storage under ROOTDIR, deletes on,
+# in-memory blob descriptor cache, upload purging off, quiet logs; HTTP Basic from HTPASSWD.
+distribution_config() {
+  local file=$1 root=$2 port=$3 htpasswd=${4:-}
+  cat > "$file" <<YAML
+version: 0.1
+log:
+  level: error
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $root
+  delete:
+    enabled: true
+  cache:
+    blobdescriptor: inmemory
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: 127.0.0.1:$port
+YAML
+  if [ -n "$htpasswd" ]; then
+    printf 'auth:\n  htpasswd:\n    realm: Registry\n    path: %s\n' "$htpasswd" >> "$file"
+  fi
+}
