@@ -6,7 +6,8 @@
 #      with its digest checked, and the registry's peak RSS meanwhile;
 #   3. catalog latency with CATALOG_REPOS repositories (default 10000) on S3.
 # Needs `garage` (cargo install --locked garage) and SOAK_GIB+2 GiB free in WORKDIR.
-# PARTS="blob soak catalog" (the default) picks what to run.
+# PARTS="blob soak catalog" (the default) picks what to run; PARTS=chunks runs the soak test
+# of 10 001 PATCH chunks across two nodes (cargo test -p registry-cli --test s3 -- --ignored).
 # Usage: scripts/measure-s3.sh [WORKDIR]
 set -euo pipefail
 shopt -s inherit_errexit
@@ -75,23 +76,35 @@ push() {
   curl -sf -o /dev/null -X PUT "$base$loc?digest=$digest"
   python3 -c "import time; print(time.time()-$start)"
 }
-# pull BASE REPO: prints seconds; checks the digest.
+# monolithic BASE REPO SIZE: one POST ?digest= with the whole body; prints seconds.
+monolithic() {
+  local base=$1 repo=$2 size=$3 start digest
+  digest="sha256:$(stream "$size" | sha256sum | cut -d' ' -f1)"
+  start=$(date +%s.%N)
+  stream "$size" | curl -sf -o /dev/null -X POST -H 'Content-Type: application/octet-stream' -T - "$base/v2/$repo/blobs/uploads/?digest=$digest"
+  python3 -c "import time; print(time.time()-$start)"
+}
+# pull BASE REPO: prints the seconds of a pull to /dev/null (sha256sum in the pipe would bound
+# the figure), then checks the digest with a second, untimed pull.
 pull() {
-  local start got digest
+  local start got digest t
   digest=$(cat "$work/digest")
   start=$(date +%s.%N)
+  curl -sf -o /dev/null "$1/v2/$2/blobs/$digest"
+  t=$(python3 -c "import time; print(time.time()-$start)")
   got=$(curl -sf "$1/v2/$2/blobs/$digest" | sha256sum | cut -d' ' -f1)
   [ "sha256:$got" = "$digest" ] || { echo "digest mismatch pulling $2 from $1" >&2; exit 1; }
-  python3 -c "import time; print(time.time()-$start)"
+  echo "$t"
 }
 
 gib=$((1024*1024*1024))
 if [[ $parts == *" blob "* ]]; then
-echo "## 1 GiB blob (push = POST + streamed PATCH + PUT; pull checked with sha256sum)"
+echo "## 1 GiB blob (push = POST + streamed PATCH + PUT, or one POST; pull digest-checked)"
 for name in s3 fs; do
   port_var="p$name"; base="http://127.0.0.1:${!port_var}"
-  t=$(push "$base" bench/one $gib); echo "$name push: $(mbps $gib "$t")"
+  t=$(push "$base" bench/one $gib); echo "$name push (PATCH): $(mbps $gib "$t")"
   t=$(pull "$base" bench/one); echo "$name pull: $(mbps $gib "$t")"
+  t=$(monolithic "$base" bench/mono $gib); echo "$name push (POST ?digest=): $(mbps $gib "$t")"
 done
 
 fi
@@ -109,6 +122,10 @@ t=$(pull "$base" bench/big); echo "pull: $(mbps $size "$t") (digest checked)"
 kill $sampler 2>/dev/null || true
 echo "registry peak RSS during the ${soak_gib} GiB push and pull: $(( $(cat "$work/peak") / 1024 )) MiB (VmHWM $(awk '/VmHWM/{print int($2/1024)}' /proc/$rs3/status) MiB)"
 
+fi
+if [[ $parts == *" chunks "* ]]; then
+echo "## 10 001 PATCH chunks across two nodes on S3"
+cargo test -q --release -p registry-cli --test s3 ten_thousand -- --ignored --nocapture 2>&1 | grep -E "chunks|test result"
 fi
 if [[ $parts == *" catalog "* ]]; then
 echo "## catalog with $repos repositories on S3"

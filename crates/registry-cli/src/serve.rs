@@ -66,6 +66,9 @@ fn open_storage(location: &StorageLocation) -> anyhow::Result<OpenedStorage> {
                 options: StoreOptions {
                     write_buffer: 1024 * 1024,
                     write_concurrency: 2,
+                    // Files cost little: rewrite less of them to merge small chunks.
+                    coalesce_below: 256 * 1024,
+                    ..StoreOptions::default()
                 },
                 presigner: None,
             })
@@ -79,8 +82,12 @@ fn open_storage(location: &StorageLocation) -> anyhow::Result<OpenedStorage> {
             Ok(OpenedStorage {
                 store,
                 scratch: None,
-                // Streaming writes become S3 multipart uploads of parts this size.
-                options: StoreOptions::default(),
+                // Streaming writes become S3 multipart uploads of 8 MiB parts; S3 copies at
+                // most 5 GiB in one request.
+                options: StoreOptions {
+                    copy_limit: 5 << 30,
+                    ..StoreOptions::default()
+                },
                 presigner: (loc.redirect == Some(true))
                     .then(|| (s3 as Arc<dyn Signer>, loc.prefix.clone())),
             })

@@ -360,6 +360,22 @@ async fn streamed_patch_without_content_range() {
     assert_eq!(t.blob("stream", &d).await, bytes);
 }
 
+/// More than 10 000 PATCH chunks of mixed sizes (S3 allows 10 000 parts per object): small
+/// chunks are merged as they arrive, the blob is intact, and no session data is left behind.
+#[tokio::test]
+async fn ten_thousand_and_one_chunks() {
+    let t = T::new();
+    let sizes = common::mixed_chunk_sizes(10_001, 3 * 1024 * 1024);
+    let bytes = data(sizes.iter().sum(), 9);
+    let base = t.server.url();
+    let http = reqwest::Client::new();
+    let d = common::chunked_push(&http, &[&base], &base, "many", &bytes, &sizes).await;
+    assert_eq!(t.blob("many", &d).await, bytes);
+    let uploads = t.server.data().join("uploads");
+    let left = std::fs::read_dir(&uploads).map_or(0, |d| d.count());
+    assert_eq!(left, 0, "session data left in {}", uploads.display());
+}
+
 #[tokio::test]
 async fn digest_mismatch_leaves_nothing_and_cancel_works() {
     let t = T::new();

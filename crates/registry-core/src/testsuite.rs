@@ -42,6 +42,9 @@ impl Backend {
             StoreOptions {
                 write_buffer: 64 * 1024,
                 write_concurrency: 2,
+                // Small, so that merged chunks and streamed publishing are exercised too.
+                coalesce_below: 100 * 1024,
+                copy_limit: 150 * 1024,
             },
         );
         match &self.scratch {
@@ -61,6 +64,7 @@ pub async fn run_all_backends<F: Fn() -> Backend>(fresh: F) {
     let registry = |b: Backend| b.registry();
     monolithic_upload_and_scoped_read(registry(fresh())).await;
     chunked_upload_survives_restart(fresh()).await;
+    many_chunks_of_any_size(fresh()).await;
     digest_and_size_mismatch_leave_nothing(registry(fresh())).await;
     garbage_claiming_a_stored_digest_is_refused(registry(fresh())).await;
     let with_scratch = fresh();
@@ -218,6 +222,68 @@ async fn chunked_upload_survives_restart(backend: Backend) {
     }
 }
 
+/// Many chunks of any size in any mix, sent to two nodes in turn and finished on a third: small
+/// chunks are merged, so the session stays a few objects (S3 allows at most 10 000 parts per
+/// object); a single chunk above the backend's copy limit is published by a streamed copy.
+async fn many_chunks_of_any_size(backend: Backend) {
+    let r = repo("many");
+    let sizes: Vec<usize> = (0..200)
+        .map(|i| match i % 50 {
+            25 => 180_000,
+            _ => 1 + (i * 37) % 3000,
+        })
+        .collect();
+    let total: usize = sizes.iter().sum();
+    let bytes = data(total, 21);
+    let d = Digest::of(Algorithm::Sha256, &bytes);
+    let nodes = [backend.registry(), backend.registry()];
+    let up = nodes[0].upload_start(&r, Algorithm::Sha256).await.unwrap();
+    let mut offset = 0;
+    for (i, n) in sizes.iter().enumerate() {
+        let chunk = &bytes[offset..offset + n];
+        nodes[i % 2]
+            .upload_append(
+                &r,
+                &up.id,
+                Some(offset as u64),
+                Some(*n as u64),
+                body(chunk, 64),
+            )
+            .await
+            .unwrap();
+        offset += n;
+    }
+    let dir = crate::layout::upload_dir(&up.id);
+    // (Both views may be one directory.)
+    let mut objects = std::collections::BTreeSet::new();
+    for store in std::iter::once(&backend.store).chain(backend.scratch.iter()) {
+        let listed: Vec<_> = store
+            .list(Some(&dir))
+            .map(|m| m.unwrap().location)
+            .collect()
+            .await;
+        objects.extend(listed);
+    }
+    let objects = objects.len();
+    // A part per 100 KiB (the suite's coalescing size) at most, the first, and the document.
+    assert!(objects <= total / (100 * 1024) + 3, "{objects} objects");
+    let third = backend.registry();
+    let size = third.upload_finish(&r, &up.id, &d, None).await.unwrap();
+    assert_eq!(size, total as u64);
+    assert_eq!(read_all(&third, &r, &d, None).await, bytes);
+
+    // One chunk above the copy limit (150 KiB here), finished by a PUT without data.
+    let big = data(400_000, 22);
+    let d = Digest::of(Algorithm::Sha256, &big);
+    let up = third.upload_start(&r, Algorithm::Sha256).await.unwrap();
+    third
+        .upload_append(&r, &up.id, None, None, body(&big, 10_000))
+        .await
+        .unwrap();
+    third.upload_finish(&r, &up.id, &d, None).await.unwrap();
+    assert_eq!(read_all(&nodes[0], &r, &d, None).await, big);
+}
+
 /// Uploading other bytes while naming the digest of a blob that is stored (elsewhere) must not
 /// link that blob: the client never had it.
 async fn garbage_claiming_a_stored_digest_is_refused(s: ObjectRegistry) {
@@ -252,23 +318,21 @@ async fn damaged_chunk_is_never_published(backend: Backend) {
             .await
             .unwrap();
     }
-    // Damage the last chunk wherever it lives.
+    // Damage the chunks in scratch (all but the first), keeping their sizes.
     let dir = crate::layout::upload_dir(&up.id);
+    let scratch = backend.scratch.as_ref().expect("a scratch store");
+    let parts: Vec<_> = scratch
+        .list(Some(&dir))
+        .map(|m| m.unwrap())
+        .filter(|m| std::future::ready(m.location.as_ref().contains("part-")))
+        .collect()
+        .await;
     let mut damaged = 0;
-    for store in std::iter::once(&backend.store).chain(backend.scratch.iter()) {
-        let parts: Vec<_> = store
-            .list(Some(&dir))
-            .map(|m| m.unwrap().location)
-            .collect()
-            .await;
-        for p in parts
-            .iter()
-            .filter(|p| p.as_ref().contains("part-00000000000000060000"))
-        {
-            use object_store::ObjectStoreExt;
-            store.put(p, vec![0u8; 30_000].into()).await.unwrap();
-            damaged += 1;
-        }
+    for p in parts {
+        use object_store::ObjectStoreExt;
+        let zeros = vec![0u8; p.size as usize];
+        scratch.put(&p.location, zeros.into()).await.unwrap();
+        damaged += 1;
     }
     assert!(damaged > 0);
     // The concatenation hashes what it copies from scratch and sees the damage.

@@ -232,3 +232,72 @@ pub fn write_oci_layout(dir: &Path, tag: &str, layers: &[Vec<u8>]) -> String {
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
     manifest_digest
 }
+
+/// Opens an upload session on `base`; returns its absolute URL.
+pub async fn start_upload(http: &reqwest::Client, base: &str, repo: &str) -> String {
+    let r = http
+        .post(format!("{base}/v2/{repo}/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
+    r.headers()["location"].to_str().unwrap().to_owned()
+}
+
+/// Sends `bytes` as PATCH chunks of the given sizes, each to the next of `bases` in turn, and
+/// finishes on `finish_on`. Returns the digest.
+pub async fn chunked_push(
+    http: &reqwest::Client,
+    bases: &[&str],
+    finish_on: &str,
+    repo: &str,
+    bytes: &[u8],
+    sizes: &[usize],
+) -> String {
+    let mut location = start_upload(http, bases[0], repo).await;
+    let mut offset = 0;
+    for (i, &n) in sizes.iter().enumerate() {
+        let chunk = &bytes[offset..offset + n];
+        let base = bases[i % bases.len()];
+        let r = http
+            .patch(format!("{base}{location}"))
+            .header("content-type", "application/octet-stream")
+            .header("content-range", format!("{}-{}", offset, offset + n - 1))
+            .body(chunk.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            reqwest::StatusCode::ACCEPTED,
+            "chunk {i} on {base}"
+        );
+        location = r.headers()["location"].to_str().unwrap().to_owned();
+        offset += n;
+    }
+    assert_eq!(offset, bytes.len());
+    let digest = sha256(bytes);
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let r = http
+        .put(format!("{finish_on}{location}{sep}digest={digest}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        reqwest::StatusCode::CREATED,
+        "finish on {finish_on}"
+    );
+    digest
+}
+
+/// `n` PATCH chunk sizes: mostly 1 to 997 bytes, with a chunk of `big` bytes (plus a little)
+/// every 2 500.
+pub fn mixed_chunk_sizes(n: usize, big: usize) -> Vec<usize> {
+    (0..n)
+        .map(|i| match i % 2500 {
+            1250 => big + i,
+            _ => 1 + (i * 7919) % 997,
+        })
+        .collect()
+}

@@ -35,6 +35,13 @@ pub struct StoreOptions {
     pub write_buffer: usize,
     /// Parts of one streaming write in flight at once.
     pub write_concurrency: usize,
+    /// An upload chunk is rewritten together with the next one while it is smaller than this,
+    /// so that an upload of many small chunks is kept as a few objects and its session
+    /// document stays small. Each request then rewrites at most this many earlier bytes.
+    pub coalesce_below: u64,
+    /// The largest object the backend's `rename` (a copy on S3) takes; larger ones are
+    /// published by a streamed copy. AWS S3 copies at most 5 GiB in one request.
+    pub copy_limit: u64,
 }
 
 impl Default for StoreOptions {
@@ -42,6 +49,8 @@ impl Default for StoreOptions {
         StoreOptions {
             write_buffer: 8 * 1024 * 1024,
             write_concurrency: 2,
+            coalesce_below: 1024 * 1024,
+            copy_limit: u64::MAX,
         }
     }
 }

@@ -4,13 +4,21 @@
 //!
 //! Every byte is hashed once:
 //! - while the first chunk streams in; the hash state is saved in the session document, so a
-//!   single-chunk upload (monolithic, or Docker's one streamed PATCH) finishes on any node, after
-//!   any restart, with a rename and without reading the data again;
+//!   single-chunk upload (Docker's one streamed PATCH) finishes on any node, after any restart,
+//!   with a rename and without reading the data again;
+//! - a monolithic upload (a session whose data all comes with its final request) streams
+//!   straight to the blob's key and is published there only if its digest matches;
 //! - for uploads of several chunks, when a *scratch* store is configured (a non-durable view of
 //!   the same storage, e.g. the filesystem without fsync), the second and later chunks go there
 //!   unhashed, and the concatenation hashes everything it copies: the data is written durably
 //!   once, and a chunk damaged in scratch can only fail the digest check, never be published.
-//!   Without a scratch store every chunk is durable and hashed as it arrives.
+//!   Without a scratch store (S3) every chunk is durable and hashed as it arrives, and the
+//!   concatenation only copies.
+//!
+//! A chunk smaller than `coalesce_below` is rewritten together with the next one, so an upload
+//! of any number of chunks (clients send thousands of small ones) stays a few objects and a
+//! small session document; S3's limits (10 000 parts of at least 5 MiB) never apply to client
+//! chunks. Above `copy_limit` (5 GiB on S3) a single chunk is published by a streamed copy.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -116,19 +124,21 @@ impl ObjectRegistry {
         }
     }
 
-    /// Streams the bytes of `parts`, in order.
+    /// Streams the bytes of `parts`, in order. The next part is requested while one streams,
+    /// up to its first bytes: an object store's first byte can come long after its headers
+    /// (40 ms from Garage, which sends them apart), and a blob may have hundreds of parts.
     fn read_parts<'a>(
         &'a self,
         id: &'a str,
         parts: &'a [Part],
     ) -> BoxStream<'a, object_store::Result<Bytes>> {
         futures::stream::iter(parts)
-            .then(move |p| async move {
-                self.part_store(p)
-                    .get(&p.path(id))
-                    .await
-                    .map(|r| r.into_stream())
+            .map(move |p| async move {
+                let mut body = self.part_store(p).get(&p.path(id)).await?.into_stream();
+                let first = body.try_next().await?;
+                Ok::<_, object_store::Error>(futures::stream::iter(first.map(Ok)).chain(body))
             })
+            .buffered(2)
             .try_flatten()
             .boxed()
     }
@@ -139,13 +149,12 @@ impl ObjectRegistry {
             .with_max_concurrency(self.options.write_concurrency)
     }
 
-    /// Streams `chunks` into `path`, feeding `hasher`; returns the byte count. On any error the
-    /// write is aborted, so nothing is visible at `path` unless every chunk arrived.
+    /// Streams `chunks` into `path`; returns the byte count. On any error the write is aborted,
+    /// so nothing is visible at `path` unless every chunk arrived.
     async fn stream_to<E>(
         &self,
         store: &Arc<dyn ObjectStore>,
         path: &Path,
-        mut hasher: Option<&mut Hasher>,
         mut chunks: BoxStream<'_, std::result::Result<Bytes, E>>,
         on_error: impl Fn(E) -> Error,
     ) -> Result<u64> {
@@ -154,9 +163,6 @@ impl ObjectRegistry {
         while let Some(chunk) = chunks.next().await {
             let result = match chunk {
                 Ok(chunk) => {
-                    if let Some(h) = hasher.as_deref_mut() {
-                        h.update(&chunk);
-                    }
                     written += chunk.len() as u64;
                     writer.put(chunk).await.map_err(Error::from)
                 }
@@ -195,18 +201,42 @@ impl ObjectRegistry {
             true => None,
             false => state.hasher.as_ref().and_then(Hasher::restore),
         };
+        // A small last chunk in the same store is rewritten together with this one, so that
+        // many small chunks end up as a few objects.
+        let merged = match state.parts.last() {
+            Some(last) if last.scratch == scratch && last.size < self.options.coalesce_below => {
+                state.parts.pop()
+            }
+            _ => None,
+        };
         let part = Part {
-            offset: state.size,
+            offset: merged.as_ref().map_or(state.size, |m| m.offset),
             size: 0,
             nonce: uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
             scratch,
         };
         let path = part.path(id);
         let store = self.part_store(&part).clone();
-        let body_error = |e: std::io::Error| Error::Body(e.to_string());
-        let written = self
-            .stream_to(&store, &path, hasher.as_mut(), body, body_error)
-            .await?;
+        let kept = merged.as_ref().map_or(0, |m| m.size);
+        // The new bytes are hashed as they arrive; the kept ones were hashed when they did.
+        let body = body
+            .map(|chunk| {
+                if let (Ok(bytes), Some(h)) = (&chunk, hasher.as_mut()) {
+                    h.update(bytes);
+                }
+                chunk.map_err(|e| Error::Body(e.to_string()))
+            })
+            .boxed();
+        let chunks = match &merged {
+            Some(m) => self
+                .read_parts(id, std::slice::from_ref(m))
+                .map_err(Error::from)
+                .chain(body)
+                .boxed(),
+            None => body,
+        };
+        let total = self.stream_to(&store, &path, chunks, |e| e).await?;
+        let written = total - kept;
         if let Some(declared) = len.filter(|&d| d != written) {
             delete_quiet(&store, &path).await?;
             return Err(Error::SizeInvalid {
@@ -216,16 +246,21 @@ impl ObjectRegistry {
         }
         if written == 0 {
             delete_quiet(&store, &path).await?;
+            state.parts.extend(merged);
             return Ok(state);
         }
         state.parts.push(Part {
-            size: written,
+            size: total,
             ..part
         });
         state.size += written;
         state.hasher = hasher.map(|h| h.save());
         state.updated_at = now();
         put_json_in(self.volatile(), &layout::upload_state(id), &state).await?;
+        // Only once the session no longer lists it.
+        if let Some(m) = merged {
+            delete_quiet(&store, &m.path(id)).await?;
+        }
         Ok(state)
     }
 
@@ -235,12 +270,12 @@ impl ObjectRegistry {
             [] => {
                 self.store.put(target, PutPayload::new()).await?;
             }
-            [one] if !one.scratch => {
+            [one] if !one.scratch && one.size <= self.options.copy_limit => {
                 self.store.rename(&one.path(id), target).await?;
             }
             parts => {
                 let chunks = self.read_parts(id, parts);
-                self.stream_to(&self.store, target, None, chunks, Error::Storage)
+                self.stream_to(&self.store, target, chunks, Error::Storage)
                     .await?;
             }
         }
@@ -256,31 +291,119 @@ impl ObjectRegistry {
         digest: &Digest,
         target: &Path,
     ) -> Result<()> {
-        let mut hasher = Hasher::new(digest.algorithm());
-        let mut chunks = self.read_parts(id, &state.parts);
-        let mut writer = self.writer(&self.store, target);
-        let copied: Result<()> = async {
-            while let Some(chunk) = chunks.try_next().await? {
-                hasher.update(&chunk);
-                writer.put(chunk).await?;
+        let chunks = self
+            .read_parts(id, &state.parts)
+            .map_err(Error::from)
+            .boxed();
+        let hasher = Hasher::new(digest.algorithm());
+        self.write_verified(hasher, chunks, digest, None, Some(target))
+            .await?;
+        Ok(())
+    }
+
+    /// Streams `chunks` to `target` (or nowhere, when `None`) while `hasher` hashes them; the
+    /// object appears only if the hash is `digest` and the byte count is `declared` (when
+    /// given). Returns the byte count.
+    ///
+    /// Two clients may push the same blob at once, and an S3 server may abort one multipart
+    /// upload when another of the same key completes (Garage does). When writing fails but
+    /// the object exists by then, the bytes are only hashed from there on: the content is the
+    /// same by its digest, which is still checked.
+    async fn write_verified(
+        &self,
+        mut hasher: Hasher,
+        mut chunks: BoxStream<'_, Result<Bytes>>,
+        digest: &Digest,
+        declared: Option<u64>,
+        target: Option<&Path>,
+    ) -> Result<u64> {
+        let mut writer = target.map(|t| (t, self.writer(&self.store, t)));
+        let mut count = 0u64;
+        let outcome: Result<()> = loop {
+            let chunk = match chunks.try_next().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            };
+            hasher.update(&chunk);
+            count += chunk.len() as u64;
+            if let Some((target, w)) = writer.as_mut() {
+                if let Err(e) = w.put(chunk).await {
+                    match self.exists(target).await {
+                        Ok(true) => writer = None,
+                        Ok(false) => break Err(e.into()),
+                        Err(e) => break Err(e),
+                    }
+                }
             }
-            Ok(())
-        }
-        .await;
-        if let Err(e) = copied {
-            let _ = writer.abort().await;
+        };
+        let outcome = outcome.and_then(|()| {
+            if let Some(declared) = declared.filter(|&d| d != count) {
+                return Err(Error::SizeInvalid {
+                    declared,
+                    received: count,
+                });
+            }
+            let actual = hasher.finish();
+            match &actual == digest {
+                true => Ok(()),
+                false => Err(Error::DigestMismatch {
+                    expected: digest.clone(),
+                    actual,
+                }),
+            }
+        });
+        let Some((target, mut w)) = writer else {
+            return outcome.map(|()| count);
+        };
+        if let Err(e) = outcome {
+            let _ = w.abort().await;
             return Err(e);
         }
-        let actual = hasher.finish();
-        if &actual != digest {
-            let _ = writer.abort().await;
-            return Err(Error::DigestMismatch {
-                expected: digest.clone(),
-                actual,
-            });
+        match w.shutdown().await {
+            Ok(()) => Ok(count),
+            Err(_) if self.exists(target).await? => Ok(count),
+            Err(e) => Err(io_to_storage(e)),
         }
-        writer.shutdown().await.map_err(io_to_storage)?;
-        Ok(())
+    }
+
+    /// Finishes a session that received no data before its final request (a monolithic
+    /// upload): the body streams straight to the blob's key and is published there once its
+    /// digest is verified, with no chunk object and no copy.
+    async fn finish_direct(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        hasher: Hasher,
+        digest: &Digest,
+        declared: Option<u64>,
+        body: ByteStream,
+    ) -> Result<u64> {
+        let target = layout::blob(digest);
+        let chunks = body.map_err(|e| Error::Body(e.to_string())).boxed();
+        let exists = self.exists(&target).await?;
+        let size = self
+            .write_verified(
+                hasher,
+                chunks,
+                digest,
+                declared,
+                (!exists).then_some(&target),
+            )
+            .await;
+        let size = match size {
+            Ok(size) => size,
+            Err(e) => {
+                // As for other uploads: a wrong digest ends the session.
+                if matches!(e, Error::DigestMismatch { .. }) {
+                    delete_quiet(self.volatile(), &layout::upload_state(id)).await?;
+                }
+                return Err(e);
+            }
+        };
+        self.link_blob(repo, digest, size).await?;
+        delete_quiet(self.volatile(), &layout::upload_state(id)).await?;
+        Ok(size)
     }
 
     /// Removes a session: its document first (so it is gone at once), then the chunks it
@@ -424,8 +547,16 @@ impl UploadStore for ObjectRegistry {
         last: Option<(Option<u64>, ByteStream)>,
     ) -> Result<u64> {
         let mut state = self.load_upload(repo, id).await?;
-        if let Some((len, body)) = last {
-            state = self.append(id, state, None, len, body).await?;
+        let empty = state.parts.is_empty();
+        let saved = (state.hasher.as_ref())
+            .and_then(Hasher::restore)
+            .filter(|h| empty && h.algorithm() == digest.algorithm());
+        match (saved, last) {
+            (Some(h), Some((len, body))) => {
+                return self.finish_direct(repo, id, h, digest, len, body).await
+            }
+            (_, Some((len, body))) => state = self.append(id, state, None, len, body).await?,
+            (_, None) => {}
         }
         let target = layout::blob(digest);
         if let Err(e) = self.verify_and_publish(id, &state, digest, &target).await {
