@@ -11,6 +11,19 @@ use ipnet::IpNet;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IpRanges(Vec<IpNet>);
 
+impl std::fmt::Display for IpRanges {
+    /// Comma-separated CIDRs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, net) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{net}")?;
+        }
+        Ok(())
+    }
+}
+
 impl IpRanges {
     /// Every address, IPv4 and IPv6.
     pub fn all() -> IpRanges {

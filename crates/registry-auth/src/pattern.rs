@@ -50,6 +50,12 @@ impl fmt::Debug for NamePattern {
     }
 }
 
+impl fmt::Display for NamePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
 /// A repository glob: `*` matches within one path component, `**` any number of components.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RepoGlob(String);

@@ -2,6 +2,10 @@
 //! flags and turned into typed [`Settings`] before anything starts.
 //!
 //! ```toml
+//! [instance]              # in an instance's registry.toml (see `instance`)
+//! hostname = "registry.example.com"   # told apart from other instances on one address by it
+//! protected = false       # `instance remove` and `uninstall` refuse it without --force
+//!
 //! [server]
 //! listen = "127.0.0.1:5000"
 //!
@@ -71,6 +75,8 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     #[serde(default)]
+    pub instance: RawInstance,
+    #[serde(default)]
     pub server: RawServer,
     #[serde(default)]
     pub storage: RawStorage,
@@ -88,6 +94,13 @@ pub struct RawConfig {
     pub network: RawNetwork,
     #[serde(default)]
     pub access: Vec<RawRule>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInstance {
+    pub hostname: Option<String>,
+    pub protected: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -247,6 +260,9 @@ pub struct S3Location {
 /// Validated settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// The name requests must carry (Host, SNI) when several instances share an address.
+    pub hostname: Option<String>,
+    pub protected: bool,
     pub listen: SocketAddr,
     pub plain_listen: Option<SocketAddr>,
     pub tls: Option<TlsFiles>,
@@ -266,8 +282,31 @@ impl RawConfig {
         toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
     }
 
+    /// Makes the relative paths in the file relative to `dir` (an instance's directory).
+    pub fn resolve_paths(&mut self, dir: &Path) {
+        let fix = |p: &mut Option<PathBuf>| {
+            if let Some(p) = p.as_mut().filter(|p| p.is_relative()) {
+                *p = dir.join(&*p);
+            }
+        };
+        fix(&mut self.auth.htpasswd);
+        fix(&mut self.tls.cert);
+        fix(&mut self.tls.key);
+        fix(&mut self.tls.client_ca);
+        if let Some(url) = &self.storage.url {
+            let relative = !url.contains("://") && Path::new(url).is_relative();
+            if relative {
+                self.storage.url = Some(dir.join(url).to_string_lossy().into_owned());
+            }
+        }
+    }
+
     /// Validates into settings, applying defaults.
     pub fn validate(self) -> anyhow::Result<Settings> {
+        let hostname = match &self.instance.hostname {
+            Some(h) => Some(parse_hostname(h).context("instance.hostname")?),
+            None => None,
+        };
         let listen = self.server.listen.as_deref().unwrap_or("127.0.0.1:5000");
         let listen: SocketAddr = listen
             .parse()
@@ -319,6 +358,8 @@ impl RawConfig {
             bail!("access rules need authentication: set auth.htpasswd or tls.client_ca");
         }
         Ok(Settings {
+            hostname,
+            protected: self.instance.protected.unwrap_or(false),
             metrics,
             listen,
             plain_listen,
@@ -449,6 +490,26 @@ pub fn parse_storage(s: &str) -> anyhow::Result<StorageLocation> {
     Ok(StorageLocation::Filesystem(PathBuf::from(s)))
 }
 
+/// Validates a host name a registry is reached by (a DNS name or an IP address), lowercased
+/// and without a trailing dot.
+pub fn parse_hostname(s: &str) -> anyhow::Result<String> {
+    let h = s.trim_end_matches('.').to_ascii_lowercase();
+    if h.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(h);
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if h.is_empty() || h.len() > 253 || !h.split('.').all(label_ok) {
+        bail!("{s:?} is not a host name (letters, digits and '-' in dot-separated labels, like registry.example.com)");
+    }
+    Ok(h)
+}
+
 /// Parses `90s`, `30m`, `24h`, `7d` or a plain number of seconds.
 pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     let s = s.trim();
@@ -535,5 +596,20 @@ mod tests {
         let mut raw = RawConfig::default();
         raw.server.listen = Some("nonsense".into());
         assert!(raw.validate().is_err());
+        for bad in [
+            "",
+            "-a.com",
+            "a..b",
+            "a_b.com",
+            "exa mple.com",
+            &"a".repeat(64),
+        ] {
+            assert!(parse_hostname(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            parse_hostname("Reg.Example.COM.").unwrap(),
+            "reg.example.com"
+        );
+        assert_eq!(parse_hostname("::1").unwrap(), "::1");
     }
 }

@@ -1,7 +1,9 @@
 //! The `registry` binary: parses the command line and runs a subcommand.
 
 mod config;
+mod instance;
 mod listen;
+mod manage;
 mod serve;
 
 use std::path::PathBuf;
@@ -12,6 +14,9 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "registry", version, about, propagate_version = true)]
 struct Cli {
+    /// Where instances live [default: /etc/registry for root, else ~/.config/registry].
+    #[arg(long, global = true, env = "REGISTRY_CONFIG_DIR", value_name = "DIR")]
+    config_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -29,6 +34,93 @@ enum Command {
     ///                  --client-names '*.clients.example.com' --allow-ip 10.0.0.0/8
     #[command(verbatim_doc_comment)]
     Serve(ServeArgs),
+    /// Create, list, show or remove instances.
+    ///
+    /// Examples:
+    ///   registry instance create default --hostname registry.example.com --listen 0.0.0.0:443
+    ///   registry instance create team-b --hostname b.example.com --storage s3://bucket/team-b
+    ///   registry instance list
+    ///   registry instance show default
+    ///   registry instance remove team-b
+    #[command(verbatim_doc_comment, subcommand)]
+    Instance(InstanceCommand),
+    /// Add, remove or list an instance's users, or change a password (HTTP Basic, bcrypt).
+    ///
+    /// Examples:
+    ///   registry user add ann                     (prints a generated password once)
+    ///   echo "$PASS" | registry user add ci --password-stdin --instance team-b
+    ///   registry user passwd ann --password-stdin
+    ///   registry user list
+    ///   registry user remove ann
+    #[command(verbatim_doc_comment, subcommand)]
+    User(UserCommand),
+    /// Validate every instance and print what would be served (never secrets).
+    ///
+    /// Example:
+    ///   registry check
+    #[command(verbatim_doc_comment)]
+    Check,
+}
+
+#[derive(Subcommand)]
+enum InstanceCommand {
+    /// Create an instance (a directory with registry.toml under the config home).
+    Create {
+        name: String,
+        /// The host name clients use (told apart from other instances on one address by it).
+        #[arg(long)]
+        hostname: Option<String>,
+        /// Address to listen on [default: 127.0.0.1:5000].
+        #[arg(long)]
+        listen: Option<String>,
+        /// A directory or s3://bucket/prefix [default: data/ in the instance directory].
+        #[arg(long)]
+        storage: Option<String>,
+        /// Refuse `instance remove` and `uninstall` without --force.
+        #[arg(long)]
+        protected: bool,
+    },
+    /// One line per instance: name, address, host name, storage.
+    List,
+    /// What an instance serves.
+    Show { name: String },
+    /// Remove an instance's configuration, users and certificates (never its stored images).
+    Remove {
+        name: String,
+        /// Remove even a protected instance.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user; the password is generated and printed once, or read with --password-stdin.
+    Add(UserArgs),
+    /// Change a user's password (generated, or read with --password-stdin).
+    Passwd(UserArgs),
+    /// Remove a user.
+    Remove {
+        user: String,
+        #[arg(long, default_value = instance::DEFAULT)]
+        instance: String,
+    },
+    /// List an instance's users.
+    List {
+        #[arg(long, default_value = instance::DEFAULT)]
+        instance: String,
+    },
+}
+
+#[derive(Args)]
+struct UserArgs {
+    user: String,
+    /// The instance [default: default].
+    #[arg(long, default_value = instance::DEFAULT)]
+    instance: String,
+    /// Read the password from the first line of stdin instead of generating one.
+    #[arg(long)]
+    password_stdin: bool,
 }
 
 #[derive(Args)]
@@ -86,8 +178,12 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    let home = instance::config_home(cli.config_dir);
     let result = match cli.command {
-        Command::Serve(args) => serve_command(args),
+        Command::Serve(args) => serve_command(&home, args),
+        Command::Instance(c) => instance_command(&home, c),
+        Command::User(c) => user_command(&home, c),
+        Command::Check => manage::check(&home).map(|report| print!("{report}")),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -98,7 +194,89 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
+fn instance_command(home: &std::path::Path, c: InstanceCommand) -> anyhow::Result<()> {
+    match c {
+        InstanceCommand::Create {
+            name,
+            hostname,
+            listen,
+            storage,
+            protected,
+        } => {
+            manage::ensure_home(home)?;
+            let options = manage::CreateOptions {
+                hostname,
+                listen,
+                storage,
+                protected,
+            };
+            let i = manage::create(home, &name, &options)?;
+            println!("created instance {name:?} in {}", i.dir.display());
+        }
+        InstanceCommand::List => print!("{}", manage::list(home)?),
+        InstanceCommand::Show { name } => {
+            let i = instance::Instance::open(home, &name)?;
+            print!("{}", manage::describe(&i, &i.settings()?));
+        }
+        InstanceCommand::Remove { name, force } => {
+            manage::remove(home, &name, force)?;
+            println!("removed instance {name:?} (its stored images were left in place)");
+        }
+    }
+    Ok(())
+}
+
+fn user_command(home: &std::path::Path, c: UserCommand) -> anyhow::Result<()> {
+    match c {
+        UserCommand::Add(a) => set_password(home, &a, false),
+        UserCommand::Passwd(a) => set_password(home, &a, true),
+        UserCommand::Remove { user, instance } => {
+            let i = instance::Instance::open(home, &instance)?;
+            manage::remove_user(&i, &user)?;
+            println!("removed user {user:?} from instance {instance:?}");
+            Ok(())
+        }
+        UserCommand::List { instance } => {
+            let i = instance::Instance::open(home, &instance)?;
+            for u in manage::users(&i)? {
+                println!("{u}");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn set_password(home: &std::path::Path, a: &UserArgs, replace: bool) -> anyhow::Result<()> {
+    let i = instance::Instance::open(home, &a.instance)?;
+    manage::check_user(&a.user)?;
+    let (password, generated) = manage::password_input(a.password_stdin)?;
+    manage::set_user(&i, &a.user, &password, replace)?;
+    let verb = if replace {
+        "changed the password of"
+    } else {
+        "added"
+    };
+    println!("{verb} user {:?} in instance {:?}", a.user, a.instance);
+    if generated {
+        println!("password: {password}");
+    }
+    Ok(())
+}
+
+fn serve_command(home: &std::path::Path, args: ServeArgs) -> anyhow::Result<()> {
+    let instances = instance::Instance::all(home)?;
+    let ad_hoc = args.config.is_some() || args.storage.is_some() || instances.is_empty();
+    if !ad_hoc {
+        if let Some(flag) = instance_mode_conflict(&args) {
+            anyhow::bail!("{flag} applies to a registry given by --config or --storage; the instances in {} are configured with `registry reconfigure`", home.display());
+        }
+        let mut all = Vec::new();
+        for i in &instances {
+            all.push((i.name.clone(), i.settings()?));
+        }
+        manage::check_addresses(&all)?;
+        return run(serve::serve(all));
+    }
     let mut raw = match &args.config {
         Some(path) => config::RawConfig::load(path)?,
         None => config::RawConfig::default(),
@@ -141,8 +319,31 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         raw.auth.public_read = Some(true);
     }
     let settings = raw.validate()?;
+    run(serve::serve(vec![(instance::DEFAULT.to_owned(), settings)]))
+}
+
+fn run(f: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(serve::serve(settings))
+        .block_on(f)
+}
+
+/// A flag that only makes sense for an ad-hoc registry, if one was given.
+fn instance_mode_conflict(a: &ServeArgs) -> Option<&'static str> {
+    [
+        (a.listen.is_some(), "--listen"),
+        (a.no_delete, "--no-delete"),
+        (a.upload_max_age.is_some(), "--upload-max-age"),
+        (a.htpasswd.is_some(), "--htpasswd"),
+        (a.tls_cert.is_some(), "--tls-cert"),
+        (a.client_ca.is_some(), "--client-ca"),
+        (a.client_auth.is_some(), "--client-auth"),
+        (a.client_names.is_some(), "--client-names"),
+        (a.allow_ip.is_some(), "--allow-ip"),
+        (a.trusted_proxies.is_some(), "--trusted-proxies"),
+        (a.public_read, "--public-read"),
+    ]
+    .into_iter()
+    .find_map(|(given, flag)| given.then_some(flag))
 }

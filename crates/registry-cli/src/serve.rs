@@ -2,11 +2,13 @@
 //! lets in-flight requests finish. Uploads are staged and renamed, so a stop at any moment
 //! leaves no partial object visible.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use axum::Router;
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::chunked::ChunkedStore;
 use object_store::local::LocalFileSystem;
@@ -27,7 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::{MetricsSettings, S3Location, Secret, Settings, StorageLocation};
-use crate::listen;
+use crate::listen::{self, Site, Sites};
 
 /// Reads are served in chunks of this size (object_store's default for files is 8 KiB).
 const READ_CHUNK: usize = 256 * 1024;
@@ -171,7 +173,72 @@ fn open_s3(loc: &S3Location) -> anyhow::Result<AmazonS3> {
         .with_context(|| format!("cannot use S3 bucket {:?}", loc.bucket))
 }
 
-pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+/// Serves every instance in one process: each address is bound once and its sites (instances)
+/// are told apart by SNI and Host (see `listen`). Stops on SIGINT/SIGTERM after in-flight
+/// requests finish.
+pub async fn serve(instances: Vec<(String, Settings)>) -> anyhow::Result<()> {
+    let mut by_address: BTreeMap<SocketAddr, Vec<Site>> = BTreeMap::new();
+    for (name, settings) in &instances {
+        let (app, tls) = build_site(settings).await?;
+        let site = Site {
+            name: name.clone(),
+            hostname: settings.hostname.clone(),
+            app,
+            tls,
+        };
+        if let Some(addr) = settings.plain_listen {
+            let plain = Site {
+                tls: None,
+                ..site.clone()
+            };
+            by_address.entry(addr).or_default().push(plain);
+        }
+        by_address.entry(settings.listen).or_default().push(site);
+    }
+    let (stop, stopped) = watch::channel(false);
+    let mut servers = Vec::new();
+    for (addr, sites) in by_address {
+        let sites = Sites::new(sites)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("on {addr}"))?;
+        let listener = bind(addr).await?;
+        let local = listener.local_addr()?;
+        for site in sites.iter() {
+            let scheme = if site.tls.is_some() { "https" } else { "http" };
+            let settings = &instances
+                .iter()
+                .find(|(n, _)| *n == site.name)
+                .expect("built")
+                .1;
+            tracing::info!(
+                instance = %site.name,
+                host = site.hostname.as_deref().unwrap_or("*"),
+                storage = ?settings.storage,
+                "registry listening on {scheme}://{local}"
+            );
+            if is_guarded(settings) && site.tls.is_none() && !addr.ip().is_loopback() {
+                tracing::warn!(instance = %site.name, "guards are configured but the listener is plain HTTP: credentials travel in clear text; configure [tls]");
+            }
+        }
+        servers.push(tokio::spawn(listen::serve(
+            listener,
+            Arc::new(sites),
+            stopped.clone(),
+        )));
+    }
+    shutdown_signal().await;
+    tracing::info!("stopping: finishing in-flight requests");
+    let _ = stop.send(true);
+    for s in servers {
+        let _ = s.await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// One instance's app (storage, guards, API, metrics, request log) and TLS configuration;
+/// starts its background work (upload purge, a metrics listener of its own).
+async fn build_site(settings: &Settings) -> anyhow::Result<(Router, Option<Arc<TlsConfig>>)> {
     let opened = open_storage(&settings.storage)?;
     let metrics = (settings.metrics != MetricsSettings::Off).then(|| Arc::new(Metrics::new()));
     let observe = |store: Arc<dyn ObjectStore>| -> Arc<dyn ObjectStore> {
@@ -195,7 +262,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         manifest_max_bytes: settings.manifest_max_bytes,
         ..ApiConfig::default()
     };
-    let guard = build_guard(&settings)?;
+    let guard = build_guard(settings)?;
     let mut state = RegistryState::new(storage, api);
     if let Some(m) = &metrics {
         state = state.with_metrics(m.clone());
@@ -232,38 +299,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         )),
         None => None,
     };
-    let (stop, stopped) = watch::channel(false);
-    let mut servers = Vec::new();
-    let listener = bind(settings.listen).await?;
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    tracing::info!(
-        address = %listener.local_addr()?,
-        storage = ?settings.storage,
-        "registry listening on {scheme}://{}",
-        listener.local_addr()?
-    );
-    if guard.is_some() && tls.is_none() && !settings.listen.ip().is_loopback() {
-        tracing::warn!("guards are configured but the listener is plain HTTP: credentials travel in clear text; configure [tls]");
-    }
-    servers.push(tokio::spawn(listen::serve(
-        listener,
-        tls,
-        app.clone(),
-        stopped.clone(),
-    )));
-    if let Some(addr) = settings.plain_listen {
-        let listener = bind(addr).await?;
-        tracing::info!("also listening on http://{}", listener.local_addr()?);
-        servers.push(tokio::spawn(listen::serve(listener, None, app, stopped)));
-    }
-    shutdown_signal().await;
-    tracing::info!("stopping: finishing in-flight requests");
-    let _ = stop.send(true);
-    for s in servers {
-        let _ = s.await;
-    }
-    tracing::info!("stopped");
-    Ok(())
+    Ok((app, tls))
 }
 
 async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
@@ -272,11 +308,18 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr}"))
 }
 
+/// Whether any guard is configured.
+fn is_guarded(settings: &Settings) -> bool {
+    let g = &settings.guard;
+    let client_ca = settings.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+    g.htpasswd.is_some() || client_ca || !g.allow.is_everything()
+}
+
 /// The instance's guard, or `None` when nothing is guarded (then no per-request work is done).
 fn build_guard(settings: &Settings) -> anyhow::Result<Option<Arc<Guard>>> {
     let g = &settings.guard;
     let client_ca = settings.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
-    if g.htpasswd.is_none() && !client_ca && g.allow.is_everything() {
+    if !is_guarded(settings) {
         return Ok(None);
     }
     let anonymous = if g.public_read {

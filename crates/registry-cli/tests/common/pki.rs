@@ -76,8 +76,13 @@ impl Ca {
 
     /// A server certificate for 127.0.0.1 and localhost.
     pub fn server(&self) -> Pair {
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        self.server_for(&["localhost", "127.0.0.1"])
+    }
+
+    /// A server certificate for these names.
+    pub fn server_for(&self, names: &[&str]) -> Pair {
+        let names = names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let mut params = CertificateParams::new(names).unwrap();
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         validity(&mut params, Validity::Now);
         self.sign(params)
