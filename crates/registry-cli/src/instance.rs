@@ -169,12 +169,21 @@ pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
 /// Writes `bytes` to `path` through a temporary file in the same directory (mode 0600) and a
 /// rename: readers see the old file or the new one, never a part.
 pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    write_whole(path, bytes, 0o600)
+}
+
+/// Like [`write_private`], for files anyone may read (certificates): mode 0644.
+pub fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    write_whole(path, bytes, 0o644)
+}
+
+fn write_whole(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
     create_private_dir(dir)?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp-")
-        .permissions(private_permissions())
+        .permissions(permissions(mode))
         .tempfile_in(dir)
         .with_context(|| format!("cannot write in {}", dir.display()))?;
     tmp.write_all(bytes)
@@ -185,13 +194,14 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn private_permissions() -> std::fs::Permissions {
+fn permissions(mode: u32) -> std::fs::Permissions {
     #[cfg(unix)]
     {
-        std::os::unix::fs::PermissionsExt::from_mode(0o600)
+        std::os::unix::fs::PermissionsExt::from_mode(mode)
     }
     #[cfg(not(unix))]
     {
+        let _ = mode;
         std::fs::metadata(".")
             .map(|m| m.permissions())
             .expect("current directory")

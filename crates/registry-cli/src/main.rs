@@ -1,5 +1,6 @@
 //! The `registry` binary: parses the command line and runs a subcommand.
 
+mod cert;
 mod config;
 mod instance;
 mod listen;
@@ -54,6 +55,31 @@ enum Command {
     ///   registry user remove ann
     #[command(verbatim_doc_comment, subcommand)]
     User(UserCommand),
+    /// Change an instance's settings: KEY=VALUE, validated as a whole before anything is written.
+    ///
+    /// An empty value removes a setting (its default applies). Lists are comma-separated.
+    ///
+    /// Examples:
+    ///   registry reconfigure ip_allowlist=192.168.1.0/24,10.13.13.0/24
+    ///   registry reconfigure --instance team-b public_read=true listen=0.0.0.0:443
+    ///   registry reconfigure client_ca=tls/ca.pem client_names='*.ci.example.com'
+    ///   registry reconfigure ip_allowlist=                (back to: everyone)
+    #[command(verbatim_doc_comment, after_help = reconfigure_help())]
+    Reconfigure {
+        /// KEY=VALUE settings.
+        #[arg(value_name = "KEY=VALUE")]
+        settings: Vec<String>,
+        #[arg(long, default_value = instance::DEFAULT)]
+        instance: String,
+    },
+    /// A small CA per instance: server and client certificates for TLS and mutual TLS.
+    ///
+    /// Examples:
+    ///   registry cert init-ca
+    ///   registry cert server registry.example.com      (and configures the instance's TLS)
+    ///   registry cert client ci.example.com --out /etc/docker/certs.d/registry.example.com
+    #[command(verbatim_doc_comment, subcommand)]
+    Cert(CertCommand),
     /// Validate every instance and print what would be served (never secrets).
     ///
     /// Example:
@@ -91,6 +117,47 @@ enum InstanceCommand {
         #[arg(long)]
         force: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Create the instance's CA (tls/ca.pem, tls/ca-key.pem with mode 0600).
+    InitCa {
+        #[arg(long, default_value = instance::DEFAULT)]
+        instance: String,
+        /// The CA's common name [default: "<instance> registry CA"].
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+        /// Replace an existing CA (certificates it signed stop being trusted).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Sign a server certificate for these host names / IP addresses and serve TLS with it.
+    Server {
+        #[arg(required = true)]
+        hosts: Vec<String>,
+        #[arg(long, default_value = instance::DEFAULT)]
+        instance: String,
+        #[arg(long, default_value_t = 825)]
+        days: u32,
+    },
+    /// Sign a client certificate and write ca.crt, client.cert, client.key (0600) into --out.
+    Client {
+        name: String,
+        /// A directory, e.g. /etc/docker/certs.d/<host> or ~/.config/containers/certs.d/<host>.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = instance::DEFAULT)]
+        instance: String,
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+}
+
+fn reconfigure_help() -> String {
+    format!("Keys:\n{}", manage::reconfigure_keys())
 }
 
 #[derive(Subcommand)]
@@ -184,6 +251,12 @@ fn main() -> std::process::ExitCode {
         Command::Instance(c) => instance_command(&home, c),
         Command::User(c) => user_command(&home, c),
         Command::Check => manage::check(&home).map(|report| print!("{report}")),
+        Command::Reconfigure { settings, instance } => instance::Instance::open(&home, &instance)
+            .and_then(|i| manage::reconfigure(&i, &settings))
+            .map(|()| {
+                println!("instance {instance:?} reconfigured (restart `registry serve` to apply)")
+            }),
+        Command::Cert(c) => cert_command(&home, c),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -221,6 +294,62 @@ fn instance_command(home: &std::path::Path, c: InstanceCommand) -> anyhow::Resul
         InstanceCommand::Remove { name, force } => {
             manage::remove(home, &name, force)?;
             println!("removed instance {name:?} (its stored images were left in place)");
+        }
+    }
+    Ok(())
+}
+
+fn cert_command(home: &std::path::Path, c: CertCommand) -> anyhow::Result<()> {
+    match c {
+        CertCommand::InitCa {
+            instance,
+            name,
+            days,
+            force,
+        } => {
+            let i = instance::Instance::open(home, &instance)?;
+            let name = name.unwrap_or_else(|| format!("{instance} registry CA"));
+            let path = cert::init_ca(&i.dir, &name, days, force)?;
+            println!("created CA {name:?}: {}", path.display());
+            println!("to require client certificates signed by it: registry reconfigure --instance {instance} client_ca=tls/ca.pem client_names=NAME,...");
+        }
+        CertCommand::Server {
+            hosts,
+            instance,
+            days,
+        } => {
+            let i = instance::Instance::open(home, &instance)?;
+            let (cert, key) = cert::server(&i.dir, &hosts, days)?;
+            manage::reconfigure(
+                &i,
+                &[
+                    "tls_cert=tls/server.pem".into(),
+                    "tls_key=tls/server-key.pem".into(),
+                ],
+            )?;
+            println!(
+                "signed a server certificate for {}: {} (key {})",
+                hosts.join(", "),
+                cert.display(),
+                key.display()
+            );
+            println!(
+                "instance {instance:?} now serves HTTPS with it; clients trust {}",
+                cert::ca_paths(&i.dir).0.display()
+            );
+        }
+        CertCommand::Client {
+            name,
+            out,
+            instance,
+            days,
+        } => {
+            let i = instance::Instance::open(home, &instance)?;
+            cert::client(&i.dir, &name, &out, days)?;
+            println!(
+                "wrote ca.crt, client.cert and client.key for {name:?} to {}",
+                out.display()
+            );
         }
     }
     Ok(())

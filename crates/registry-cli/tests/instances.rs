@@ -6,96 +6,11 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
+use common::cli::{create, fails, ok, registry, serve};
 use common::pki::Ca;
 use common::{free_port, sha256};
 use reqwest::{Client, StatusCode};
-
-fn registry(home: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-    use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_registry"))
-        .arg("--config-dir")
-        .arg(home)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
-    drop(input);
-    child.wait_with_output().unwrap()
-}
-
-/// Runs a command that must succeed; returns its stdout.
-fn ok(home: &Path, args: &[&str], stdin: Option<&str>) -> String {
-    let out = registry(home, args, stdin);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "registry {args:?} failed: {stderr}");
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Runs a command that must fail with one line on stderr; returns it.
-fn fails(home: &Path, args: &[&str]) -> String {
-    let out = registry(home, args, None);
-    assert!(!out.status.success(), "registry {args:?} succeeded");
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    stderr
-}
-
-/// `registry instance create NAME --hostname HOST --listen ADDR`
-fn create(home: &Path, name: &str, host: &str, addr: &str) {
-    let args = [
-        "instance",
-        "create",
-        name,
-        "--hostname",
-        host,
-        "--listen",
-        addr,
-    ];
-    let out = ok(home, &args, None);
-    assert!(
-        out.contains(&format!("created instance \"{name}\"")),
-        "{out}"
-    );
-}
-
-struct Serving(Child);
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(home: &Path, addr: &str) -> Serving {
-    let child = Command::new(env!("CARGO_BIN_EXE_registry"))
-        .arg("--config-dir")
-        .arg(home)
-        .arg("serve")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "registry did not start on {addr}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Serving(child)
-}
 
 /// POSTs a small blob to `repo` as `user`; returns the status.
 async fn push(
@@ -332,4 +247,58 @@ fn protected_instances_need_force() {
     assert!(home.join("instances/prod/registry.toml").is_file());
     ok(home, &["instance", "remove", "prod", "--force"], None);
     assert!(!home.join("instances/prod").exists());
+}
+
+#[test]
+fn reconfigure_validates_and_keeps_comments() {
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    ok(home, &["instance", "create", "default"], None);
+    let config = home.join("instances/default/registry.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("# a note of mine\n");
+    std::fs::write(&config, text).unwrap();
+    ok(
+        home,
+        &[
+            "reconfigure",
+            "ip_allowlist=192.168.1.0/24,10.13.13.0/24",
+            "public_read=yes",
+            "hostname=Reg.Example.com",
+        ],
+        None,
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("# a note of mine"), "{text}");
+    assert!(
+        text.contains(r#"allow = ["192.168.1.0/24", "10.13.13.0/24"]"#),
+        "{text}"
+    );
+    let shown = ok(home, &["instance", "show", "default"], None);
+    assert!(
+        shown.contains("IP allowlist 192.168.1.0/24,10.13.13.0/24"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("anonymous pull") && shown.contains("reg.example.com"),
+        "{shown}"
+    );
+    // Bad keys and values: one line, the file unchanged.
+    for (setting, expect) in [
+        ("colour=blue", "valid keys: hostname"),
+        ("ip_allowlist=10.0.0.0/33", "network.allow"),
+        ("listen=nowhere", "not IP:PORT"),
+        ("public_read=maybe", "expected true or false"),
+        ("hostname=bad_name", "not a host name"),
+        ("client_names=x", "tls.client_names needs tls.client_ca"),
+        ("no-equals-sign", "not KEY=VALUE"),
+    ] {
+        let err = fails(home, &["reconfigure", setting]);
+        assert!(err.contains(expect), "{setting}: {err}");
+    }
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), text);
+    // An empty value restores the default.
+    ok(home, &["reconfigure", "ip_allowlist="], None);
+    let shown = ok(home, &["instance", "show", "default"], None);
+    assert!(!shown.contains("IP allowlist"), "{shown}");
 }

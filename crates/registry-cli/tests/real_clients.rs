@@ -409,3 +409,92 @@ fn podman_login_push_pull_over_tls() {
         "pull without credentials succeeded"
     );
 }
+
+/// An mTLS instance set up with `registry cert` alone (CA, server certificate, client
+/// certificates in Docker's certs.d layout), used by skopeo: the authorized client pushes and
+/// pulls; a certificate with another name, and no certificate, are refused.
+#[test]
+fn skopeo_with_certificates_from_registry_cert() {
+    use common::cli::{ok, serve};
+    let work = tempfile::tempdir().unwrap();
+    let home = work.path().join("home");
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    ok(
+        &home,
+        &["instance", "create", "default", "--listen", &addr],
+        None,
+    );
+    ok(&home, &["cert", "init-ca"], None);
+    ok(&home, &["cert", "server", "localhost", "127.0.0.1"], None);
+    ok(
+        &home,
+        &[
+            "reconfigure",
+            "client_ca=tls/ca.pem",
+            "client_names=*.ci.example.com",
+        ],
+        None,
+    );
+    let certs = work.path().join("certs.d");
+    let (good, other, none) = (certs.join("good"), certs.join("other"), certs.join("none"));
+    let out = |d: &Path| d.to_str().unwrap().to_owned();
+    ok(
+        &home,
+        &[
+            "cert",
+            "client",
+            "build.ci.example.com",
+            "--out",
+            &out(&good),
+        ],
+        None,
+    );
+    ok(
+        &home,
+        &[
+            "cert",
+            "client",
+            "laptop.example.com",
+            "--out",
+            &out(&other),
+        ],
+        None,
+    );
+    std::fs::create_dir_all(&none).unwrap();
+    std::fs::copy(good.join("ca.crt"), none.join("ca.crt")).unwrap();
+    let report = ok(&home, &["check"], None);
+    assert!(
+        report.contains("mutual TLS") && report.contains("*.ci.example.com"),
+        "{report}"
+    );
+    let _server = serve(&home, &addr);
+
+    let layout = work.path().join("layout");
+    let digest = write_oci_layout(&layout, "v1", &[tar(&[("f", b"mtls\n")])]);
+    let image = format!("docker://{addr}/mtls/img:v1");
+    run(skopeo(&[
+        "copy",
+        "--preserve-digests",
+        "--dest-cert-dir",
+        &out(&good),
+        &format!("oci:{}:v1", layout.display()),
+        &image,
+    ]));
+    let inspect = json(&run(skopeo(&[
+        "inspect",
+        "--cert-dir",
+        &out(&good),
+        &image,
+    ])));
+    assert_eq!(inspect["Digest"], digest);
+    for refused in [&other, &none] {
+        let o = skopeo(&["inspect", "--cert-dir", &out(refused), &image])
+            .output()
+            .unwrap();
+        assert!(
+            !o.status.success(),
+            "inspect with {} succeeded",
+            refused.display()
+        );
+    }
+}

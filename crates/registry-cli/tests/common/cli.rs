@@ -1,0 +1,88 @@
+//! Running `registry` commands against a config home, and `registry serve` on its instances.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn registry(home: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_registry"))
+        .arg("--config-dir")
+        .arg(home)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+/// Runs a command that must succeed; returns its stdout.
+pub fn ok(home: &Path, args: &[&str], stdin: Option<&str>) -> String {
+    let out = registry(home, args, stdin);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "registry {args:?} failed: {stderr}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs a command that must fail with one line on stderr; returns it.
+pub fn fails(home: &Path, args: &[&str]) -> String {
+    let out = registry(home, args, None);
+    assert!(!out.status.success(), "registry {args:?} succeeded");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+/// `registry instance create NAME --hostname HOST --listen ADDR`
+pub fn create(home: &Path, name: &str, host: &str, addr: &str) {
+    let args = [
+        "instance",
+        "create",
+        name,
+        "--hostname",
+        host,
+        "--listen",
+        addr,
+    ];
+    let out = ok(home, &args, None);
+    assert!(
+        out.contains(&format!("created instance \"{name}\"")),
+        "{out}"
+    );
+}
+
+pub struct Serving(Child);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn serve(home: &Path, addr: &str) -> Serving {
+    let child = Command::new(env!("CARGO_BIN_EXE_registry"))
+        .arg("--config-dir")
+        .arg(home)
+        .arg("serve")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "registry did not start on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Serving(child)
+}
