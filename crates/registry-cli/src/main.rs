@@ -1,14 +1,18 @@
 //! The `registry` binary: parses the command line and runs a subcommand.
 
 mod cert;
+mod client;
 mod config;
+mod install;
 mod instance;
 mod listen;
 mod manage;
 mod serve;
+mod wizard;
 
 use std::path::PathBuf;
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
 /// A fast, self-contained OCI container image registry.
@@ -35,6 +39,19 @@ enum Command {
     ///                  --client-names '*.clients.example.com' --allow-ip 10.0.0.0/8
     #[command(verbatim_doc_comment)]
     Serve(ServeArgs),
+    /// Set up an instance interactively: domain, authorization, storage, anonymous pull, IP
+    /// allowlist, TLS. Re-running shows the current values as defaults; every question has a
+    /// flag, and --non-interactive takes the flags alone.
+    ///
+    /// Examples:
+    ///   registry config
+    ///   registry config --instance team-b
+    ///   registry config --non-interactive --domain registry.example.com --auth basic \
+    ///       --user ann --tls ca --storage data --public-read false
+    ///   registry config --non-interactive --domain r.example.com --auth mtls --client-ca create \
+    ///       --client-names '*.ci.example.com' --tls ca --storage s3://bucket/prefix
+    #[command(verbatim_doc_comment)]
+    Config(Box<wizard::ConfigArgs>),
     /// Create, list, show or remove instances.
     ///
     /// Examples:
@@ -80,6 +97,79 @@ enum Command {
     ///   registry cert client ci.example.com --out /etc/docker/certs.d/registry.example.com
     #[command(verbatim_doc_comment, subcommand)]
     Cert(CertCommand),
+    /// Log in to a registry: check the credentials, then store them in Docker's config.json.
+    ///
+    /// The password comes from --password-stdin, else from passwords.json (exported by
+    /// `registry config`) for an instance with this host name, else from a prompt.
+    ///
+    /// Examples:
+    ///   registry login registry.example.com
+    ///   echo "$PASS" | registry login registry.example.com --username ci --password-stdin
+    #[command(verbatim_doc_comment)]
+    Login {
+        #[command(flatten)]
+        target: client::Target,
+        #[arg(long, short)]
+        username: Option<String>,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Print every repository:tag of a registry (credentials from Docker's config.json).
+    ///
+    /// Example:
+    ///   registry list-tags registry.example.com
+    #[command(verbatim_doc_comment)]
+    ListTags {
+        #[command(flatten)]
+        target: client::Target,
+    },
+    /// Delete images by digest: pick them interactively and confirm, or name them with --yes.
+    ///
+    /// Deleting by digest removes every tag of that manifest. Unreferenced layers stay stored
+    /// until garbage collection.
+    ///
+    /// Examples:
+    ///   registry delete-tags registry.example.com
+    ///   registry delete-tags registry.example.com --yes app:old tools/builder:1.2
+    #[command(verbatim_doc_comment)]
+    DeleteTags {
+        #[command(flatten)]
+        target: client::Target,
+        /// repository:tag references to delete without asking (with --yes).
+        #[arg(value_name = "REPO:TAG")]
+        refs: Vec<String>,
+        /// Do not ask: delete the named references.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Install a systemd service running `registry serve` for every instance, as a dedicated
+    /// system user with sandboxing (writes only the config home and storage directories).
+    ///
+    /// Examples:
+    ///   registry install --dry-run        (print the unit and the commands)
+    ///   sudo registry install
+    #[command(verbatim_doc_comment)]
+    Install {
+        /// Print what would be done.
+        #[arg(long)]
+        dry_run: bool,
+        /// The system user the service runs as (created when missing).
+        #[arg(long, default_value = install::SERVICE)]
+        user: String,
+        /// Where to write the unit; other than /etc/systemd/system only the file is written.
+        #[arg(long, default_value = install::SYSTEMD_DIR)]
+        unit_dir: PathBuf,
+    },
+    /// Stop and remove the systemd service (refused while a protected instance exists).
+    Uninstall {
+        #[arg(long)]
+        dry_run: bool,
+        /// Uninstall even with protected instances.
+        #[arg(long)]
+        force: bool,
+        #[arg(long, default_value = install::SYSTEMD_DIR)]
+        unit_dir: PathBuf,
+    },
     /// Validate every instance and print what would be served (never secrets).
     ///
     /// Example:
@@ -250,6 +340,29 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => serve_command(&home, args),
         Command::Instance(c) => instance_command(&home, c),
         Command::User(c) => user_command(&home, c),
+        Command::Config(args) => config_command(&home, &args),
+        Command::Install {
+            dry_run,
+            user,
+            unit_dir,
+        } => install::install(&home, &user, &unit_dir, dry_run).map(|out| print!("{out}")),
+        Command::Uninstall {
+            dry_run,
+            force,
+            unit_dir,
+        } => install::uninstall(&home, &unit_dir, force, dry_run).map(|out| print!("{out}")),
+        Command::Login {
+            target,
+            username,
+            password_stdin,
+        } => run(login_command(&home, target, username, password_stdin)),
+        Command::ListTags { target } => run(async move {
+            for (repo, tag) in client::list_tags(&target).await? {
+                println!("{repo}:{tag}");
+            }
+            Ok(())
+        }),
+        Command::DeleteTags { target, refs, yes } => run(delete_tags_command(target, refs, yes)),
         Command::Check => manage::check(&home).map(|report| print!("{report}")),
         Command::Reconfigure { settings, instance } => instance::Instance::open(&home, &instance)
             .and_then(|i| manage::reconfigure(&i, &settings))
@@ -295,6 +408,111 @@ fn instance_command(home: &std::path::Path, c: InstanceCommand) -> anyhow::Resul
             manage::remove(home, &name, force)?;
             println!("removed instance {name:?} (its stored images were left in place)");
         }
+    }
+    Ok(())
+}
+
+async fn login_command(
+    home: &std::path::Path,
+    target: client::Target,
+    username: Option<String>,
+    password_stdin: bool,
+) -> anyhow::Result<()> {
+    let host = target
+        .host
+        .rsplit_once(':')
+        .map_or(target.host.as_str(), |(h, _)| h);
+    let (user, password) = if password_stdin {
+        let user = username.context("--password-stdin needs --username")?;
+        let (password, _) = manage::password_input(true)?;
+        (user, password)
+    } else if let Some(found) = wizard::exported_password(home, host, username.as_deref())? {
+        eprintln!("using the password of {:?} from passwords.json", found.0);
+        found
+    } else {
+        use std::io::IsTerminal;
+        if !std::io::stderr().is_terminal() {
+            anyhow::bail!("no password: use --username and --password-stdin");
+        }
+        let theme = dialoguer::theme::ColorfulTheme::default();
+        let user = match username {
+            Some(u) => u,
+            None => dialoguer::Input::<String>::with_theme(&theme)
+                .with_prompt("Username")
+                .interact_text()?,
+        };
+        let password = dialoguer::Password::with_theme(&theme)
+            .with_prompt("Password")
+            .interact()?;
+        (user, password)
+    };
+    let path = client::login(&target, &user, &password).await?;
+    println!(
+        "Login succeeded: {user} at {} (stored in {})",
+        target.host,
+        path.display()
+    );
+    Ok(())
+}
+
+async fn delete_tags_command(
+    target: client::Target,
+    refs: Vec<String>,
+    yes: bool,
+) -> anyhow::Result<()> {
+    let chosen = if yes {
+        if refs.is_empty() {
+            anyhow::bail!("--yes needs the references to delete (repository:tag ...)");
+        }
+        refs.iter()
+            .map(|r| client::parse_ref(r))
+            .collect::<anyhow::Result<Vec<_>>>()?
+    } else {
+        let all = client::list_tags(&target).await?;
+        let offered = match refs.is_empty() {
+            true => all,
+            false => {
+                let named = refs
+                    .iter()
+                    .map(|r| client::parse_ref(r))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                all.into_iter().filter(|r| named.contains(r)).collect()
+            }
+        };
+        if offered.is_empty() {
+            println!("no images to delete");
+            return Ok(());
+        }
+        match client::pick(&offered)? {
+            Some(c) => c,
+            None => {
+                println!("nothing deleted");
+                return Ok(());
+            }
+        }
+    };
+    for (name, digest) in client::delete_tags(&target, &chosen).await? {
+        println!("deleted {name} ({digest})");
+    }
+    println!("Stored layers are freed by garbage collection.");
+    Ok(())
+}
+
+fn config_command(home: &std::path::Path, args: &wizard::ConfigArgs) -> anyhow::Result<()> {
+    manage::ensure_home(home)?;
+    let i = instance::Instance::at(home, &args.instance)?;
+    let answers = wizard::gather(&i, args)?;
+    print!("{}", wizard::apply(home, &i, &answers)?);
+    println!(
+        "Instance {:?} is configured in {}.",
+        i.name,
+        i.dir.display()
+    );
+    println!(
+        "Next: `registry check`, then `registry serve` (or `registry install` for a service)."
+    );
+    if matches!(answers.auth, wizard::AuthAnswer::Basic(_)) {
+        println!("Then, from a client: docker login {}", answers.domain);
     }
     Ok(())
 }

@@ -42,8 +42,8 @@ pub fn create(home: &Path, name: &str, o: &CreateOptions) -> anyhow::Result<Inst
     server["listen"] = value(o.listen.as_deref().unwrap_or("127.0.0.1:5000"));
     doc["server"] = Item::Table(server);
     let mut storage = Table::new();
-    let default_storage = i.dir.join("data").to_string_lossy().into_owned();
-    let url = o.storage.as_deref().unwrap_or(&default_storage);
+    // Relative paths are relative to the instance directory.
+    let url = o.storage.as_deref().unwrap_or("data");
     parse_storage(url)?;
     storage["url"] = value(url);
     doc["storage"] = Item::Table(storage);
@@ -573,21 +573,33 @@ pub fn password_input(from_stdin: bool) -> anyhow::Result<(String, bool)> {
 pub fn set_user(i: &Instance, user: &str, password: &str, replace: bool) -> anyhow::Result<()> {
     check_user(user)?;
     let path = htpasswd_of(i, false)?;
-    let mut lines = read_htpasswd(&path)?;
-    let existing = lines.iter().position(|l| user_of(l) == Some(user));
-    let line = format!("{user}:{}", hash_password(password)?);
-    match (existing, replace) {
-        (Some(_), false) => bail!(
+    let exists = read_htpasswd(&path)?
+        .iter()
+        .any(|l| user_of(l) == Some(user));
+    match (exists, replace) {
+        (true, false) => bail!(
             "user {user:?} exists in instance {:?}; change the password with `registry user passwd`",
             i.name
         ),
-        (None, true) => bail!("no user {user:?} in instance {:?}", i.name),
-        (Some(k), true) => lines[k] = line,
-        (None, false) => lines.push(line),
+        (false, true) => bail!("no user {user:?} in instance {:?}", i.name),
+        _ => {}
     }
-    write_lines(&path, &lines)?;
+    write_user(&path, user, &hash_password(password)?)?;
     htpasswd_of(i, true)?;
     Ok(())
+}
+
+/// Writes `user:hash` into the htpasswd file at `path`, replacing the user's line if there is
+/// one; other lines (comments, users with other hash formats) are kept as they are.
+pub fn write_user(path: &Path, user: &str, hash: &str) -> anyhow::Result<()> {
+    check_user(user)?;
+    let mut lines = read_htpasswd(path)?;
+    let line = format!("{user}:{hash}");
+    match lines.iter().position(|l| user_of(l) == Some(user)) {
+        Some(k) => lines[k] = line,
+        None => lines.push(line),
+    }
+    write_lines(path, &lines)
 }
 
 /// Removes `user`.

@@ -5,11 +5,22 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub fn registry(home: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    registry_env(home, args, stdin, &[])
+}
+
+/// `registry --config-dir HOME ARGS…` with extra environment, stdin given; its output.
+pub fn registry_env(
+    home: &Path,
+    args: &[&str],
+    stdin: Option<&str>,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> Output {
     use std::io::Write;
     let mut child = Command::new(env!("CARGO_BIN_EXE_registry"))
         .arg("--config-dir")
         .arg(home)
         .args(args)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "warn")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
