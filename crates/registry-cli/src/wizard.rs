@@ -426,7 +426,11 @@ fn basic_users(
             manage::check_user(user)?;
             let password = match passwords.get(k) {
                 Some(p) if !p.is_empty() => p.clone(),
-                _ => manage::generate_password(),
+                _ => {
+                    let p = manage::generate_password();
+                    eprintln!("Generated passphrase for {user}: {p}");
+                    p
+                }
             };
             users.push((user.clone(), password));
         }
