@@ -170,6 +170,25 @@ enum Command {
         #[arg(long, default_value = install::SYSTEMD_DIR)]
         unit_dir: PathBuf,
     },
+    /// Verify storage: re-hash every blob, check every manifest's references and every tag;
+    /// report each problem with its key. --repair moves corrupt blobs and manifests aside
+    /// (lost+found/) and drops links and tags that lead nowhere, so clients push them again.
+    ///
+    /// Exits 1 when problems were found and not repaired.
+    ///
+    /// Examples:
+    ///   registry fsck                          (the default instance)
+    ///   registry fsck --instance team-b --repair
+    ///   registry fsck --storage /srv/registry
+    ///   registry fsck --storage s3://bucket/prefix
+    #[command(verbatim_doc_comment)]
+    Fsck {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Fix what can be fixed (see above).
+        #[arg(long)]
+        repair: bool,
+    },
     /// Validate every instance and print what would be served (never secrets).
     ///
     /// Example:
@@ -207,6 +226,30 @@ enum InstanceCommand {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// Which storage a maintenance command works on.
+#[derive(Args)]
+struct StoreArg {
+    /// The instance whose storage to use [default: default].
+    #[arg(long, conflicts_with = "storage")]
+    instance: Option<String>,
+    /// A storage location instead (a directory, file:// or s3://bucket/prefix; S3 settings
+    /// from AWS_* variables).
+    #[arg(long)]
+    storage: Option<String>,
+}
+
+impl StoreArg {
+    fn location(&self, home: &std::path::Path) -> anyhow::Result<config::StorageLocation> {
+        match &self.storage {
+            Some(s) => config::parse_storage(s),
+            None => {
+                let name = self.instance.as_deref().unwrap_or(instance::DEFAULT);
+                Ok(instance::Instance::open(home, name)?.settings()?.storage)
+            }
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -341,6 +384,9 @@ fn main() -> std::process::ExitCode {
         Command::Instance(c) => instance_command(&home, c),
         Command::User(c) => user_command(&home, c),
         Command::Config(args) => config_command(&home, &args),
+        Command::Fsck { store, repair } => store
+            .location(&home)
+            .and_then(|location| run(fsck_command(location, repair))),
         Command::Install {
             dry_run,
             user,
@@ -495,6 +541,35 @@ async fn delete_tags_command(
         println!("deleted {name} ({digest})");
     }
     println!("Stored layers are freed by garbage collection.");
+    Ok(())
+}
+
+async fn fsck_command(location: config::StorageLocation, repair: bool) -> anyhow::Result<()> {
+    let registry = serve::open_registry(&location)?;
+    let summary = registry
+        .fsck(repair, |problem| println!("{problem}"))
+        .await
+        .context("fsck stopped")?;
+    println!(
+        "checked {} blobs ({} bytes), {} links, {} manifests, {} tags: {} problems{}",
+        summary.blobs,
+        summary.blob_bytes,
+        summary.links,
+        summary.manifests,
+        summary.tags,
+        summary.problems,
+        if repair {
+            format!(", {} keys repaired", summary.repaired)
+        } else {
+            String::new()
+        }
+    );
+    if summary.problems > 0 && !repair {
+        anyhow::bail!(
+            "{} problems found; `registry fsck --repair` fixes what it can",
+            summary.problems
+        );
+    }
     Ok(())
 }
 

@@ -173,6 +173,17 @@ fn open_s3(loc: &S3Location) -> anyhow::Result<AmazonS3> {
         .with_context(|| format!("cannot use S3 bucket {:?}", loc.bucket))
 }
 
+/// The registry over `location`, for maintenance commands (fsck): the same storage views and
+/// tunables as `serve`, without metrics or redirects.
+pub fn open_registry(location: &StorageLocation) -> anyhow::Result<ObjectRegistry> {
+    let opened = open_storage(location)?;
+    let registry = ObjectRegistry::new(opened.store, opened.options);
+    Ok(match opened.scratch {
+        Some(scratch) => registry.with_scratch(scratch),
+        None => registry,
+    })
+}
+
 /// Serves every instance in one process: each address is bound once and its sites (instances)
 /// are told apart by SNI and Host (see `listen`). Stops on SIGINT/SIGTERM after in-flight
 /// requests finish.

@@ -16,6 +16,7 @@
 //! uploads/<id>/state                               upload session: repository, size, parts, hash state
 //! uploads/<id>/part-<offset, 20 digits>-<nonce>    bytes of one chunk, starting at <offset>; the
 //!                                                  nonce keeps racing writers of one offset apart
+//! lost+found/<unix time>/<key>                     what `fsck --repair` moved aside
 //! ```
 //!
 //! Repository path components never start with `_` (the name grammar forbids it), so the `_…`
@@ -32,6 +33,11 @@ use crate::names::{RepoName, Tag};
 fn join(parts: &[&str]) -> Path {
     // All components come from validated types, so `Path::from` never needs escaping here.
     Path::from(parts.join("/"))
+}
+
+/// The root of every blob's bytes.
+pub fn blobs_root() -> Path {
+    Path::from("blobs")
 }
 
 /// Global bytes of a blob or manifest.
@@ -54,6 +60,21 @@ pub fn layer_link(repo: &RepoName, d: &Digest) -> Path {
         d.algorithm().as_str(),
         d.hex(),
     ])
+}
+
+/// The directory of a repository's blob links.
+pub fn layers_dir(repo: &RepoName) -> Path {
+    join(&["repositories", repo.as_str(), "_layers"])
+}
+
+/// The directory of a repository's manifest revisions.
+pub fn revisions_dir(repo: &RepoName) -> Path {
+    join(&["repositories", repo.as_str(), "_manifests", "revisions"])
+}
+
+/// Where `fsck --repair` keeps what it moves aside: `lost+found/<unix time>/<original key>`.
+pub fn lost_and_found(unix_time: u64, original: &Path) -> Path {
+    Path::from(format!("lost+found/{unix_time}/{original}"))
 }
 
 /// A manifest revision's link in a repository.

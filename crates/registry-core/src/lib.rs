@@ -34,7 +34,7 @@ pub use storage::{
     BlobRead, BlobStore, ByteStream, CatalogStore, ManifestInfo, ManifestStore, Page, PutManifest,
     ReferrerStore, Storage, UploadStatus, UploadStore,
 };
-pub use store::{ObjectRegistry, StoreOptions};
+pub use store::{FsckSummary, ObjectRegistry, Problem, StoreOptions};
 
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;

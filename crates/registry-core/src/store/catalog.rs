@@ -32,7 +32,7 @@ impl ObjectRegistry {
     /// Every repository, sorted. Listed from the markers only when the catalog generation
     /// changed since the last listing (it is read before listing, so a cached list is never
     /// older than its generation); otherwise one small read.
-    async fn all_repositories(&self) -> Result<Arc<Vec<RepoName>>> {
+    pub(super) async fn all_repositories(&self) -> Result<Arc<Vec<RepoName>>> {
         let generation =
             match super::get_small_in(self.volatile(), &layout::catalog_generation()).await? {
                 Some(g) => g,

@@ -59,6 +59,14 @@ impl Revision {
     }
 }
 
+/// A revision object's media type and manifest bytes (for `fsck`).
+pub(super) fn decode_revision(
+    path: &object_store::path::Path,
+    raw: Bytes,
+) -> Result<(String, Bytes)> {
+    Revision::decode(path, raw).map(|r| (r.media_type, r.bytes))
+}
+
 /// Content of a tag.
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -172,7 +180,7 @@ impl ObjectRegistry {
 
     /// Records that the set of tags of `repo` changed; called after the change is stored, so a
     /// reader that sees the new generation also sees the change.
-    async fn tags_changed(&self, repo: &RepoName) -> Result<()> {
+    pub(super) async fn tags_changed(&self, repo: &RepoName) -> Result<()> {
         let generation = uuid::Uuid::new_v4().simple().to_string();
         self.volatile()
             .put(

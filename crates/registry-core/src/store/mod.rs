@@ -7,6 +7,7 @@
 
 mod blobs;
 mod catalog;
+mod fsck;
 mod manifests;
 mod uploads;
 
@@ -19,6 +20,8 @@ use object_store::signer::Signer;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+pub use fsck::{FsckSummary, Problem};
 
 use crate::error::{Error, Result};
 use crate::layout;

@@ -1,0 +1,405 @@
+//! Storage verification (`registry fsck`): re-hashes every blob and compares it with its digest,
+//! checks that every manifest revision hashes to its digest and parses, that everything it
+//! needs is in its repository, that every blob link has its bytes and every tag its manifest.
+//! Reads stream and listings are walked as they come, so memory stays bounded on any store.
+//!
+//! Repair moves corrupt blobs and manifests aside (under `lost+found/<unix time>/`, nothing is
+//! deleted) and drops the links and tags that lead nowhere, so that clients see the content as
+//! missing and push it again. Repair is safe while the registry serves: it only ever removes a
+//! blob whose bytes are wrong, and only links and tags that lead to nothing.
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::ObjectStoreExt;
+
+use super::ObjectRegistry;
+use crate::digest::{Algorithm, Digest, Hasher};
+use crate::error::{Error, Result};
+use crate::layout;
+use crate::manifest::{self, ManifestKind};
+use crate::names::RepoName;
+
+/// Blobs hashed at once (hides the latency of object stores).
+const CONCURRENCY: usize = 4;
+
+/// A problem found by [`ObjectRegistry::fsck`]. Each names the key it is about (`path`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// A blob whose bytes hash to `actual`, not to the digest its key names.
+    CorruptBlob {
+        /// The blob's key.
+        path: String,
+        /// What its bytes hash to.
+        actual: Digest,
+    },
+    /// An object under `blobs/` whose key names no digest.
+    StrayObject {
+        /// The object's key.
+        path: String,
+    },
+    /// A repository's link to a blob whose bytes are not stored.
+    DanglingLink {
+        /// The link's key.
+        path: String,
+    },
+    /// A manifest revision that does not hash to its digest or does not parse.
+    CorruptManifest {
+        /// The revision's key.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A manifest needing a blob or child manifest its repository does not hold.
+    MissingReference {
+        /// The manifest revision's key.
+        path: String,
+        /// What it needs.
+        digest: Digest,
+    },
+    /// A tag naming a manifest that is not stored.
+    DanglingTag {
+        /// The tag's key.
+        path: String,
+        /// The manifest it names, if it is readable.
+        digest: Option<Digest>,
+    },
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Problem::CorruptBlob { path, actual } => {
+                write!(f, "{path}: corrupt blob: its bytes hash to {actual}")
+            }
+            Problem::StrayObject { path } => write!(f, "{path}: not a blob key"),
+            Problem::DanglingLink { path } => {
+                write!(f, "{path}: link to a blob whose bytes are missing")
+            }
+            Problem::CorruptManifest { path, reason } => {
+                write!(f, "{path}: corrupt manifest: {reason}")
+            }
+            Problem::MissingReference { path, digest } => {
+                write!(
+                    f,
+                    "{path}: needs {digest}, which its repository does not hold"
+                )
+            }
+            Problem::DanglingTag { path, digest } => match digest {
+                Some(d) => write!(f, "{path}: tag of {d}, which is not stored"),
+                None => write!(f, "{path}: unreadable tag"),
+            },
+        }
+    }
+}
+
+/// What [`ObjectRegistry::fsck`] looked at and did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FsckSummary {
+    /// Blobs re-hashed.
+    pub blobs: u64,
+    /// Their bytes.
+    pub blob_bytes: u64,
+    /// Blob links checked.
+    pub links: u64,
+    /// Manifest revisions checked.
+    pub manifests: u64,
+    /// Tags checked.
+    pub tags: u64,
+    /// Problems reported.
+    pub problems: u64,
+    /// Keys moved aside or removed by repair.
+    pub repaired: u64,
+}
+
+/// The digest a blob key names: `blobs/<alg>/<xx>/<hex>/data`.
+fn blob_digest(path: &Path) -> Option<Digest> {
+    let parts: Vec<_> = path.parts().collect();
+    match parts.as_slice() {
+        [b, alg, xx, hex, data]
+            if b.as_ref() == "blobs"
+                && data.as_ref() == "data"
+                && hex.as_ref().starts_with(xx.as_ref()) =>
+        {
+            format!("{}:{}", alg.as_ref(), hex.as_ref()).parse().ok()
+        }
+        _ => None,
+    }
+}
+
+/// The digest the last two components of a link key name (`…/<alg>/<hex>`).
+fn link_digest(path: &Path) -> Option<Digest> {
+    let parts: Vec<_> = path.parts().collect();
+    let [.., alg, hex] = parts.as_slice() else {
+        return None;
+    };
+    format!("{}:{}", alg.as_ref(), hex.as_ref()).parse().ok()
+}
+
+impl ObjectRegistry {
+    /// Verifies the whole store, calling `report` for each problem; with `repair`, fixes what
+    /// it can (see the module documentation).
+    pub async fn fsck(
+        &self,
+        repair: bool,
+        mut report: impl FnMut(&Problem),
+    ) -> Result<FsckSummary> {
+        let mut summary = FsckSummary::default();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut found = |p: Problem, s: &mut FsckSummary| {
+            s.problems += 1;
+            report(&p);
+        };
+
+        // Blobs: re-hash each.
+        let mut checks = self
+            .store
+            .list(Some(&layout::blobs_root()))
+            .map(|meta| async move {
+                let meta = meta?;
+                let Some(digest) = blob_digest(&meta.location) else {
+                    return Ok::<_, Error>((meta.location, None, meta.size));
+                };
+                let actual = self.hash_object(&meta.location, digest.algorithm()).await?;
+                Ok((meta.location, Some((digest, actual)), meta.size))
+            })
+            .buffer_unordered(CONCURRENCY);
+        let mut corrupt = Vec::new();
+        while let Some(checked) = checks.next().await {
+            let (path, digests, size) = checked?;
+            summary.blobs += 1;
+            summary.blob_bytes += size;
+            match digests {
+                None => found(
+                    Problem::StrayObject {
+                        path: path.to_string(),
+                    },
+                    &mut summary,
+                ),
+                Some((expected, actual)) if expected != actual => {
+                    found(
+                        Problem::CorruptBlob {
+                            path: path.to_string(),
+                            actual,
+                        },
+                        &mut summary,
+                    );
+                    corrupt.push(path);
+                }
+                Some(_) => {}
+            }
+        }
+        drop(checks);
+        if repair {
+            for path in corrupt {
+                self.store
+                    .rename(&path, &layout::lost_and_found(now, &path))
+                    .await?;
+                summary.repaired += 1;
+            }
+        }
+
+        // Repositories: links, then manifests, then tags (so that what repair drops in one
+        // step is seen by the next).
+        let repos = self.all_repositories().await?;
+        for repo in repos.iter() {
+            self.fsck_links(repo, repair, &mut summary, &mut found)
+                .await?;
+            self.fsck_manifests(repo, repair, now, &mut summary, &mut found)
+                .await?;
+            self.fsck_tags(repo, repair, &mut summary, &mut found)
+                .await?;
+        }
+        Ok(summary)
+    }
+
+    async fn hash_object(&self, path: &Path, algorithm: Algorithm) -> Result<Digest> {
+        let mut hasher = Hasher::new(algorithm);
+        let mut body = self.store.get(path).await?.into_stream();
+        while let Some(chunk) = body.try_next().await? {
+            hasher.update(&chunk);
+        }
+        Ok(hasher.finish())
+    }
+
+    async fn fsck_links(
+        &self,
+        repo: &RepoName,
+        repair: bool,
+        summary: &mut FsckSummary,
+        found: &mut impl FnMut(Problem, &mut FsckSummary),
+    ) -> Result<()> {
+        let dir = layout::layers_dir(repo);
+        let mut links = self
+            .store
+            .list(Some(&dir))
+            .map(|meta| async move {
+                let path = meta?.location;
+                let present = match link_digest(&path) {
+                    Some(d) => self.exists(&layout::blob(&d)).await?,
+                    None => false,
+                };
+                Ok::<_, Error>((path, present))
+            })
+            .buffer_unordered(CONCURRENCY * 4);
+        let mut dangling = Vec::new();
+        while let Some(checked) = links.next().await {
+            let (path, present) = checked?;
+            summary.links += 1;
+            if !present {
+                found(
+                    Problem::DanglingLink {
+                        path: path.to_string(),
+                    },
+                    summary,
+                );
+                dangling.push(path);
+            }
+        }
+        drop(links);
+        if repair {
+            for path in dangling {
+                self.delete_quiet(&path).await?;
+                summary.repaired += 1;
+            }
+        }
+        Ok(())
+    }
+
+    async fn fsck_manifests(
+        &self,
+        repo: &RepoName,
+        repair: bool,
+        now: u64,
+        summary: &mut FsckSummary,
+        found: &mut impl FnMut(Problem, &mut FsckSummary),
+    ) -> Result<()> {
+        let dir = layout::revisions_dir(repo);
+        let paths: Vec<Path> = self
+            .store
+            .list(Some(&dir))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await?;
+        for path in paths {
+            summary.manifests += 1;
+            let Some(digest) = link_digest(&path) else {
+                found(
+                    Problem::CorruptManifest {
+                        path: path.to_string(),
+                        reason: "the key names no digest".into(),
+                    },
+                    summary,
+                );
+                continue;
+            };
+            let Some(raw) = self.get_small(&path).await? else {
+                continue; // deleted meanwhile
+            };
+            let problem = match super::manifests::decode_revision(&path, raw) {
+                Err(e) => Some(e.to_string()),
+                Ok((media_type, bytes)) => {
+                    let actual = Digest::of(digest.algorithm(), &bytes);
+                    if actual != digest {
+                        Some(format!("its bytes hash to {actual}"))
+                    } else {
+                        match manifest::parse(Some(&media_type), &bytes) {
+                            Err(e) => Some(e.to_string()),
+                            Ok(parsed) => {
+                                for d in parsed.required_references() {
+                                    let present = match parsed.kind {
+                                        ManifestKind::Image => {
+                                            self.exists(&layout::layer_link(repo, &d.digest))
+                                                .await?
+                                                && self.exists(&layout::blob(&d.digest)).await?
+                                        }
+                                        ManifestKind::Index => {
+                                            self.exists(&layout::revision_link(repo, &d.digest))
+                                                .await?
+                                        }
+                                    };
+                                    if !present {
+                                        found(
+                                            Problem::MissingReference {
+                                                path: path.to_string(),
+                                                digest: d.digest.clone(),
+                                            },
+                                            summary,
+                                        );
+                                    }
+                                }
+                                None
+                            }
+                        }
+                    }
+                }
+            };
+            if let Some(reason) = problem {
+                found(
+                    Problem::CorruptManifest {
+                        path: path.to_string(),
+                        reason,
+                    },
+                    summary,
+                );
+                if repair {
+                    self.store
+                        .rename(&path, &layout::lost_and_found(now, &path))
+                        .await?;
+                    summary.repaired += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn fsck_tags(
+        &self,
+        repo: &RepoName,
+        repair: bool,
+        summary: &mut FsckSummary,
+        found: &mut impl FnMut(Problem, &mut FsckSummary),
+    ) -> Result<()> {
+        let dir = layout::tags_dir(repo);
+        let paths: Vec<Path> = self
+            .store
+            .list(Some(&dir))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await?;
+        let mut dropped = false;
+        for path in paths {
+            summary.tags += 1;
+            let target = match self.get_json::<serde_json::Value>(&path).await {
+                Ok(Some(v)) => v["digest"].as_str().and_then(|d| d.parse::<Digest>().ok()),
+                Ok(None) => continue,
+                Err(Error::Corrupt { .. }) => None,
+                Err(e) => return Err(e),
+            };
+            let present = match &target {
+                Some(d) => self.exists(&layout::revision_link(repo, d)).await?,
+                None => false,
+            };
+            if !present {
+                found(
+                    Problem::DanglingTag {
+                        path: path.to_string(),
+                        digest: target,
+                    },
+                    summary,
+                );
+                if repair {
+                    self.delete_quiet(&path).await?;
+                    summary.repaired += 1;
+                    dropped = true;
+                }
+            }
+        }
+        if dropped {
+            self.tags_changed(repo).await?;
+        }
+        Ok(())
+    }
+}
