@@ -3,6 +3,7 @@
 mod cert;
 mod client;
 mod config;
+mod fsretry;
 mod install;
 mod instance;
 mod listen;

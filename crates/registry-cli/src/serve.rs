@@ -59,7 +59,8 @@ fn open_storage(location: &StorageLocation) -> anyhow::Result<OpenedStorage> {
                     .with_context(|| format!("cannot use storage directory {}", dir.display()))?
                     .with_fsync(fsync)
                     .with_automatic_cleanup(true);
-                Ok(Arc::new(ChunkedStore::new(Arc::new(fs), READ_CHUNK)))
+                let fs = Arc::new(crate::fsretry::DirRaceRetry(Arc::new(fs)));
+                Ok(Arc::new(ChunkedStore::new(fs, READ_CHUNK)))
             };
             Ok(OpenedStorage {
                 store: view(true)?,
