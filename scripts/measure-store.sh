@@ -2,7 +2,9 @@
 # Builds a filesystem store of MANIFESTS image manifests (default 10000), each with a config and
 # four small layers of its own (5 blobs per manifest: 50 000 by default), through a release
 # `registry serve` over HTTP, then measures maintenance commands on it: wall time and peak RSS
-# (GNU time) of `registry fsck`. Usage: scripts/measure-store.sh [WORKDIR]
+# (GNU time) of `registry fsck`, and of `registry gc` twice: with nothing to collect, then after
+# UNTAG (default 2000) tags were deleted (--delete-untagged --grace-period 0s frees their
+# manifests and 5 blobs each). Usage: scripts/measure-store.sh [WORKDIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/distribution.sh   # port()
@@ -40,6 +42,16 @@ with concurrent.futures.ThreadPoolExecutor(8) as ex:
 PY
 echo "## store of $manifests manifests, $((manifests * 5)) blobs (filesystem)"
 echo "built over HTTP in $(python3 -c "import time; print(f'{time.time()-$start:.0f} s')")"
-kill $server; wait $server 2>/dev/null || true
 /usr/bin/time -f "fsck: %e s, peak RSS %M KiB" "$bin" fsck --storage "$work/store" 2>&1 | tail -2
+/usr/bin/time -f "gc, nothing to collect: %e s (5 s of it the settle wait), peak RSS %M KiB" \
+  "$bin" gc --storage "$work/store" --grace-period 0s --delete-untagged 2>&1 | tail -2
+untag="${UNTAG:-2000}"
+for i in $(seq 0 $((untag - 1))); do
+  curl -sf -o /dev/null -X DELETE "http://127.0.0.1:$p/v2/store/r$(printf %03d $((i % 100)))/manifests/t$i"
+done
+sleep 1.1  # objects of the cutoff's second are young
+/usr/bin/time -f "gc after untagging $untag: %e s, peak RSS %M KiB" \
+  "$bin" gc --storage "$work/store" --grace-period 0s --delete-untagged 2>&1 | tail -2
+kill $server; wait $server 2>/dev/null || true
+"$bin" fsck --storage "$work/store" | tail -1
 rm -rf "$work"

@@ -28,6 +28,11 @@
 //! [uploads]
 //! max_age = "24h"         # abandoned upload sessions are purged after this idle time
 //!
+//! [gc]                    # online garbage collection inside `registry serve`
+//! interval = "24h"        # unset: only when `registry gc` is run
+//! grace = "1h"            # what was written more recently is kept
+//! delete_untagged = false # manifests no tag reaches are garbage too
+//!
 //! [metrics]
 //! enabled = true          # Prometheus metrics at GET /metrics
 //! listen = "127.0.0.1:9090"  # optional: serve /metrics there instead of on the API listener
@@ -84,6 +89,8 @@ pub struct RawConfig {
     pub api: RawApi,
     #[serde(default)]
     pub uploads: RawUploads,
+    #[serde(default)]
+    pub gc: RawGc,
     #[serde(default)]
     pub metrics: RawMetrics,
     #[serde(default)]
@@ -189,6 +196,23 @@ pub struct RawApi {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawGc {
+    pub interval: Option<String>,
+    pub grace: Option<String>,
+    pub delete_untagged: Option<bool>,
+}
+
+/// Garbage collection inside `serve`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GcSettings {
+    /// `None`: never scheduled.
+    pub interval: Option<Duration>,
+    pub grace: Duration,
+    pub delete_untagged: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawUploads {
     pub max_age: Option<String>,
 }
@@ -271,6 +295,7 @@ pub struct Settings {
     pub delete_enabled: bool,
     pub manifest_max_bytes: usize,
     pub upload_max_age: Duration,
+    pub gc: GcSettings,
     pub metrics: MetricsSettings,
 }
 
@@ -331,6 +356,14 @@ impl RawConfig {
         }
         let upload_max_age = parse_duration(self.uploads.max_age.as_deref().unwrap_or("24h"))
             .context("uploads.max_age")?;
+        let gc = GcSettings {
+            interval: match &self.gc.interval {
+                Some(i) => Some(parse_duration(i).context("gc.interval")?).filter(|d| !d.is_zero()),
+                None => None,
+            },
+            grace: parse_duration(self.gc.grace.as_deref().unwrap_or("1h")).context("gc.grace")?,
+            delete_untagged: self.gc.delete_untagged.unwrap_or(false),
+        };
         let metrics = match (self.metrics.enabled.unwrap_or(true), self.metrics.listen) {
             (false, _) => MetricsSettings::Off,
             (true, None) => MetricsSettings::OnApi,
@@ -369,6 +402,7 @@ impl RawConfig {
             delete_enabled: self.api.delete.unwrap_or(true),
             manifest_max_bytes,
             upload_max_age,
+            gc,
         })
     }
 }

@@ -142,6 +142,9 @@ enum Command {
         /// Do not ask: delete the named references.
         #[arg(long)]
         yes: bool,
+        /// Then collect garbage on the local instance serving HOST (asked on a terminal).
+        #[arg(long)]
+        gc: bool,
     },
     /// Install a systemd service running `registry serve` for every instance, as a dedicated
     /// system user with sandboxing (writes only the config home and storage directories).
@@ -170,6 +173,30 @@ enum Command {
         force: bool,
         #[arg(long, default_value = install::SYSTEMD_DIR)]
         unit_dir: PathBuf,
+    },
+    /// Collect garbage while the registry serves: delete manifests, blob links and blobs that
+    /// nothing reachable needs, and abandoned upload sessions. Safe with pushes in flight, on
+    /// any number of nodes (see registry_core's gc module for the protocol).
+    ///
+    /// Examples:
+    ///   registry gc --dry-run                     (what would go, from the default instance)
+    ///   registry gc --delete-untagged --grace-period 30m
+    ///   registry gc --storage s3://bucket/prefix
+    #[command(verbatim_doc_comment)]
+    Gc {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Print what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Manifests no tag reaches are garbage too (children of tagged indexes and referrers
+        /// of kept manifests stay).
+        #[arg(long)]
+        delete_untagged: bool,
+        /// Keep whatever was written more recently than this (e.g. 0s, 30m) [default: the
+        /// instance's gc.grace, else 1h].
+        #[arg(long, value_name = "DURATION")]
+        grace_period: Option<String>,
     },
     /// Verify storage: re-hash every blob, check every manifest's references and every tag;
     /// report each problem with its key. --repair moves corrupt blobs and manifests aside
@@ -385,6 +412,12 @@ fn main() -> std::process::ExitCode {
         Command::Instance(c) => instance_command(&home, c),
         Command::User(c) => user_command(&home, c),
         Command::Config(args) => config_command(&home, &args),
+        Command::Gc {
+            store,
+            dry_run,
+            delete_untagged,
+            grace_period,
+        } => gc_command(&home, &store, dry_run, delete_untagged, grace_period),
         Command::Fsck { store, repair } => store
             .location(&home)
             .and_then(|location| run(fsck_command(location, repair))),
@@ -409,7 +442,13 @@ fn main() -> std::process::ExitCode {
             }
             Ok(())
         }),
-        Command::DeleteTags { target, refs, yes } => run(delete_tags_command(target, refs, yes)),
+        Command::DeleteTags {
+            target,
+            refs,
+            yes,
+            gc,
+        } => run(delete_tags_command(target.clone(), refs, yes))
+            .and_then(|deleted| offer_gc(&home, &target, deleted && gc, deleted && !yes)),
         Command::Check => manage::check(&home).map(|report| print!("{report}")),
         Command::Reconfigure { settings, instance } => instance::Instance::open(&home, &instance)
             .and_then(|i| manage::reconfigure(&i, &settings))
@@ -502,11 +541,59 @@ async fn login_command(
     Ok(())
 }
 
+/// After delete-tags: collects garbage on the local instance serving `target`, when asked to
+/// (`run`) or when the person says so (`ask`).
+fn offer_gc(
+    home: &std::path::Path,
+    target: &client::Target,
+    run: bool,
+    ask: bool,
+) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let host = target
+        .host
+        .rsplit_once(':')
+        .map_or(target.host.as_str(), |(h, _)| h);
+    let local = instance::Instance::all(home)?.into_iter().find(|i| {
+        i.settings()
+            .is_ok_and(|s| s.hostname.as_deref() == Some(host))
+    });
+    let Some(i) = local else {
+        if run {
+            anyhow::bail!(
+                "--gc: no instance in {} serves {host}; run `registry gc` where it is served",
+                home.display()
+            );
+        }
+        return Ok(());
+    };
+    let go = run
+        || (ask
+            && std::io::stderr().is_terminal()
+            && dialoguer::Confirm::with_theme(&dialoguer::theme::ColorfulTheme::default())
+                .with_prompt(format!(
+                    "Collect garbage on instance {:?} now, to free the space?",
+                    i.name
+                ))
+                .default(true)
+                .wait_for_newline(true)
+                .interact()?);
+    if !go {
+        return Ok(());
+    }
+    let store = StoreArg {
+        instance: Some(i.name.clone()),
+        storage: None,
+    };
+    gc_command(home, &store, false, false, None)
+}
+
+/// Deletes picked or named images; returns whether anything was deleted.
 async fn delete_tags_command(
     target: client::Target,
     refs: Vec<String>,
     yes: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let chosen = if yes {
         if refs.is_empty() {
             anyhow::bail!("--yes needs the references to delete (repository:tag ...)");
@@ -528,21 +615,61 @@ async fn delete_tags_command(
         };
         if offered.is_empty() {
             println!("no images to delete");
-            return Ok(());
+            return Ok(false);
         }
         match client::pick(&offered)? {
             Some(c) => c,
             None => {
                 println!("nothing deleted");
-                return Ok(());
+                return Ok(false);
             }
         }
     };
     for (name, digest) in client::delete_tags(&target, &chosen).await? {
         println!("deleted {name} ({digest})");
     }
-    println!("Stored layers are freed by garbage collection.");
-    Ok(())
+    println!("Stored layers are freed by garbage collection (`registry gc`).");
+    Ok(true)
+}
+
+fn gc_command(
+    home: &std::path::Path,
+    store: &StoreArg,
+    dry_run: bool,
+    delete_untagged: bool,
+    grace_period: Option<String>,
+) -> anyhow::Result<()> {
+    let (location, mut options) = match &store.storage {
+        Some(s) => (
+            config::parse_storage(s)?,
+            registry_core::GcOptions::default(),
+        ),
+        None => {
+            let name = store.instance.as_deref().unwrap_or(instance::DEFAULT);
+            let settings = instance::Instance::open(home, name)?.settings()?;
+            (settings.storage.clone(), serve::gc_options(&settings))
+        }
+    };
+    options.dry_run = dry_run;
+    options.delete_untagged |= delete_untagged;
+    if let Some(g) = grace_period {
+        options.grace = config::parse_duration(&g).context("--grace-period")?;
+    }
+    run(async move {
+        let registry = serve::open_registry(&location)?;
+        let verb = if dry_run { "would delete" } else { "deleted" };
+        let summary = registry
+            .gc(&options, |d| {
+                println!("{verb} {} {} ({} bytes)", d.kind, d.path, d.size)
+            })
+            .await
+            .context("gc stopped")?;
+        println!(
+            "{verb}: {} manifests, {} links, {} blobs; {} bytes freed; {} upload sessions removed; {} kept because a push needed them",
+            summary.manifests, summary.links, summary.blobs, summary.bytes, summary.uploads, summary.pinned
+        );
+        Ok(())
+    })
 }
 
 async fn fsck_command(location: config::StorageLocation, repair: bool) -> anyhow::Result<()> {
@@ -745,7 +872,7 @@ fn serve_command(home: &std::path::Path, args: ServeArgs) -> anyhow::Result<()> 
     run(serve::serve(vec![(instance::DEFAULT.to_owned(), settings)]))
 }
 
-fn run(f: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+fn run<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?

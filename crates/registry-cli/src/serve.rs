@@ -21,7 +21,7 @@ use registry_auth::basic::BasicAuth;
 use registry_auth::tls::TlsConfig;
 use registry_auth::{Anonymous, Guard, Policy};
 use registry_core::observe::ObservedStore;
-use registry_core::{ObjectRegistry, Storage, StoreOptions};
+use registry_core::{GcOptions, ObjectRegistry, Storage, StoreOptions};
 use registry_http::metrics::Metrics;
 use registry_http::{router, ApiConfig, RegistryState};
 
@@ -266,6 +266,9 @@ async fn build_site(settings: &Settings) -> anyhow::Result<(Router, Option<Arc<T
     if let Some((signer, prefix)) = opened.presigner {
         registry = registry.with_presigned_reads(signer, &prefix, REDIRECT_TTL);
     }
+    if let Some(every) = settings.gc.interval {
+        tokio::spawn(collect_garbage(registry.clone(), settings.clone(), every));
+    }
     let storage: Arc<dyn Storage> = Arc::new(registry);
     tokio::spawn(purge_uploads(storage.clone(), settings.upload_max_age));
 
@@ -352,6 +355,42 @@ fn build_guard(settings: &Settings) -> anyhow::Result<Option<Arc<Guard>>> {
         guard = guard.with_client_certificates(g.client_names.clone());
     }
     Ok(Some(Arc::new(guard)))
+}
+
+/// The collection `settings` ask for.
+pub fn gc_options(settings: &Settings) -> GcOptions {
+    GcOptions {
+        delete_untagged: settings.gc.delete_untagged,
+        grace: settings.gc.grace,
+        upload_max_age: settings.upload_max_age,
+        ..GcOptions::default()
+    }
+}
+
+/// Collects garbage every `every`, forever. With several nodes on one storage, whichever
+/// starts first collects; the others find it busy and skip that round.
+async fn collect_garbage(registry: ObjectRegistry, settings: Settings, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await; // not at startup
+    loop {
+        tick.tick().await;
+        let started = std::time::Instant::now();
+        match registry.gc(&gc_options(&settings), |_| {}).await {
+            Ok(s) => tracing::info!(
+                manifests = s.manifests,
+                links = s.links,
+                blobs = s.blobs,
+                bytes = s.bytes,
+                uploads = s.uploads,
+                seconds = started.elapsed().as_secs_f64(),
+                "garbage collected"
+            ),
+            Err(registry_core::Error::Busy(why)) => {
+                tracing::info!("garbage collection skipped: {why}")
+            }
+            Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+        }
+    }
 }
 
 /// Purges idle upload sessions now and then, forever.

@@ -170,6 +170,11 @@ async fn login_list_and_delete_tags() {
     p.exp_string("Delete 1 image(s)?").unwrap();
     p.send_line("y").unwrap();
     p.exp_string("deleted app:v1").unwrap();
+    // The registry is a local instance: gc is offered, and runs without a restart.
+    p.exp_string("Collect garbage on instance \"default\" now")
+        .unwrap();
+    p.send_line("y").unwrap();
+    p.exp_string("upload sessions removed").unwrap();
     p.exp_eof().unwrap();
     let tags = list(run(&["list-tags", &addr, "--plain-http"], None));
     assert_eq!(tags, "tools/builder:1.0\n");

@@ -72,6 +72,13 @@ pub enum Error {
         /// What was wrong.
         reason: String,
     },
+    /// A garbage collection is deleting this blob or manifest: a manifest needing it fails
+    /// like one needing a missing blob, and the client pushes it again.
+    #[error("{0} is being garbage-collected; push it again")]
+    Doomed(Digest),
+    /// The operation cannot run now (another garbage collection holds the storage).
+    #[error("{0}")]
+    Busy(String),
     /// The storage backend failed.
     #[error("storage: {0}")]
     Storage(#[from] object_store::Error),

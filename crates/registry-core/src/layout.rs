@@ -17,6 +17,9 @@
 //! uploads/<id>/part-<offset, 20 digits>-<nonce>    bytes of one chunk, starting at <offset>; the
 //!                                                  nonce keeps racing writers of one offset apart
 //! lost+found/<unix time>/<key>                     what `fsck --repair` moved aside
+//! gc/lease                                         a running garbage collection (see store::gc)
+//! gc/pins/<id>                                     digests a writer is about to depend on
+//! gc/doomed/<alg>/<hex>                            a digest a collection is deleting
 //! ```
 //!
 //! Repository path components never start with `_` (the name grammar forbids it), so the `_…`
@@ -162,6 +165,31 @@ pub fn upload_state(id: &str) -> Path {
 /// One chunk of an upload session, written by one request (`nonce` tells requests apart).
 pub fn upload_part(id: &str, offset: u64, nonce: &str) -> Path {
     upload_dir(id).join(format!("part-{offset:020}-{nonce}"))
+}
+
+/// The lease of a running garbage collection.
+pub fn gc_lease() -> Path {
+    Path::from("gc/lease")
+}
+
+/// The directory of writers' pins.
+pub fn gc_pins_root() -> Path {
+    Path::from("gc/pins")
+}
+
+/// One writer's pin.
+pub fn gc_pin(id: &str) -> Path {
+    gc_pins_root().join(id)
+}
+
+/// The directory of doomed marks.
+pub fn gc_doomed_root() -> Path {
+    Path::from("gc/doomed")
+}
+
+/// The mark of a digest a collection is deleting.
+pub fn gc_doomed(d: &Digest) -> Path {
+    join(&["gc", "doomed", d.algorithm().as_str(), d.hex()])
 }
 
 /// A key that is never written; reading it proves the backend answers.

@@ -34,7 +34,9 @@ pub use storage::{
     BlobRead, BlobStore, ByteStream, CatalogStore, ManifestInfo, ManifestStore, Page, PutManifest,
     ReferrerStore, Storage, UploadStatus, UploadStore,
 };
-pub use store::{FsckSummary, ObjectRegistry, Problem, StoreOptions};
+pub use store::{
+    Deletion, FsckSummary, GcOptions, GcSummary, ObjectRegistry, Problem, StoreOptions,
+};
 
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;

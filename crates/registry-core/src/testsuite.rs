@@ -81,6 +81,7 @@ pub async fn run_all_backends<F: Fn() -> Backend>(fresh: F) {
     concurrent_pushes_of_one_blob(registry(fresh())).await;
     sha512_blobs(registry(fresh())).await;
     fsck_finds_and_repairs(fresh()).await;
+    gc_deletes_only_garbage(registry(fresh())).await;
 }
 
 /// A body of `data` in chunks of `chunk` bytes.
@@ -831,4 +832,177 @@ async fn fsck_finds_and_repairs(backend: Backend) {
         .manifest_info(&r, &Reference::Tag("v1".parse().unwrap()))
         .await;
     assert_eq!(v1.unwrap().digest, put.digest);
+}
+
+/// Pushes `m` under `reference`; returns its digest.
+async fn put(
+    s: &ObjectRegistry,
+    r: &RepoName,
+    reference: &str,
+    media_type: &str,
+    m: &[u8],
+) -> Digest {
+    let reference: Reference = match reference.parse::<Digest>() {
+        Ok(d) => Reference::Digest(d),
+        Err(_) => Reference::Tag(reference.parse().unwrap()),
+    };
+    let put = s.manifest_put(r, &reference, Some(media_type), m.to_vec().into(), &[]);
+    put.await.unwrap().digest
+}
+
+/// Garbage collection keeps everything reachable (tags; untagged revisions unless
+/// delete_untagged; children of a tagged index; referrers of kept manifests; layers shared
+/// with deleted images) and deletes the rest; a dry run deletes nothing; the grace period
+/// keeps what is young.
+async fn gc_deletes_only_garbage(s: ObjectRegistry) {
+    use crate::store::GcOptions;
+    let r = repo("gc/app");
+    let blob = |n: usize, seed: u8| data(n, seed);
+    let (base, only_a, only_b, orphan) = (
+        blob(3000, 41),
+        blob(3100, 42),
+        blob(3200, 43),
+        blob(3300, 44),
+    );
+    let cfg = b"{}".to_vec();
+    let dcfg = push_blob(&s, &r, &cfg).await;
+    let dbase = push_blob(&s, &r, &base).await;
+    let da = push_blob(&s, &r, &only_a).await;
+    let db = push_blob(&s, &r, &only_b).await;
+    let dorphan = push_blob(&s, &r, &orphan).await;
+    let a = image_manifest(&dcfg, 2, &[(dbase.clone(), 3000), (da.clone(), 3100)], None);
+    let b = image_manifest(&dcfg, 2, &[(dbase.clone(), 3000), (db.clone(), 3200)], None);
+    let ma = put(&s, &r, "a", OCI_MANIFEST, &a).await;
+    let mb = put(&s, &r, "b", OCI_MANIFEST, &b).await;
+    // A multi-arch index whose children are untagged, and a signature of `a`.
+    let (c1, c2) = (blob(500, 45), blob(600, 46));
+    let (dc1, dc2) = (push_blob(&s, &r, &c1).await, push_blob(&s, &r, &c2).await);
+    let child1 = image_manifest(&dcfg, 2, &[(dc1.clone(), 500)], None);
+    let child2 = image_manifest(&dcfg, 2, &[(dc2.clone(), 600)], None);
+    let mc1 = put(
+        &s,
+        &r,
+        &Digest::of(Algorithm::Sha256, &child1).to_string(),
+        OCI_MANIFEST,
+        &child1,
+    )
+    .await;
+    let mc2 = put(
+        &s,
+        &r,
+        &Digest::of(Algorithm::Sha256, &child2).to_string(),
+        OCI_MANIFEST,
+        &child2,
+    )
+    .await;
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_INDEX,
+        "manifests": [
+            {"mediaType": OCI_MANIFEST, "digest": mc1.to_string(), "size": child1.len()},
+            {"mediaType": OCI_MANIFEST, "digest": mc2.to_string(), "size": child2.len()},
+        ]
+    }))
+    .unwrap();
+    let mi = put(&s, &r, "multi", OCI_INDEX, &index).await;
+    let sig = image_manifest(&dcfg, 2, &[], Some(&ma));
+    let msig = put(
+        &s,
+        &r,
+        &Digest::of(Algorithm::Sha256, &sig).to_string(),
+        OCI_MANIFEST,
+        &sig,
+    )
+    .await;
+    // `b` loses its tag.
+    s.manifest_delete(&r, &Reference::Tag("b".parse().unwrap()))
+        .await
+        .unwrap();
+
+    let now = |delete_untagged: bool, dry_run: bool| GcOptions {
+        dry_run,
+        delete_untagged,
+        grace: Duration::ZERO,
+        settle: Duration::ZERO,
+        ..GcOptions::default()
+    };
+    // The grace period keeps everything young.
+    let young = GcOptions {
+        grace: Duration::from_secs(3600),
+        settle: Duration::ZERO,
+        delete_untagged: true,
+        ..GcOptions::default()
+    };
+    let kept = s.gc(&young, |d| panic!("young {d:?}")).await.unwrap();
+    assert_eq!((kept.manifests, kept.links, kept.blobs), (0, 0, 0));
+    // Objects must be older than the cutoff's second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Untagged revisions are roots: only the orphan blob goes.
+    let mut gone = Vec::new();
+    let dry = s
+        .gc(&now(false, true), |d| gone.push(d.path.clone()))
+        .await
+        .unwrap();
+    assert_eq!((dry.manifests, dry.links, dry.blobs), (0, 1, 1), "{gone:?}");
+    assert!(
+        s.blob_size(&r, &dorphan).await.is_ok(),
+        "a dry run deletes nothing"
+    );
+    let first = s.gc(&now(false, false), |_| {}).await.unwrap();
+    assert_eq!((first.manifests, first.links, first.blobs), (0, 1, 1));
+    assert!(matches!(
+        s.blob_size(&r, &dorphan).await,
+        Err(Error::BlobUnknown(_))
+    ));
+    assert!(s
+        .manifest_info(&r, &Reference::Digest(mb.clone()))
+        .await
+        .is_ok());
+    // delete_untagged: b and its own layer go; the base layer, the index's children and the
+    // signature of a stay.
+    let mut deleted = Vec::new();
+    let second = s
+        .gc(&now(true, false), |d| deleted.push(d.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        (second.manifests, second.links, second.blobs),
+        (1, 1, 1),
+        "{deleted:?}"
+    );
+    assert!(deleted
+        .iter()
+        .any(|d| d.kind == "manifest" && d.path.contains(mb.hex())));
+    assert!(deleted
+        .iter()
+        .any(|d| d.kind == "blob" && d.path.contains(db.hex()) && d.size == 3200));
+    assert!(matches!(
+        s.manifest_info(&r, &Reference::Digest(mb)).await,
+        Err(Error::ManifestUnknown(_))
+    ));
+    for (d, bytes) in [
+        (&dbase, &base),
+        (&da, &only_a),
+        (&dc1, &c1),
+        (&dc2, &c2),
+        (&dcfg, &cfg),
+    ] {
+        assert_eq!(&read_all(&s, &r, d, None).await, bytes);
+    }
+    for m in [&ma, &mi, &mc1, &mc2, &msig] {
+        assert!(
+            s.manifest_info(&r, &Reference::Digest(m.clone()))
+                .await
+                .is_ok(),
+            "{m} kept"
+        );
+    }
+    assert_eq!(s.referrers(&r, &ma).await.unwrap().len(), 1);
+    // Nothing left to collect, and the store is whole.
+    let third = s
+        .gc(&now(true, false), |d| panic!("again: {d:?}"))
+        .await
+        .unwrap();
+    assert_eq!(third, crate::store::GcSummary::default());
+    let check = s.fsck(false, |p| panic!("after gc: {p}")).await.unwrap();
+    assert_eq!(check.problems, 0);
 }

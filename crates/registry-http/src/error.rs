@@ -155,6 +155,8 @@ impl From<CoreError> for ApiError {
             CoreError::Body(_) => (ErrorCode::BlobUploadInvalid, None),
             CoreError::Corrupt { .. } => (ErrorCode::Unknown, None),
             CoreError::Storage(_) => (ErrorCode::Unavailable, None),
+            CoreError::Doomed(d) => (ErrorCode::ManifestBlobUnknown, Some(json!({ "digest": d }))),
+            CoreError::Busy(_) => (ErrorCode::Unavailable, None),
             _ => (ErrorCode::Unknown, None),
         };
         ApiError {

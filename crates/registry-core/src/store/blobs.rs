@@ -115,11 +115,23 @@ impl BlobStore for ObjectRegistry {
         let Some(size) = self.linked_size(from, digest).await? else {
             return Ok(None);
         };
-        if !self.exists(&layout::blob(digest)).await? {
-            return Ok(None);
+        // The new link depends on the stored bytes: safe against a concurrent collection.
+        let verify = async {
+            match self.exists(&layout::blob(digest)).await? {
+                true => Ok(()),
+                false => Err(Error::BlobUnknown(digest.clone())),
+            }
+        };
+        let commit = self.link_blob(repo, digest, size);
+        match self
+            .depend_on(std::slice::from_ref(digest), verify, commit)
+            .await
+        {
+            Ok(()) => Ok(Some(size)),
+            // Not mountable now: the client uploads it instead.
+            Err(Error::BlobUnknown(_) | Error::Doomed(_)) => Ok(None),
+            Err(e) => Err(e),
         }
-        self.link_blob(repo, digest, size).await?;
-        Ok(Some(size))
     }
 
     async fn blob_delete(&self, repo: &RepoName, digest: &Digest) -> Result<()> {

@@ -112,7 +112,7 @@ pub struct FsckSummary {
 }
 
 /// The digest a blob key names: `blobs/<alg>/<xx>/<hex>/data`.
-fn blob_digest(path: &Path) -> Option<Digest> {
+pub(super) fn blob_digest(path: &Path) -> Option<Digest> {
     let parts: Vec<_> = path.parts().collect();
     match parts.as_slice() {
         [b, alg, xx, hex, data]
@@ -127,7 +127,7 @@ fn blob_digest(path: &Path) -> Option<Digest> {
 }
 
 /// The digest the last two components of a link key name (`…/<alg>/<hex>`).
-fn link_digest(path: &Path) -> Option<Digest> {
+pub(super) fn link_digest(path: &Path) -> Option<Digest> {
     let parts: Vec<_> = path.parts().collect();
     let [.., alg, hex] = parts.as_slice() else {
         return None;

@@ -140,6 +140,58 @@ impl ObjectRegistry {
         }
     }
 
+    /// Stores a verified manifest: its revision, its referrer entry, its tags.
+    async fn commit_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        tags: &[Tag],
+        parsed: &manifest::ParsedManifest,
+        bytes: &Bytes,
+        digest: Digest,
+    ) -> Result<PutManifest> {
+        self.ensure_repo(repo).await?;
+
+        let size = bytes.len() as u64;
+        self.store
+            .put(
+                &layout::revision_link(repo, &digest),
+                Revision::encode(&parsed.media_type, bytes),
+            )
+            .await?;
+        if let Some(subject) = &parsed.subject {
+            let descriptor = Descriptor {
+                media_type: parsed.media_type.clone(),
+                digest: digest.clone(),
+                size,
+                artifact_type: parsed.artifact_type.clone(),
+                annotations: parsed.annotations.clone(),
+                urls: None,
+                platform: None,
+            };
+            self.put_json(
+                &layout::referrer(repo, &subject.digest, &digest),
+                &descriptor,
+            )
+            .await?;
+        }
+        let target = TagTarget {
+            digest: digest.clone(),
+            media_type: parsed.media_type.clone(),
+            size,
+        };
+        if let Reference::Tag(t) = reference {
+            self.set_tag(repo, t, &target).await?;
+        }
+        for t in tags {
+            self.set_tag(repo, t, &target).await?;
+        }
+        Ok(PutManifest {
+            digest,
+            subject: parsed.subject.as_ref().map(|s| s.digest.clone()),
+        })
+    }
+
     /// Descriptors listed in the tag-schema index `<alg>-<first 64 chars of hex>`, if any.
     async fn tag_schema_referrers(
         &self,
@@ -253,47 +305,17 @@ impl ManifestStore for ObjectRegistry {
                 });
             }
         }
-        self.check_references(repo, &parsed).await?;
-        self.ensure_repo(repo).await?;
-
-        let size = bytes.len() as u64;
-        self.store
-            .put(
-                &layout::revision_link(repo, &digest),
-                Revision::encode(&parsed.media_type, &bytes),
-            )
-            .await?;
-        if let Some(subject) = &parsed.subject {
-            let descriptor = Descriptor {
-                media_type: parsed.media_type.clone(),
-                digest: digest.clone(),
-                size,
-                artifact_type: parsed.artifact_type.clone(),
-                annotations: parsed.annotations.clone(),
-                urls: None,
-                platform: None,
-            };
-            self.put_json(
-                &layout::referrer(repo, &subject.digest, &digest),
-                &descriptor,
-            )
-            .await?;
+        // Checked and committed safely against a concurrent garbage collection.
+        let needs: Vec<Digest> = parsed
+            .required_references()
+            .map(|d| d.digest.clone())
+            .collect();
+        let verify = self.check_references(repo, &parsed);
+        let commit = self.commit_manifest(repo, reference, tags, &parsed, &bytes, digest);
+        match self.depend_on(&needs, verify, commit).await {
+            Err(Error::Doomed(d)) => Err(Error::ManifestBlobUnknown(d)),
+            other => other,
         }
-        let target = TagTarget {
-            digest: digest.clone(),
-            media_type: parsed.media_type,
-            size,
-        };
-        if let Reference::Tag(t) = reference {
-            self.set_tag(repo, t, &target).await?;
-        }
-        for t in tags {
-            self.set_tag(repo, t, &target).await?;
-        }
-        Ok(PutManifest {
-            digest,
-            subject: parsed.subject.map(|s| s.digest),
-        })
     }
 
     async fn manifest_info(&self, repo: &RepoName, reference: &Reference) -> Result<ManifestInfo> {

@@ -8,6 +8,7 @@
 mod blobs;
 mod catalog;
 mod fsck;
+mod gc;
 mod manifests;
 mod uploads;
 
@@ -22,6 +23,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use fsck::{FsckSummary, Problem};
+pub use gc::{Deletion, GcOptions, GcSummary};
 
 use crate::error::{Error, Result};
 use crate::layout;
@@ -76,6 +78,8 @@ pub struct ObjectRegistry {
     /// The sorted catalog with the `catalog_generation` it was listed under. A cache only, like
     /// `tag_lists`.
     catalog: Arc<Mutex<Option<CachedCatalog>>>,
+    /// What this process last saw of a garbage collection's lease.
+    lease: Arc<gc::LeaseView>,
 }
 
 type CachedCatalog = (Bytes, Arc<Vec<RepoName>>);
@@ -106,6 +110,7 @@ impl ObjectRegistry {
             tag_lists: Arc::default(),
             presigner: None,
             catalog: Arc::default(),
+            lease: Arc::default(),
         }
     }
 

@@ -380,28 +380,36 @@ impl ObjectRegistry {
         body: ByteStream,
     ) -> Result<u64> {
         let target = layout::blob(digest);
-        let chunks = body.map_err(|e| Error::Body(e.to_string())).boxed();
-        let exists = self.exists(&target).await?;
-        let size = self
-            .write_verified(
-                hasher,
-                chunks,
-                digest,
-                declared,
-                (!exists).then_some(&target),
-            )
-            .await;
-        let size = match size {
-            Ok(size) => size,
-            Err(e) => {
-                // As for other uploads: a wrong digest ends the session.
-                if matches!(e, Error::DigestMismatch { .. }) {
-                    delete_quiet(self.volatile(), &layout::upload_state(id)).await?;
+        // Taken when the commit runs: a commit refused before it starts (a collection is
+        // deleting these bytes) leaves the body for the next attempt.
+        let body = std::sync::Mutex::new(Some((hasher, body)));
+        let size = loop {
+            let commit = async {
+                let (hasher, body) = body.lock().expect("not poisoned").take().expect("once");
+                let chunks = body.map_err(|e| Error::Body(e.to_string())).boxed();
+                let exists = self.exists(&target).await?;
+                let written = (!exists).then_some(&target);
+                let size = self
+                    .write_verified(hasher, chunks, digest, declared, written)
+                    .await?;
+                self.link_blob(repo, digest, size).await?;
+                Ok(size)
+            };
+            match self
+                .depend_on(std::slice::from_ref(digest), async { Ok(()) }, commit)
+                .await
+            {
+                Err(Error::Doomed(_)) => self.wait_until_not_doomed(digest).await?,
+                Err(e) => {
+                    // As for other uploads: a wrong digest ends the session.
+                    if matches!(e, Error::DigestMismatch { .. }) {
+                        delete_quiet(self.volatile(), &layout::upload_state(id)).await?;
+                    }
+                    return Err(e);
                 }
-                return Err(e);
+                Ok(size) => break size,
             }
         };
-        self.link_blob(repo, digest, size).await?;
         delete_quiet(self.volatile(), &layout::upload_state(id)).await?;
         Ok(size)
     }
@@ -559,13 +567,27 @@ impl UploadStore for ObjectRegistry {
             (_, None) => {}
         }
         let target = layout::blob(digest);
-        if let Err(e) = self.verify_and_publish(id, &state, digest, &target).await {
-            if matches!(e, Error::DigestMismatch { .. }) {
-                self.remove_session(id, &state).await?;
+        loop {
+            // Publishing may reuse stored bytes: safe against a concurrent collection.
+            let commit = async {
+                self.verify_and_publish(id, &state, digest, &target).await?;
+                self.link_blob(repo, digest, state.size).await
+            };
+            match self
+                .depend_on(std::slice::from_ref(digest), async { Ok(()) }, commit)
+                .await
+            {
+                // Once they are deleted, this session's own bytes are published.
+                Err(Error::Doomed(_)) => self.wait_until_not_doomed(digest).await?,
+                Err(e) => {
+                    if matches!(e, Error::DigestMismatch { .. }) {
+                        self.remove_session(id, &state).await?;
+                    }
+                    return Err(e);
+                }
+                Ok(()) => break,
             }
-            return Err(e);
         }
-        self.link_blob(repo, digest, state.size).await?;
         self.remove_session(id, &state).await?;
         Ok(state.size)
     }

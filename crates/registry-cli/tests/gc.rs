@@ -1,0 +1,248 @@
+//! `registry gc` while clients push and pull: four clients push images that share base layers,
+//! re-tagging as they go (so earlier manifests become garbage), as a client does: HEAD a blob,
+//! upload it only when missing, push the manifest, and on MANIFEST_BLOB_UNKNOWN push the blobs
+//! again. Meanwhile gc runs in a loop with no grace period and --delete-untagged. Afterwards
+//! every tagged image pulls with verified digests, fsck finds nothing wrong, and a last gc
+//! leaves exactly the blobs the tags need.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::cli::registry;
+use common::{data, oci_manifest, sha256, Server};
+use reqwest::{Client, StatusCode};
+
+/// Uploads `bytes` unless the repository has them.
+async fn ensure_blob(http: &Client, base: &str, repo: &str, bytes: &[u8], force: bool) -> String {
+    let digest = sha256(bytes);
+    let head = http
+        .head(format!("{base}/v2/{repo}/blobs/{digest}"))
+        .send()
+        .await
+        .unwrap();
+    if force || head.status() != StatusCode::OK {
+        let r = http
+            .post(format!("{base}/v2/{repo}/blobs/uploads/?digest={digest}"))
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED, "upload {digest}");
+    }
+    digest
+}
+
+/// Pushes an image of `layers` as `repo:tag`, re-pushing blobs when the registry says one is
+/// missing (a collection took it between the HEAD and the manifest).
+async fn push_image(
+    http: &Client,
+    base: &str,
+    repo: &str,
+    tag: &str,
+    config: &[u8],
+    layers: &[Vec<u8>],
+) {
+    let mut force = false;
+    for _attempt in 0..5 {
+        let dc = ensure_blob(http, base, repo, config, force).await;
+        let mut ds = Vec::new();
+        for l in layers {
+            ds.push((ensure_blob(http, base, repo, l, force).await, l.len()));
+        }
+        let refs: Vec<(&str, usize)> = ds.iter().map(|(d, n)| (d.as_str(), *n)).collect();
+        let m = oci_manifest((&dc, config.len()), &refs);
+        let r = http
+            .put(format!("{base}/v2/{repo}/manifests/{tag}"))
+            .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+            .body(m)
+            .send()
+            .await
+            .unwrap();
+        match r.status() {
+            StatusCode::CREATED => return,
+            StatusCode::BAD_REQUEST => {
+                let body = r.text().await.unwrap();
+                assert!(body.contains("MANIFEST_BLOB_UNKNOWN"), "{body}");
+                eprintln!("{repo}:{tag}: a blob went missing under the push; pushing again");
+                force = true;
+            }
+            other => panic!("manifest push: {other}"),
+        }
+    }
+    panic!("{repo}:{tag} could not be pushed in 5 attempts");
+}
+
+/// Pulls `repo:tag` and checks every digest; returns the blob digests it needs.
+async fn pull_verified(http: &Client, base: &str, repo: &str, tag: &str) -> Vec<String> {
+    let r = http
+        .get(format!("{base}/v2/{repo}/manifests/{tag}"))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{repo}:{tag}");
+    let digest = r.headers()["docker-content-digest"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let bytes = r.bytes().await.unwrap();
+    assert_eq!(sha256(&bytes), digest);
+    let m: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    let mut needed = vec![m["config"]["digest"].as_str().unwrap().to_owned()];
+    needed.extend(
+        m["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["digest"].as_str().unwrap().to_owned()),
+    );
+    for d in &needed {
+        let r = http
+            .get(format!("{base}/v2/{repo}/blobs/{d}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{repo}:{tag} needs {d}");
+        assert_eq!(&sha256(&r.bytes().await.unwrap()), d);
+    }
+    needed
+}
+
+fn blob_files(store: &Path) -> usize {
+    walk(&store.join("blobs"))
+}
+
+fn walk(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .map(|e| e.unwrap().path())
+        .map(|p| {
+            if p.is_dir() {
+                walk(&p)
+            } else {
+                usize::from(p.file_name().unwrap() == "data")
+            }
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gc_while_clients_push_and_pull() {
+    let server = Server::start(&[]);
+    let base = server.url();
+    let storage = server.data().display().to_string();
+    let home = tempfile::tempdir().unwrap();
+    let bases: Vec<Vec<u8>> = (0..3).map(|k| data(20_000 + k, 100 + k as u64)).collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+
+    // Collections in a loop, no grace, untagged manifests are garbage.
+    let collector = {
+        let (storage, home, stop) = (storage.clone(), home.path().to_owned(), stop.clone());
+        tokio::task::spawn_blocking(move || {
+            let (mut runs, mut deleted) = (0, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || runs < 2 {
+                let args = [
+                    "gc",
+                    "--storage",
+                    &storage,
+                    "--grace-period",
+                    "0s",
+                    "--delete-untagged",
+                ];
+                let out = registry(&home, &args, None);
+                assert!(
+                    out.status.success(),
+                    "gc: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let stdout = String::from_utf8(out.stdout).unwrap();
+                let manifests = stdout.lines().filter(|l| l.starts_with("deleted manifest"));
+                deleted += manifests.count();
+                runs += 1;
+            }
+            (runs, deleted)
+        })
+    };
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let (base, bases) = (base.clone(), bases.clone());
+            tokio::spawn(async move {
+                let http = Client::new();
+                let repo = format!("team/app{}", c % 2);
+                for round in 0..12 {
+                    // A shared base layer and one of the client's own, re-tagged each round.
+                    let own = data(5_000 + round, (c * 100 + round) as u64);
+                    let layers = vec![bases[(c + round) % 3].clone(), own];
+                    let config = format!("{{\"client\":{c},\"round\":{round}}}").into_bytes();
+                    let tag = format!("c{c}");
+                    push_image(&http, &base, &repo, &tag, &config, &layers).await;
+                    pull_verified(&http, &base, &repo, &tag).await;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.await.unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (runs, deleted) = collector.await.unwrap();
+    // Collections ran while clients pushed, and found re-tagged manifests to delete.
+    assert!(
+        runs >= 2 && deleted > 0,
+        "{runs} runs deleted {deleted} manifests"
+    );
+    eprintln!("{runs} collections deleted {deleted} manifests while clients pushed");
+
+    // Every tag pulls whole; the store is consistent.
+    let http = Client::new();
+    let mut needed = std::collections::BTreeSet::new();
+    for c in 0..4 {
+        needed.extend(
+            pull_verified(
+                &http,
+                &base,
+                &format!("team/app{}", c % 2),
+                &format!("c{c}"),
+            )
+            .await,
+        );
+    }
+    let out = registry(home.path(), &["fsck", "--storage", &storage], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // With no writers, one more collection leaves exactly what the tags need.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let args = [
+        "gc",
+        "--storage",
+        &storage,
+        "--grace-period",
+        "0s",
+        "--delete-untagged",
+    ];
+    let out = registry(home.path(), &args, None);
+    assert!(out.status.success());
+    assert_eq!(
+        blob_files(&server.data()),
+        needed.len(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for c in 0..4 {
+        pull_verified(
+            &http,
+            &base,
+            &format!("team/app{}", c % 2),
+            &format!("c{c}"),
+        )
+        .await;
+    }
+}

@@ -1,0 +1,659 @@
+//! Online garbage collection: deletes manifests, blob links and blobs that nothing reachable
+//! needs, while the registry keeps serving pushes and pulls, on any number of nodes sharing the
+//! storage. It never deletes anything reachable, nor anything a writer is about to depend on.
+//!
+//! # What is kept
+//! Roots are every tag and, unless `delete_untagged`, every manifest revision. From a root the
+//! mark follows index → child manifests, manifest → config and layers, manifest → subject; a
+//! referrer of a kept manifest is kept too. Whatever was written (or rewritten) less than
+//! `grace` before the collection began is kept whatever it is: an upload's blob before its
+//! manifest arrives, a manifest before its tag.
+//!
+//! # The protocol with concurrent writers
+//! A writer that makes content depend on existing objects (a manifest push needs its blobs or
+//! child manifests; finishing an upload of bytes that are already stored, or a mount, needs
+//! those bytes) could check that they exist, then commit, while a collection that found them
+//! unreferenced deletes them in between. Three kinds of small objects under `gc/` prevent it,
+//! without conditional writes (which not every S3 server honours):
+//!
+//! - `gc/lease`: written by a collection when it starts (and renewed while it runs; it expires
+//!   [`LEASE_TTL`] after its last renewal, so a killed collection stops mattering). The
+//!   collection then waits [`SETTLE`] before deciding anything.
+//! - `gc/pins/<id>`: a writer that sees a live lease writes the digests it depends on here
+//!   *before* it checks for doomed ones, and removes the pin once its commit is done.
+//! - `gc/doomed/<alg>/<hex>`: the collection writes this *before* it reads the pins, and deletes
+//!   the digest's objects only if no pin names it; then it removes the mark.
+//!
+//! Each side writes its own mark and then reads the other's. The storage is strongly
+//! consistent (read-after-write, as S3 and the filesystem are), so of a writer and a
+//! collection touching one digest, at least one sees the other's mark: either the writer sees
+//! the doomed mark (a manifest push then fails with `MANIFEST_BLOB_UNKNOWN` and the client
+//! pushes the blob again; an upload waits for the deletion and stores its own bytes), or the
+//! collection sees the pin and keeps the digest.
+//!
+//! Writers look for the lease at most once per [`LEASE_CACHE`] per process, so one that
+//! checked just before a collection began may not see its lease. Such a writer re-checks
+//! before committing if more than [`RECHECK_AFTER`] passed since its check; otherwise it
+//! commits within `LEASE_CACHE + RECHECK_AFTER` of the lease being written, which is less than
+//! [`SETTLE`]: its commit is visible to the collection's mark, which starts after the settle.
+//!
+//! # Interruption
+//! Every deletion is one object, in an order that keeps the store consistent at every step:
+//! referrer entries before the manifest, a manifest before nothing needs it, links before the
+//! bytes. A killed collection leaves at most a lease (it expires), doomed marks and pins (stale
+//! once the lease is gone; writers ignore them and the next collection removes them), and some
+//! garbage, which the next collection finds again.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use super::ObjectRegistry;
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::layout;
+use crate::manifest::{self, ManifestKind};
+use crate::names::RepoName;
+
+/// A lease expires this long after its last renewal.
+pub const LEASE_TTL: Duration = Duration::from_secs(60);
+/// How often a running collection renews its lease.
+const LEASE_RENEW: Duration = Duration::from_secs(15);
+/// How long a writer trusts what it saw of the lease.
+pub const LEASE_CACHE: Duration = Duration::from_secs(1);
+/// A writer whose check of the lease is older than this re-checks before committing.
+pub const RECHECK_AFTER: Duration = Duration::from_secs(2);
+/// How long a collection waits after writing its lease before it marks.
+pub const SETTLE: Duration = Duration::from_secs(5);
+
+/// How a collection runs.
+#[derive(Debug, Clone)]
+pub struct GcOptions {
+    /// Report what would be deleted, delete nothing.
+    pub dry_run: bool,
+    /// Manifests reachable from no tag are garbage too (children of tagged indexes and
+    /// referrers of kept manifests are still kept).
+    pub delete_untagged: bool,
+    /// What was written less than this before the collection began is kept.
+    pub grace: Duration,
+    /// Upload sessions idle for longer than this are removed.
+    pub upload_max_age: Duration,
+    /// The wait after writing the lease (see the module documentation); only tests that
+    /// have no concurrent writers shorten it.
+    pub settle: Duration,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions {
+            dry_run: false,
+            delete_untagged: false,
+            grace: Duration::from_secs(3600),
+            upload_max_age: Duration::from_secs(24 * 3600),
+            settle: SETTLE,
+        }
+    }
+}
+
+/// One thing a collection deleted (or would delete).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deletion {
+    /// The key.
+    pub path: String,
+    /// What it is: "manifest", "link", "blob", "upload".
+    pub kind: &'static str,
+    /// Bytes freed.
+    pub size: u64,
+}
+
+/// What a collection did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GcSummary {
+    /// Manifest revisions deleted.
+    pub manifests: u64,
+    /// Blob links deleted.
+    pub links: u64,
+    /// Blobs deleted.
+    pub blobs: u64,
+    /// Bytes of the blobs and manifests deleted.
+    pub bytes: u64,
+    /// Upload sessions removed.
+    pub uploads: u64,
+    /// Garbage kept because a writer depended on it at the time.
+    pub pinned: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Lease {
+    owner: String,
+    /// Unix seconds (the collecting node's clock) after which the lease is dead.
+    expires: u64,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// What a writer last saw of the lease.
+#[derive(Debug, Default)]
+pub(super) struct LeaseView {
+    seen: Mutex<Option<(Instant, bool)>>,
+}
+
+impl ObjectRegistry {
+    /// Whether a collection is running, as seen at most [`LEASE_CACHE`] ago (`fresh` forces a
+    /// look).
+    async fn lease_active(&self, fresh: bool) -> Result<bool> {
+        if !fresh {
+            if let Some((at, active)) = *self.lease.seen.lock().expect("not poisoned") {
+                if at.elapsed() < LEASE_CACHE {
+                    return Ok(active);
+                }
+            }
+        }
+        let at = Instant::now();
+        let active = match self.get_json::<Lease>(&layout::gc_lease()).await {
+            Ok(Some(lease)) => lease.expires > unix_now(),
+            Ok(None) => false,
+            // A torn lease: treat as live until a collection rewrites or removes it.
+            Err(Error::Corrupt { .. }) => true,
+            Err(e) => return Err(e),
+        };
+        *self.lease.seen.lock().expect("not poisoned") = Some((at, active));
+        Ok(active)
+    }
+
+    /// Runs `commit`, which makes content depend on `digests` after `verify` checked that
+    /// they exist, safely against a concurrent collection (see the module documentation).
+    /// Fails with [`Error::Doomed`] when a collection is deleting one of them.
+    pub(super) async fn depend_on<T>(
+        &self,
+        digests: &[Digest],
+        verify: impl std::future::Future<Output = Result<()>>,
+        commit: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let checked = Instant::now();
+        let mut active = self.lease_active(false).await?;
+        if !active {
+            verify.await?;
+            if checked.elapsed() > RECHECK_AFTER {
+                active = self.lease_active(true).await?;
+            }
+            if !active {
+                return commit.await;
+            }
+            // A collection began meanwhile: depend on the digests the safe way.
+            return self.pinned(digests, async { Ok(()) }, commit).await;
+        }
+        self.pinned(digests, verify, commit).await
+    }
+
+    async fn pinned<T>(
+        &self,
+        digests: &[Digest],
+        verify: impl std::future::Future<Output = Result<()>>,
+        commit: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let pin = layout::gc_pin(&uuid::Uuid::new_v4().simple().to_string());
+        let names: Vec<String> = digests.iter().map(|d| d.to_string()).collect();
+        self.put_json(&pin, &names).await?;
+        let result = async {
+            for d in digests {
+                if self.exists(&layout::gc_doomed(d)).await? {
+                    return Err(Error::Doomed(d.clone()));
+                }
+            }
+            verify.await?;
+            commit.await
+        }
+        .await;
+        self.delete_quiet(&pin).await?;
+        result
+    }
+
+    /// Waits (up to a minute) until no collection is deleting `digest`.
+    pub(super) async fn wait_until_not_doomed(&self, digest: &Digest) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.exists(&layout::gc_doomed(digest)).await? {
+            if Instant::now() > deadline || !self.lease_active(true).await? {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
+    /// Collects garbage (see the module documentation), calling `report` for each deletion.
+    pub async fn gc(
+        &self,
+        options: &GcOptions,
+        mut report: impl FnMut(&Deletion),
+    ) -> Result<GcSummary> {
+        let owner = uuid::Uuid::new_v4().simple().to_string();
+        let lease_path = layout::gc_lease();
+        if let Some(other) = self.get_json::<Lease>(&lease_path).await.ok().flatten() {
+            if other.expires > unix_now() && !options.dry_run {
+                return Err(Error::Busy(
+                    "another garbage collection is running on this storage".into(),
+                ));
+            }
+        }
+        if !options.dry_run {
+            self.write_lease(&owner).await?;
+        }
+        let result = async {
+            // The storage's own clock (unix seconds): object times are compared with it.
+            let now = match options.dry_run {
+                true => unix_now(),
+                false => {
+                    tokio::time::sleep(options.settle).await;
+                    let meta = self.store.head(&lease_path).await?;
+                    meta.last_modified.timestamp().max(0) as u64
+                }
+            };
+            let cutoff = now.saturating_sub(options.grace.as_secs());
+            let mut renewed = Instant::now();
+            let mut renew = || {
+                let due = renewed.elapsed() > LEASE_RENEW && !options.dry_run;
+                if due {
+                    renewed = Instant::now();
+                }
+                due
+            };
+            let mut summary = GcSummary::default();
+            let live = self.mark(options).await?;
+            if renew() {
+                self.write_lease(&owner).await?;
+            }
+            // Manifests and links, repository by repository.
+            let mut linked: HashSet<Digest> = HashSet::new();
+            for (repo, kept) in &live {
+                for meta in self.list_all(&layout::revisions_dir(repo)).await? {
+                    let Some(d) = super::fsck::link_digest(&meta.location) else {
+                        continue;
+                    };
+                    if kept.manifests.contains(&d) || is_young(&meta, cutoff) {
+                        continue;
+                    }
+                    if self
+                        .sweep(&d, options, &mut summary, || async {
+                            self.delete_manifest_objects(repo, &d).await
+                        })
+                        .await?
+                    {
+                        summary.manifests += 1;
+                        summary.bytes += meta.size;
+                        report(&Deletion {
+                            path: meta.location.to_string(),
+                            kind: "manifest",
+                            size: meta.size,
+                        });
+                    }
+                }
+                for meta in self.list_all(&layout::layers_dir(repo)).await? {
+                    let Some(d) = super::fsck::link_digest(&meta.location) else {
+                        continue;
+                    };
+                    if kept.blobs.contains(&d) || is_young(&meta, cutoff) {
+                        linked.insert(d);
+                        continue;
+                    }
+                    let path = meta.location.clone();
+                    if self
+                        .sweep(&d, options, &mut summary, || async {
+                            self.delete_quiet(&path).await
+                        })
+                        .await?
+                    {
+                        summary.links += 1;
+                        report(&Deletion {
+                            path: meta.location.to_string(),
+                            kind: "link",
+                            size: 0,
+                        });
+                    } else {
+                        linked.insert(d);
+                    }
+                }
+                if renew() {
+                    self.write_lease(&owner).await?;
+                }
+            }
+            // Bytes no repository links any more.
+            for meta in self.list_all(&layout::blobs_root()).await? {
+                let Some(d) = super::fsck::blob_digest(&meta.location) else {
+                    continue;
+                };
+                if linked.contains(&d) || is_young(&meta, cutoff) {
+                    continue;
+                }
+                let path = meta.location.clone();
+                if self
+                    .sweep(&d, options, &mut summary, || async {
+                        self.delete_quiet(&path).await
+                    })
+                    .await?
+                {
+                    summary.blobs += 1;
+                    summary.bytes += meta.size;
+                    report(&Deletion {
+                        path: meta.location.to_string(),
+                        kind: "blob",
+                        size: meta.size,
+                    });
+                }
+                if renew() {
+                    self.write_lease(&owner).await?;
+                }
+            }
+            if !options.dry_run {
+                summary.uploads =
+                    crate::storage::UploadStore::upload_purge(self, options.upload_max_age).await?
+                        as u64;
+                // Marks left by a killed collection.
+                for meta in self.list_all(&layout::gc_doomed_root()).await? {
+                    self.delete_quiet(&meta.location).await?;
+                }
+                for meta in self.list_all(&layout::gc_pins_root()).await? {
+                    if stamp(&meta) + LEASE_TTL.as_secs() < now {
+                        self.delete_quiet(&meta.location).await?;
+                    }
+                }
+            }
+            Ok(summary)
+        }
+        .await;
+        if !options.dry_run {
+            // Only our own lease.
+            if let Ok(Some(lease)) = self.get_json::<Lease>(&lease_path).await {
+                if lease.owner == owner {
+                    self.delete_quiet(&lease_path).await?;
+                }
+            }
+        }
+        result
+    }
+
+    /// Writes (or renews) this collection's lease.
+    async fn write_lease(&self, owner: &str) -> Result<()> {
+        let lease = Lease {
+            owner: owner.to_owned(),
+            expires: unix_now() + LEASE_TTL.as_secs(),
+        };
+        self.put_json(&layout::gc_lease(), &lease).await
+    }
+
+    /// Deletes `digest`'s objects with `delete` unless a writer depends on it; returns whether
+    /// it was deleted (in a dry run: whether it would be).
+    async fn sweep<F, Fut>(
+        &self,
+        digest: &Digest,
+        options: &GcOptions,
+        summary: &mut GcSummary,
+        delete: F,
+    ) -> Result<bool>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
+        if options.dry_run {
+            return Ok(true);
+        }
+        let doomed = layout::gc_doomed(digest);
+        self.store
+            .put(&doomed, PutPayload::from_static(b""))
+            .await?;
+        let pinned = self.pinned_digests().await?;
+        let deleted = if pinned.contains(&digest.to_string()) {
+            summary.pinned += 1;
+            false
+        } else {
+            delete().await?;
+            true
+        };
+        self.delete_quiet(&doomed).await?;
+        Ok(deleted)
+    }
+
+    async fn pinned_digests(&self) -> Result<HashSet<String>> {
+        let mut all = HashSet::new();
+        for meta in self.list_all(&layout::gc_pins_root()).await? {
+            if let Some(names) = self
+                .get_json::<Vec<String>>(&meta.location)
+                .await
+                .ok()
+                .flatten()
+            {
+                all.extend(names);
+            }
+        }
+        Ok(all)
+    }
+
+    async fn list_all(&self, dir: &Path) -> Result<Vec<ObjectMeta>> {
+        Ok(self.store.list(Some(dir)).try_collect().await?)
+    }
+
+    /// A manifest's referrer entries, then the manifest itself.
+    async fn delete_manifest_objects(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+        let path = layout::revision_link(repo, digest);
+        if let Some(raw) = self.get_small(&path).await? {
+            if let Ok((media_type, bytes)) = super::manifests::decode_revision(&path, raw) {
+                if let Ok(parsed) = manifest::parse(Some(&media_type), &bytes) {
+                    if let Some(subject) = parsed.subject {
+                        self.delete_quiet(&layout::referrer(repo, &subject.digest, digest))
+                            .await?;
+                    }
+                }
+            }
+        }
+        self.delete_quiet(&path).await
+    }
+
+    /// What each repository keeps.
+    async fn mark(&self, options: &GcOptions) -> Result<HashMap<RepoName, Kept>> {
+        let mut live = HashMap::new();
+        for repo in self.all_repositories().await?.iter() {
+            live.insert(repo.clone(), self.mark_repository(repo, options).await?);
+        }
+        Ok(live)
+    }
+
+    async fn mark_repository(&self, repo: &RepoName, options: &GcOptions) -> Result<Kept> {
+        // Every revision, parsed once: what it needs and what it refers to.
+        let mut revisions: HashMap<Digest, Option<manifest::ParsedManifest>> = HashMap::new();
+        for meta in self.list_all(&layout::revisions_dir(repo)).await? {
+            let Some(d) = super::fsck::link_digest(&meta.location) else {
+                continue;
+            };
+            let parsed = match self.get_small(&meta.location).await? {
+                Some(raw) => super::manifests::decode_revision(&meta.location, raw)
+                    .ok()
+                    .and_then(|(t, b)| manifest::parse(Some(&t), &b).ok()),
+                None => continue,
+            };
+            revisions.insert(d, parsed);
+        }
+        let mut roots: Vec<Digest> = Vec::new();
+        for meta in self.list_all(&layout::tags_dir(repo)).await? {
+            if let Ok(Some(v)) = self.get_json::<serde_json::Value>(&meta.location).await {
+                if let Some(d) = v["digest"].as_str().and_then(|d| d.parse().ok()) {
+                    roots.push(d);
+                }
+            }
+        }
+        if !options.delete_untagged {
+            roots.extend(revisions.keys().cloned());
+        }
+        let mut kept = Kept::default();
+        // Referrers by subject, to keep the referrers of kept manifests.
+        let mut referrers: HashMap<Digest, Vec<Digest>> = HashMap::new();
+        for (d, parsed) in &revisions {
+            if let Some(s) = parsed.as_ref().and_then(|p| p.subject.as_ref()) {
+                referrers
+                    .entry(s.digest.clone())
+                    .or_default()
+                    .push(d.clone());
+            }
+        }
+        while let Some(d) = roots.pop() {
+            if !kept.manifests.insert(d.clone()) {
+                continue;
+            }
+            roots.extend(referrers.get(&d).into_iter().flatten().cloned());
+            let Some(Some(parsed)) = revisions.get(&d) else {
+                continue;
+            };
+            if let Some(s) = &parsed.subject {
+                roots.push(s.digest.clone());
+            }
+            match parsed.kind {
+                ManifestKind::Image => {
+                    kept.blobs
+                        .extend(parsed.references.iter().map(|r| r.digest.clone()));
+                }
+                ManifestKind::Index => {
+                    for r in &parsed.references {
+                        roots.push(r.digest.clone());
+                        // Index entries that are blobs (artifacts) are kept as blobs too.
+                        kept.blobs.insert(r.digest.clone());
+                    }
+                }
+            }
+        }
+        Ok(kept)
+    }
+}
+
+/// What one repository keeps.
+#[derive(Debug, Default)]
+struct Kept {
+    manifests: HashSet<Digest>,
+    blobs: HashSet<Digest>,
+}
+
+/// When an object was last written, unix seconds of the storage's clock.
+fn stamp(meta: &ObjectMeta) -> u64 {
+    meta.last_modified.timestamp().max(0) as u64
+}
+
+/// Written at or after `cutoff` (whole seconds: an object of the cutoff's second is young).
+fn is_young(meta: &ObjectMeta, cutoff: u64) -> bool {
+    stamp(meta) >= cutoff
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{BlobStore, ManifestStore};
+    use crate::testsuite::{data, image_manifest, push_blob};
+    use crate::{Reference, StoreOptions};
+    use object_store::memory::InMemory;
+    use std::sync::Arc;
+
+    fn registry() -> ObjectRegistry {
+        ObjectRegistry::new(Arc::new(InMemory::new()), StoreOptions::default())
+    }
+
+    /// The two halves of the protocol, one at a time: a writer that finds a doomed mark fails
+    /// cleanly, and a collection that finds a pin keeps the digest.
+    #[tokio::test]
+    async fn doomed_marks_and_pins() {
+        let s = registry();
+        let r: RepoName = "p/q".parse().unwrap();
+        let layer = data(1000, 1);
+        let d = push_blob(&s, &r, &layer).await;
+        let m = image_manifest(&d, 1000, &[], None);
+        // A collection is running (writers see it within LEASE_CACHE; a collection waits
+        // longer than that before it marks) and deleting d.
+        s.write_lease("other").await.unwrap();
+        tokio::time::sleep(LEASE_CACHE + Duration::from_millis(100)).await;
+        s.store
+            .put(&layout::gc_doomed(&d), PutPayload::from_static(b""))
+            .await
+            .unwrap();
+        let tag = Reference::Tag("t".parse().unwrap());
+        let err = s
+            .manifest_put(
+                &r,
+                &tag,
+                Some(crate::manifest::OCI_MANIFEST),
+                m.clone().into(),
+                &[],
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::ManifestBlobUnknown(ref x) if *x == d),
+            "{err:?}"
+        );
+        assert!(
+            s.manifest_info(&r, &tag).await.is_err(),
+            "nothing committed"
+        );
+        // Mounting it elsewhere falls back to an upload.
+        let other: RepoName = "p/other".parse().unwrap();
+        assert_eq!(s.blob_mount(&other, &r, &d).await.unwrap(), None);
+        // The mark goes: the push succeeds, and left no pin behind.
+        s.delete_quiet(&layout::gc_doomed(&d)).await.unwrap();
+        s.manifest_put(&r, &tag, Some(crate::manifest::OCI_MANIFEST), m.into(), &[])
+            .await
+            .unwrap();
+        assert!(s.pinned_digests().await.unwrap().is_empty());
+
+        // A writer's pin keeps an otherwise collectable blob.
+        let orphan = push_blob(&s, &r, &data(2000, 2)).await;
+        s.put_json(&layout::gc_pin("writer"), &vec![orphan.to_string()])
+            .await
+            .unwrap();
+        s.delete_quiet(&layout::gc_lease()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let options = GcOptions {
+            grace: Duration::ZERO,
+            settle: Duration::ZERO,
+            ..GcOptions::default()
+        };
+        let summary = s.gc(&options, |_| {}).await.unwrap();
+        assert_eq!(
+            (summary.links, summary.blobs, summary.pinned),
+            (0, 0, 1),
+            "{summary:?}"
+        );
+        assert!(s.blob_size(&r, &orphan).await.is_ok());
+        // Once the writer is done (its pin gone), the next collection takes it.
+        s.delete_quiet(&layout::gc_pin("writer")).await.unwrap();
+        let summary = s.gc(&options, |_| {}).await.unwrap();
+        assert_eq!((summary.links, summary.blobs), (1, 1), "{summary:?}");
+    }
+
+    /// A second collection while one holds the lease is refused; an expired lease (a killed
+    /// collection) is not in the way.
+    #[tokio::test]
+    async fn one_collection_at_a_time() {
+        let s = registry();
+        let options = GcOptions {
+            settle: Duration::ZERO,
+            ..GcOptions::default()
+        };
+        s.write_lease("running").await.unwrap();
+        assert!(matches!(s.gc(&options, |_| {}).await, Err(Error::Busy(_))));
+        let dead = Lease {
+            owner: "killed".into(),
+            expires: unix_now() - 1,
+        };
+        s.put_json(&layout::gc_lease(), &dead).await.unwrap();
+        s.gc(&options, |_| {}).await.unwrap();
+        assert!(
+            !s.exists(&layout::gc_lease()).await.unwrap(),
+            "lease released"
+        );
+    }
+}
