@@ -20,7 +20,10 @@
 //!   [`LEASE_TTL`] after its last renewal, so a killed collection stops mattering). The
 //!   collection then waits [`SETTLE`] before deciding anything.
 //! - `gc/pins/<id>`: a writer that sees a live lease writes the digests it depends on here
-//!   *before* it checks for doomed ones, and removes the pin once its commit is done.
+//!   *before* it checks for doomed ones. The pin stays after the writer's commit (which the
+//!   collection's mark may not have seen) until the collection ends and removes every pin. A
+//!   writer whose pin is older than [`RECHECK_AFTER`] when it is about to commit writes it and
+//!   checks again (the collection may have ended and another begun).
 //! - `gc/doomed/<alg>/<hex>`: the collection writes this *before* it reads the pins, and deletes
 //!   the digest's objects only if no pin names it; then it removes the mark.
 //!
@@ -205,18 +208,27 @@ impl ObjectRegistry {
         let pin = layout::gc_pin(&uuid::Uuid::new_v4().simple().to_string());
         let names: Vec<String> = digests.iter().map(|d| d.to_string()).collect();
         self.put_json(&pin, &names).await?;
-        let result = async {
-            for d in digests {
-                if self.exists(&layout::gc_doomed(d)).await? {
-                    return Err(Error::Doomed(d.clone()));
-                }
-            }
-            verify.await?;
-            commit.await
+        self.check_not_doomed(digests).await?;
+        let pinned_at = Instant::now();
+        verify.await?;
+        if pinned_at.elapsed() > RECHECK_AFTER {
+            // The collection may have ended (removing the pin) and another begun.
+            self.put_json(&pin, &names).await?;
+            self.check_not_doomed(digests).await?;
         }
-        .await;
-        self.delete_quiet(&pin).await?;
-        result
+        // The pin stays after the commit: the running collection's mark did not see the
+        // commit, so the pin is what keeps these digests. The collection removes every pin
+        // when it ends.
+        commit.await
+    }
+
+    async fn check_not_doomed(&self, digests: &[Digest]) -> Result<()> {
+        for d in digests {
+            if self.exists(&layout::gc_doomed(d)).await? {
+                return Err(Error::Doomed(d.clone()));
+            }
+        }
+        Ok(())
     }
 
     /// Waits (up to a minute) until no collection is deleting `digest`.
@@ -269,87 +281,73 @@ impl ObjectRegistry {
                 due
             };
             let mut summary = GcSummary::default();
-            let live = self.mark(options).await?;
+            let live = self.mark(options, cutoff).await?;
             if renew() {
                 self.write_lease(&owner).await?;
             }
-            // Manifests and links, repository by repository.
+            // Manifests and links, repository by repository, in batches (see `doom`).
+            let mut pins = Pins::default();
             let mut linked: HashSet<Digest> = HashSet::new();
             for (repo, kept) in &live {
-                for meta in self.list_all(&layout::revisions_dir(repo)).await? {
-                    let Some(d) = super::fsck::link_digest(&meta.location) else {
-                        continue;
-                    };
-                    if kept.manifests.contains(&d) || is_young(&meta, cutoff) {
-                        continue;
-                    }
-                    if self
-                        .sweep(&d, options, &mut summary, || async {
-                            self.delete_manifest_objects(repo, &d).await
-                        })
-                        .await?
-                    {
+                let metas = self.list_all(&layout::revisions_dir(repo)).await?;
+                let garbage = candidates(metas, super::fsck::link_digest, |d, meta| {
+                    !kept.manifests.contains(d) && !is_young(meta, cutoff)
+                });
+                for batch in garbage.chunks(BATCH) {
+                    let free = self.doom(batch, options, &mut pins, &mut summary).await?;
+                    for (d, meta) in batch.iter().filter(|(d, _)| free.contains(d)) {
+                        if !options.dry_run {
+                            self.delete_manifest_objects(repo, d).await?;
+                        }
                         summary.manifests += 1;
                         summary.bytes += meta.size;
-                        report(&Deletion {
-                            path: meta.location.to_string(),
-                            kind: "manifest",
-                            size: meta.size,
-                        });
+                        report(&deletion(meta, "manifest", meta.size));
                     }
+                    self.undoom(batch, options).await?;
                 }
-                for meta in self.list_all(&layout::layers_dir(repo)).await? {
-                    let Some(d) = super::fsck::link_digest(&meta.location) else {
-                        continue;
-                    };
-                    if kept.blobs.contains(&d) || is_young(&meta, cutoff) {
-                        linked.insert(d);
-                        continue;
+                let metas = self.list_all(&layout::layers_dir(repo)).await?;
+                let garbage = candidates(metas, super::fsck::link_digest, |d, meta| {
+                    let keep = kept.blobs.contains(d) || is_young(meta, cutoff);
+                    if keep {
+                        linked.insert(d.clone());
                     }
-                    let path = meta.location.clone();
-                    if self
-                        .sweep(&d, options, &mut summary, || async {
-                            self.delete_quiet(&path).await
-                        })
-                        .await?
-                    {
+                    !keep
+                });
+                for batch in garbage.chunks(BATCH) {
+                    let free = self.doom(batch, options, &mut pins, &mut summary).await?;
+                    for (d, meta) in batch {
+                        if !free.contains(d) {
+                            linked.insert(d.clone());
+                            continue;
+                        }
+                        if !options.dry_run {
+                            self.delete_quiet(&meta.location).await?;
+                        }
                         summary.links += 1;
-                        report(&Deletion {
-                            path: meta.location.to_string(),
-                            kind: "link",
-                            size: 0,
-                        });
-                    } else {
-                        linked.insert(d);
+                        report(&deletion(meta, "link", 0));
                     }
+                    self.undoom(batch, options).await?;
                 }
                 if renew() {
                     self.write_lease(&owner).await?;
                 }
             }
             // Bytes no repository links any more.
-            for meta in self.list_all(&layout::blobs_root()).await? {
-                let Some(d) = super::fsck::blob_digest(&meta.location) else {
-                    continue;
-                };
-                if linked.contains(&d) || is_young(&meta, cutoff) {
-                    continue;
-                }
-                let path = meta.location.clone();
-                if self
-                    .sweep(&d, options, &mut summary, || async {
-                        self.delete_quiet(&path).await
-                    })
-                    .await?
-                {
+            let metas = self.list_all(&layout::blobs_root()).await?;
+            let garbage = candidates(metas, super::fsck::blob_digest, |d, meta| {
+                !linked.contains(d) && !is_young(meta, cutoff)
+            });
+            for batch in garbage.chunks(BATCH) {
+                let free = self.doom(batch, options, &mut pins, &mut summary).await?;
+                for (_, meta) in batch.iter().filter(|(d, _)| free.contains(d)) {
+                    if !options.dry_run {
+                        self.delete_quiet(&meta.location).await?;
+                    }
                     summary.blobs += 1;
                     summary.bytes += meta.size;
-                    report(&Deletion {
-                        path: meta.location.to_string(),
-                        kind: "blob",
-                        size: meta.size,
-                    });
+                    report(&deletion(meta, "blob", meta.size));
                 }
+                self.undoom(batch, options).await?;
                 if renew() {
                     self.write_lease(&owner).await?;
                 }
@@ -362,10 +360,9 @@ impl ObjectRegistry {
                 for meta in self.list_all(&layout::gc_doomed_root()).await? {
                     self.delete_quiet(&meta.location).await?;
                 }
+                // Pins served this collection; writers pin again for the next one.
                 for meta in self.list_all(&layout::gc_pins_root()).await? {
-                    if stamp(&meta) + LEASE_TTL.as_secs() < now {
-                        self.delete_quiet(&meta.location).await?;
-                    }
+                    self.delete_quiet(&meta.location).await?;
                 }
             }
             Ok(summary)
@@ -391,51 +388,59 @@ impl ObjectRegistry {
         self.put_json(&layout::gc_lease(), &lease).await
     }
 
-    /// Deletes `digest`'s objects with `delete` unless a writer depends on it; returns whether
-    /// it was deleted (in a dry run: whether it would be).
-    async fn sweep<F, Fut>(
+    /// Marks `batch` doomed, then reads the writers' pins: returns the digests no pin names,
+    /// which may be deleted until [`Self::undoom`]. A dry run marks nothing and frees all.
+    async fn doom(
         &self,
-        digest: &Digest,
+        batch: &[(Digest, ObjectMeta)],
         options: &GcOptions,
+        pins: &mut Pins,
         summary: &mut GcSummary,
-        delete: F,
-    ) -> Result<bool>
-    where
-        F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<()>>,
-    {
+    ) -> Result<HashSet<Digest>> {
+        let all = batch.iter().map(|(d, _)| d.clone());
         if options.dry_run {
-            return Ok(true);
+            return Ok(all.collect());
         }
-        let doomed = layout::gc_doomed(digest);
-        self.store
-            .put(&doomed, PutPayload::from_static(b""))
-            .await?;
-        let pinned = self.pinned_digests().await?;
-        let deleted = if pinned.contains(&digest.to_string()) {
-            summary.pinned += 1;
-            false
-        } else {
-            delete().await?;
-            true
-        };
-        self.delete_quiet(&doomed).await?;
-        Ok(deleted)
+        let marks = batch.iter().map(|(d, _)| {
+            let (store, doomed) = (self.store.clone(), layout::gc_doomed(d));
+            async move { store.put(&doomed, PutPayload::from_static(b"")).await }
+        });
+        futures::future::try_join_all(marks).await?;
+        // Only after the marks are written (see the module documentation).
+        self.read_pins(pins).await?;
+        let (free, pinned): (HashSet<Digest>, HashSet<Digest>) =
+            all.partition(|d| !pins.digests.contains(&d.to_string()));
+        summary.pinned += pinned.len() as u64;
+        Ok(free)
     }
 
-    async fn pinned_digests(&self) -> Result<HashSet<String>> {
-        let mut all = HashSet::new();
+    /// Removes the doomed marks of `batch`.
+    async fn undoom(&self, batch: &[(Digest, ObjectMeta)], options: &GcOptions) -> Result<()> {
+        if options.dry_run {
+            return Ok(());
+        }
+        for (d, _) in batch {
+            self.delete_quiet(&layout::gc_doomed(d)).await?;
+        }
+        Ok(())
+    }
+
+    /// Brings `pins` up to date: every pin now in storage, reading only new ones.
+    async fn read_pins(&self, pins: &mut Pins) -> Result<()> {
         for meta in self.list_all(&layout::gc_pins_root()).await? {
-            if let Some(names) = self
-                .get_json::<Vec<String>>(&meta.location)
-                .await
-                .ok()
-                .flatten()
-            {
-                all.extend(names);
+            let key = meta.location.to_string();
+            if pins.read.insert(key) {
+                if let Some(names) = self
+                    .get_json::<Vec<String>>(&meta.location)
+                    .await
+                    .ok()
+                    .flatten()
+                {
+                    pins.digests.extend(names);
+                }
             }
         }
-        Ok(all)
+        Ok(())
     }
 
     async fn list_all(&self, dir: &Path) -> Result<Vec<ObjectMeta>> {
@@ -459,21 +464,34 @@ impl ObjectRegistry {
     }
 
     /// What each repository keeps.
-    async fn mark(&self, options: &GcOptions) -> Result<HashMap<RepoName, Kept>> {
+    async fn mark(&self, options: &GcOptions, cutoff: u64) -> Result<HashMap<RepoName, Kept>> {
         let mut live = HashMap::new();
         for repo in self.all_repositories().await?.iter() {
-            live.insert(repo.clone(), self.mark_repository(repo, options).await?);
+            live.insert(
+                repo.clone(),
+                self.mark_repository(repo, options, cutoff).await?,
+            );
         }
         Ok(live)
     }
 
-    async fn mark_repository(&self, repo: &RepoName, options: &GcOptions) -> Result<Kept> {
+    async fn mark_repository(
+        &self,
+        repo: &RepoName,
+        options: &GcOptions,
+        cutoff: u64,
+    ) -> Result<Kept> {
         // Every revision, parsed once: what it needs and what it refers to.
         let mut revisions: HashMap<Digest, Option<manifest::ParsedManifest>> = HashMap::new();
+        // Young manifests are kept, so what they need is kept too.
+        let mut roots: Vec<Digest> = Vec::new();
         for meta in self.list_all(&layout::revisions_dir(repo)).await? {
             let Some(d) = super::fsck::link_digest(&meta.location) else {
                 continue;
             };
+            if is_young(&meta, cutoff) {
+                roots.push(d.clone());
+            }
             let parsed = match self.get_small(&meta.location).await? {
                 Some(raw) => super::manifests::decode_revision(&meta.location, raw)
                     .ok()
@@ -482,7 +500,6 @@ impl ObjectRegistry {
             };
             revisions.insert(d, parsed);
         }
-        let mut roots: Vec<Digest> = Vec::new();
         for meta in self.list_all(&layout::tags_dir(repo)).await? {
             if let Ok(Some(v)) = self.get_json::<serde_json::Value>(&meta.location).await {
                 if let Some(d) = v["digest"].as_str().and_then(|d| d.parse().ok()) {
@@ -531,6 +548,37 @@ impl ObjectRegistry {
         }
         Ok(kept)
     }
+}
+
+fn deletion(meta: &ObjectMeta, kind: &'static str, size: u64) -> Deletion {
+    Deletion {
+        path: meta.location.to_string(),
+        kind,
+        size,
+    }
+}
+
+/// Candidates are doomed and checked against pins this many at a time.
+const BATCH: usize = 256;
+
+/// The pins read so far in one collection (pins only come and, at its end, go).
+#[derive(Default)]
+struct Pins {
+    read: HashSet<String>,
+    digests: HashSet<String>,
+}
+
+/// The objects of `metas` whose key names a digest and which `garbage` says are garbage.
+fn candidates(
+    metas: Vec<ObjectMeta>,
+    digest_of: fn(&Path) -> Option<Digest>,
+    mut garbage: impl FnMut(&Digest, &ObjectMeta) -> bool,
+) -> Vec<(Digest, ObjectMeta)> {
+    metas
+        .into_iter()
+        .filter_map(|m| digest_of(&m.location).map(|d| (d, m)))
+        .filter(|(d, m)| garbage(d, m))
+        .collect()
 }
 
 /// What one repository keeps.
@@ -602,12 +650,14 @@ mod tests {
         // Mounting it elsewhere falls back to an upload.
         let other: RepoName = "p/other".parse().unwrap();
         assert_eq!(s.blob_mount(&other, &r, &d).await.unwrap(), None);
-        // The mark goes: the push succeeds, and left no pin behind.
+        // The mark goes: the push succeeds, and its pin stays for the running collection.
         s.delete_quiet(&layout::gc_doomed(&d)).await.unwrap();
         s.manifest_put(&r, &tag, Some(crate::manifest::OCI_MANIFEST), m.into(), &[])
             .await
             .unwrap();
-        assert!(s.pinned_digests().await.unwrap().is_empty());
+        let mut pins = Pins::default();
+        s.read_pins(&mut pins).await.unwrap();
+        assert!(pins.digests.contains(&d.to_string()));
 
         // A writer's pin keeps an otherwise collectable blob.
         let orphan = push_blob(&s, &r, &data(2000, 2)).await;
@@ -628,8 +678,10 @@ mod tests {
             "{summary:?}"
         );
         assert!(s.blob_size(&r, &orphan).await.is_ok());
-        // Once the writer is done (its pin gone), the next collection takes it.
-        s.delete_quiet(&layout::gc_pin("writer")).await.unwrap();
+        // The collection removed every pin when it ended: the next one takes the blob.
+        let mut pins = Pins::default();
+        s.read_pins(&mut pins).await.unwrap();
+        assert!(pins.read.is_empty());
         let summary = s.gc(&options, |_| {}).await.unwrap();
         assert_eq!((summary.links, summary.blobs), (1, 1), "{summary:?}");
     }

@@ -383,8 +383,8 @@ impl ObjectRegistry {
         // Taken when the commit runs: a commit refused before it starts (a collection is
         // deleting these bytes) leaves the body for the next attempt.
         let body = std::sync::Mutex::new(Some((hasher, body)));
-        let size = loop {
-            let commit = async {
+        let published = self
+            .publish_safely(digest, || async {
                 let (hasher, body) = body.lock().expect("not poisoned").take().expect("once");
                 let chunks = body.map_err(|e| Error::Body(e.to_string())).boxed();
                 let exists = self.exists(&target).await?;
@@ -394,24 +394,40 @@ impl ObjectRegistry {
                     .await?;
                 self.link_blob(repo, digest, size).await?;
                 Ok(size)
-            };
+            })
+            .await;
+        let size = match published {
+            Ok(size) => size,
+            Err(e) => {
+                // As for other uploads: a wrong digest ends the session.
+                if matches!(e, Error::DigestMismatch { .. }) {
+                    delete_quiet(self.volatile(), &layout::upload_state(id)).await?;
+                }
+                return Err(e);
+            }
+        };
+        delete_quiet(self.volatile(), &layout::upload_state(id)).await?;
+        Ok(size)
+    }
+
+    /// Runs `attempt` (which publishes `digest` and links it) safely against a concurrent
+    /// garbage collection: when one is deleting the stored bytes, waits until they are gone
+    /// and tries again, so that the session's own bytes are published.
+    async fn publish_safely<T, F, Fut>(&self, digest: &Digest, mut attempt: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        loop {
+            let commit = attempt();
             match self
                 .depend_on(std::slice::from_ref(digest), async { Ok(()) }, commit)
                 .await
             {
                 Err(Error::Doomed(_)) => self.wait_until_not_doomed(digest).await?,
-                Err(e) => {
-                    // As for other uploads: a wrong digest ends the session.
-                    if matches!(e, Error::DigestMismatch { .. }) {
-                        delete_quiet(self.volatile(), &layout::upload_state(id)).await?;
-                    }
-                    return Err(e);
-                }
-                Ok(size) => break size,
+                other => return other,
             }
-        };
-        delete_quiet(self.volatile(), &layout::upload_state(id)).await?;
-        Ok(size)
+        }
     }
 
     /// Removes a session: its document first (so it is gone at once), then the chunks it
@@ -567,26 +583,18 @@ impl UploadStore for ObjectRegistry {
             (_, None) => {}
         }
         let target = layout::blob(digest);
-        loop {
-            // Publishing may reuse stored bytes: safe against a concurrent collection.
-            let commit = async {
+        // Publishing may reuse stored bytes.
+        let published = self
+            .publish_safely(digest, || async {
                 self.verify_and_publish(id, &state, digest, &target).await?;
                 self.link_blob(repo, digest, state.size).await
-            };
-            match self
-                .depend_on(std::slice::from_ref(digest), async { Ok(()) }, commit)
-                .await
-            {
-                // Once they are deleted, this session's own bytes are published.
-                Err(Error::Doomed(_)) => self.wait_until_not_doomed(digest).await?,
-                Err(e) => {
-                    if matches!(e, Error::DigestMismatch { .. }) {
-                        self.remove_session(id, &state).await?;
-                    }
-                    return Err(e);
-                }
-                Ok(()) => break,
+            })
+            .await;
+        if let Err(e) = published {
+            if matches!(e, Error::DigestMismatch { .. }) {
+                self.remove_session(id, &state).await?;
             }
+            return Err(e);
         }
         self.remove_session(id, &state).await?;
         Ok(state.size)
