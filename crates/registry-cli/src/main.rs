@@ -197,6 +197,10 @@ enum Command {
         /// instance's gc.grace, else 1h].
         #[arg(long, value_name = "DURATION")]
         grace_period: Option<String>,
+        /// Take over the lease of a collection that was killed, instead of waiting up to a
+        /// minute for it to expire. Make sure no other collection runs.
+        #[arg(long)]
+        break_lease: bool,
     },
     /// Verify storage: re-hash every blob, check every manifest's references and every tag;
     /// report each problem with its key. --repair moves corrupt blobs and manifests aside
@@ -417,7 +421,15 @@ fn main() -> std::process::ExitCode {
             dry_run,
             delete_untagged,
             grace_period,
-        } => gc_command(&home, &store, dry_run, delete_untagged, grace_period),
+            break_lease,
+        } => gc_command(
+            &home,
+            &store,
+            dry_run,
+            delete_untagged,
+            grace_period,
+            break_lease,
+        ),
         Command::Fsck { store, repair } => store
             .location(&home)
             .and_then(|location| run(fsck_command(location, repair))),
@@ -585,7 +597,7 @@ fn offer_gc(
         instance: Some(i.name.clone()),
         storage: None,
     };
-    gc_command(home, &store, false, false, None)
+    gc_command(home, &store, false, false, None, false)
 }
 
 /// Deletes picked or named images; returns whether anything was deleted.
@@ -638,6 +650,7 @@ fn gc_command(
     dry_run: bool,
     delete_untagged: bool,
     grace_period: Option<String>,
+    break_lease: bool,
 ) -> anyhow::Result<()> {
     let (location, mut options) = match &store.storage {
         Some(s) => (
@@ -651,6 +664,7 @@ fn gc_command(
         }
     };
     options.dry_run = dry_run;
+    options.break_lease = break_lease;
     options.delete_untagged |= delete_untagged;
     if let Some(g) = grace_period {
         options.grace = config::parse_duration(&g).context("--grace-period")?;

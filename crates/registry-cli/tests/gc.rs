@@ -110,6 +110,25 @@ async fn pull_verified(http: &Client, base: &str, repo: &str, tag: &str) -> Vec<
     needed
 }
 
+/// `registry gc --storage STORAGE --grace-period 0s --delete-untagged EXTRA…`
+fn collect(home: &Path, storage: &str, extra: &[&str]) -> std::process::Output {
+    let args = [
+        "gc",
+        "--storage",
+        storage,
+        "--grace-period",
+        "0s",
+        "--delete-untagged",
+    ];
+    registry(home, &[&args[..], extra].concat(), None)
+}
+
+fn assert_fsck_clean(home: &Path, storage: &str) {
+    let out = registry(home, &["fsck", "--storage", storage], None);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}");
+}
+
 fn blob_files(store: &Path) -> usize {
     walk(&store.join("blobs"))
 }
@@ -212,23 +231,10 @@ async fn gc_while_clients_push_and_pull() {
             .await,
         );
     }
-    let out = registry(home.path(), &["fsck", "--storage", &storage], None);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert_fsck_clean(home.path(), &storage);
     // With no writers, one more collection leaves exactly what the tags need.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let args = [
-        "gc",
-        "--storage",
-        &storage,
-        "--grace-period",
-        "0s",
-        "--delete-untagged",
-    ];
-    let out = registry(home.path(), &args, None);
+    let out = collect(home.path(), &storage, &[]);
     assert!(out.status.success());
     assert_eq!(
         blob_files(&server.data()),
@@ -245,4 +251,100 @@ async fn gc_while_clients_push_and_pull() {
         )
         .await;
     }
+}
+
+/// A collection killed (SIGKILL) in the middle of deleting leaves a consistent store: fsck
+/// finds nothing wrong and every tagged image pulls; its lease keeps a second collection away
+/// until it expires, unless that one takes it over with --break-lease and finishes the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_killed_midway_leaves_a_consistent_store() {
+    use std::io::BufRead;
+    let server = Server::start(&[]);
+    let base = server.url();
+    let storage = server.data().display().to_string();
+    let home = tempfile::tempdir().unwrap();
+    let http = Client::new();
+    let shared = data(8_000, 7);
+    // 120 images that lose their tags, 3 that keep them; all share one layer.
+    for i in 0..123 {
+        let own = data(1_000 + i, 1000 + i as u64);
+        let config = format!("{{\"image\":{i}}}").into_bytes();
+        push_image(
+            &http,
+            &base,
+            "kill/app",
+            &format!("t{i}"),
+            &config,
+            &[shared.clone(), own],
+        )
+        .await;
+        if i >= 3 {
+            let r = http
+                .delete(format!("{base}/v2/kill/app/manifests/t{i}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::ACCEPTED);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let gc_args = [
+        "--config-dir",
+        home.path().to_str().unwrap(),
+        "gc",
+        "--storage",
+        &storage,
+        "--grace-period",
+        "0s",
+        "--delete-untagged",
+    ];
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_registry"))
+        .args(gc_args)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.starts_with("deleted "), "{first}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        server.data().join("gc/lease").exists(),
+        "killed before it finished"
+    );
+
+    assert_fsck_clean(home.path(), &storage);
+    for i in 0..3 {
+        pull_verified(&http, &base, "kill/app", &format!("t{i}")).await;
+    }
+    // Pushes still work meanwhile (the killed collection's marks are no obstacle for long).
+    push_image(
+        &http,
+        &base,
+        "kill/app",
+        "after",
+        b"{\"after\":1}",
+        std::slice::from_ref(&shared),
+    )
+    .await;
+
+    let out = collect(home.path(), &storage, &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--break-lease"));
+    let out = collect(home.path(), &storage, &["--break-lease"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("deleted manifest"));
+    assert_fsck_clean(home.path(), &storage);
+    let mut needed = std::collections::BTreeSet::new();
+    for tag in ["t0", "t1", "t2", "after"] {
+        needed.extend(pull_verified(&http, &base, "kill/app", tag).await);
+    }
+    assert_eq!(blob_files(&server.data()), needed.len());
+    assert!(!server.data().join("gc").join("lease").exists());
 }

@@ -86,6 +86,9 @@ pub struct GcOptions {
     pub grace: Duration,
     /// Upload sessions idle for longer than this are removed.
     pub upload_max_age: Duration,
+    /// Take over the lease of another collection (one that was killed), instead of refusing
+    /// to run while it has not expired.
+    pub break_lease: bool,
     /// The wait after writing the lease (see the module documentation); only tests that
     /// have no concurrent writers shorten it.
     pub settle: Duration,
@@ -98,6 +101,7 @@ impl Default for GcOptions {
             delete_untagged: false,
             grace: Duration::from_secs(3600),
             upload_max_age: Duration::from_secs(24 * 3600),
+            break_lease: false,
             settle: SETTLE,
         }
     }
@@ -252,9 +256,9 @@ impl ObjectRegistry {
         let owner = uuid::Uuid::new_v4().simple().to_string();
         let lease_path = layout::gc_lease();
         if let Some(other) = self.get_json::<Lease>(&lease_path).await.ok().flatten() {
-            if other.expires > unix_now() && !options.dry_run {
+            if other.expires > unix_now() && !options.dry_run && !options.break_lease {
                 return Err(Error::Busy(
-                    "another garbage collection is running on this storage".into(),
+                    "another garbage collection is running on this storage (if it was killed, its lease expires within a minute; --break-lease takes it over)".into(),
                 ));
             }
         }
