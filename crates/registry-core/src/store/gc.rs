@@ -266,16 +266,17 @@ impl ObjectRegistry {
             self.write_lease(&owner).await?;
         }
         let result = async {
-            // The storage's own clock (unix seconds): object times are compared with it.
+            // The storage's own clock (unix microseconds): object times are compared with it.
+            // (S3 gives the lease's time in whole seconds and listings in milliseconds: the
+            // truncation only makes more objects young, never fewer.)
             let now = match options.dry_run {
-                true => unix_now(),
+                true => unix_now() * 1_000_000,
                 false => {
                     tokio::time::sleep(options.settle).await;
-                    let meta = self.store.head(&lease_path).await?;
-                    meta.last_modified.timestamp().max(0) as u64
+                    stamp(&self.store.head(&lease_path).await?)
                 }
             };
-            let cutoff = now.saturating_sub(options.grace.as_secs());
+            let cutoff = now.saturating_sub(options.grace.as_micros() as u64);
             let mut renewed = Instant::now();
             let mut renew = || {
                 let due = renewed.elapsed() > LEASE_RENEW && !options.dry_run;
@@ -592,12 +593,12 @@ struct Kept {
     blobs: HashSet<Digest>,
 }
 
-/// When an object was last written, unix seconds of the storage's clock.
+/// When an object was last written, unix microseconds of the storage's clock.
 fn stamp(meta: &ObjectMeta) -> u64 {
-    meta.last_modified.timestamp().max(0) as u64
+    meta.last_modified.timestamp_micros().max(0) as u64
 }
 
-/// Written at or after `cutoff` (whole seconds: an object of the cutoff's second is young).
+/// Written at or after `cutoff`.
 fn is_young(meta: &ObjectMeta, cutoff: u64) -> bool {
     stamp(meta) >= cutoff
 }
@@ -711,5 +712,260 @@ mod tests {
             !s.exists(&layout::gc_lease()).await.unwrap(),
             "lease released"
         );
+    }
+}
+
+/// A model of the registry checked against the real one: random sequences of pushes (blobs,
+/// images, indexes), tags, untags, manifest deletions, mounts and collections. After each
+/// collection every manifest a tag reaches is complete, and every blob nothing reaches (all
+/// are older than the grace period, which is zero here) is gone.
+#[cfg(test)]
+mod model {
+    use super::*;
+    use crate::digest::Algorithm;
+    use crate::manifest::{OCI_INDEX, OCI_MANIFEST};
+    use crate::storage::{BlobStore, ManifestStore};
+    use crate::testsuite::{data, image_manifest, push_blob};
+    use crate::{Reference, StoreOptions};
+    use proptest::prelude::*;
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::Arc;
+
+    const REPOS: [&str; 2] = ["m/a", "m/b"];
+    const BLOBS: u8 = 6;
+    const TAGS: [&str; 3] = ["x", "y", "z"];
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Push blob `seed` into a repository.
+        Blob(usize, u8),
+        /// Push an image of blobs `seeds` (those the repository holds), tagged or not.
+        Image(usize, Vec<u8>, Option<usize>),
+        /// Push an index of the repository's first two images, tagged or not.
+        Index(usize, Option<usize>),
+        Untag(usize, usize),
+        /// Delete the n-th manifest of the repository by digest.
+        Delete(usize, usize),
+        /// Mount blob `seed` from the other repository.
+        Mount(usize, u8),
+        Gc(bool),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let repo = 0..REPOS.len();
+        let tag = proptest::option::of(0..TAGS.len());
+        prop_oneof![
+            3 => (repo.clone(), 0..BLOBS).prop_map(|(r, b)| Op::Blob(r, b)),
+            3 => (repo.clone(), proptest::collection::vec(0..BLOBS, 1..3), tag.clone())
+                .prop_map(|(r, b, t)| Op::Image(r, b, t)),
+            1 => (repo.clone(), tag).prop_map(|(r, t)| Op::Index(r, t)),
+            2 => (repo.clone(), 0..TAGS.len()).prop_map(|(r, t)| Op::Untag(r, t)),
+            1 => (repo.clone(), 0..4usize).prop_map(|(r, n)| Op::Delete(r, n)),
+            1 => (repo, 0..BLOBS).prop_map(|(r, b)| Op::Mount(r, b)),
+            2 => any::<bool>().prop_map(Op::Gc),
+        ]
+    }
+
+    /// What the model knows of one repository.
+    #[derive(Default)]
+    struct Repo {
+        blobs: BTreeSet<u8>,
+        /// Manifests in push order: (digest, bytes, media type, blobs, children).
+        manifests: Vec<ModelManifest>,
+        tags: BTreeMap<usize, Digest>,
+    }
+
+    type ModelManifest = (Digest, Vec<u8>, &'static str, Vec<u8>, Vec<Digest>);
+
+    fn blob_bytes(seed: u8) -> Vec<u8> {
+        data(300 + seed as usize, seed)
+    }
+
+    async fn run(ops: Vec<Op>) {
+        let s = ObjectRegistry::new(
+            Arc::new(object_store::memory::InMemory::new()),
+            StoreOptions::default(),
+        );
+        let names: Vec<RepoName> = REPOS.iter().map(|r| r.parse().unwrap()).collect();
+        let mut model: Vec<Repo> = (0..REPOS.len()).map(|_| Repo::default()).collect();
+        let digest = |seed: u8| Digest::of(Algorithm::Sha256, &blob_bytes(seed));
+        let cfg = b"{}".to_vec();
+        let dcfg = Digest::of(Algorithm::Sha256, &cfg);
+        for op in ops {
+            match op {
+                Op::Blob(r, b) => {
+                    push_blob(&s, &names[r], &blob_bytes(b)).await;
+                    model[r].blobs.insert(b);
+                }
+                Op::Image(r, seeds, tag) => {
+                    // Only blobs the repository holds (a client pushes blobs first).
+                    let seeds: Vec<u8> = seeds
+                        .into_iter()
+                        .filter(|b| model[r].blobs.contains(b))
+                        .collect();
+                    push_blob(&s, &names[r], &cfg).await;
+                    let layers: Vec<_> = seeds
+                        .iter()
+                        .map(|&b| (digest(b), 300 + b as usize))
+                        .collect();
+                    let m = image_manifest(&dcfg, 2, &layers, None);
+                    let d = put(&s, &names[r], &m, OCI_MANIFEST, tag).await;
+                    model[r].manifests.retain(|x| x.0 != d);
+                    model[r]
+                        .manifests
+                        .push((d.clone(), m, OCI_MANIFEST, seeds, vec![]));
+                    if let Some(t) = tag {
+                        model[r].tags.insert(t, d);
+                    }
+                }
+                Op::Index(r, tag) => {
+                    let children: Vec<_> = model[r]
+                        .manifests
+                        .iter()
+                        .filter(|m| m.2 == OCI_MANIFEST)
+                        .take(2)
+                        .map(|m| (m.0.clone(), m.1.len()))
+                        .collect();
+                    let entries: Vec<_> = children.iter().map(|(d, n)| serde_json::json!({"mediaType": OCI_MANIFEST, "digest": d.to_string(), "size": n})).collect();
+                    let m = serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries})).unwrap();
+                    let d = put(&s, &names[r], &m, OCI_INDEX, tag).await;
+                    model[r].manifests.retain(|x| x.0 != d);
+                    model[r].manifests.push((
+                        d.clone(),
+                        m,
+                        OCI_INDEX,
+                        vec![],
+                        children.into_iter().map(|c| c.0).collect(),
+                    ));
+                    if let Some(t) = tag {
+                        model[r].tags.insert(t, d);
+                    }
+                }
+                Op::Untag(r, t) => {
+                    let reference = Reference::Tag(TAGS[t].parse().unwrap());
+                    let result = s.manifest_delete(&names[r], &reference).await;
+                    assert_eq!(result.is_ok(), model[r].tags.remove(&t).is_some());
+                }
+                Op::Delete(r, n) => {
+                    let Some(d) = model[r].manifests.get(n).map(|m| m.0.clone()) else {
+                        continue;
+                    };
+                    // Not one an index of the repository needs (the API would leave it dangling;
+                    // that is the client's choice, not gc's).
+                    if model[r].manifests.iter().any(|m| m.4.contains(&d)) {
+                        continue;
+                    }
+                    s.manifest_delete(&names[r], &Reference::Digest(d.clone()))
+                        .await
+                        .unwrap();
+                    model[r].manifests.retain(|m| m.0 != d);
+                    model[r].tags.retain(|_, t| *t != d);
+                }
+                Op::Mount(r, b) => {
+                    let from = 1 - r;
+                    let mounted = s
+                        .blob_mount(&names[r], &names[from], &digest(b))
+                        .await
+                        .unwrap();
+                    assert_eq!(mounted.is_some(), model[from].blobs.contains(&b));
+                    if mounted.is_some() {
+                        model[r].blobs.insert(b);
+                    }
+                }
+                Op::Gc(delete_untagged) => {
+                    let options = GcOptions {
+                        delete_untagged,
+                        grace: Duration::ZERO,
+                        settle: Duration::ZERO,
+                        ..GcOptions::default()
+                    };
+                    s.gc(&options, |_| {}).await.unwrap();
+                    for (r, repo) in model.iter_mut().enumerate() {
+                        // What the model says stays: roots, then children.
+                        let mut kept: BTreeSet<Digest> = repo.tags.values().cloned().collect();
+                        if !delete_untagged {
+                            kept.extend(repo.manifests.iter().map(|m| m.0.clone()));
+                        }
+                        let children: Vec<Digest> = repo
+                            .manifests
+                            .iter()
+                            .filter(|m| kept.contains(&m.0))
+                            .flat_map(|m| m.4.clone())
+                            .collect();
+                        kept.extend(children);
+                        repo.manifests.retain(|m| kept.contains(&m.0));
+                        let needed: BTreeSet<u8> =
+                            repo.manifests.iter().flat_map(|m| m.3.clone()).collect();
+                        for b in 0..BLOBS {
+                            let stored = s.blob_size(&names[r], &digest(b)).await.is_ok();
+                            assert_eq!(stored, needed.contains(&b), "{} blob {b}", REPOS[r]);
+                        }
+                        repo.blobs = needed;
+                        // Every kept manifest is complete: its bytes, and its blobs.
+                        for m in &repo.manifests {
+                            let got = s
+                                .manifest_get(&names[r], &Reference::Digest(m.0.clone()))
+                                .await
+                                .unwrap();
+                            assert_eq!(got.1.as_ref(), m.1.as_slice());
+                        }
+                        for (t, d) in &repo.tags {
+                            let info = s
+                                .manifest_info(
+                                    &names[r],
+                                    &Reference::Tag(TAGS[*t].parse().unwrap()),
+                                )
+                                .await
+                                .unwrap();
+                            assert_eq!(&info.digest, d);
+                        }
+                    }
+                    // Bytes nothing links are gone (the config is in every image).
+                    let any_image = model
+                        .iter()
+                        .any(|m| m.manifests.iter().any(|x| x.2 == OCI_MANIFEST));
+                    let blobs: Vec<_> = s
+                        .store
+                        .list(Some(&layout::blobs_root()))
+                        .try_collect()
+                        .await
+                        .unwrap();
+                    let linked: BTreeSet<u8> = model.iter().flat_map(|m| m.blobs.clone()).collect();
+                    assert_eq!(
+                        blobs.len(),
+                        linked.len() + usize::from(any_image),
+                        "{linked:?}"
+                    );
+                    let fsck = s.fsck(false, |p| panic!("after gc: {p}")).await.unwrap();
+                    assert_eq!(fsck.problems, 0);
+                }
+            }
+        }
+    }
+
+    async fn put(
+        s: &ObjectRegistry,
+        r: &RepoName,
+        m: &[u8],
+        media_type: &str,
+        tag: Option<usize>,
+    ) -> Digest {
+        let d = Digest::of(Algorithm::Sha256, m);
+        let reference = match tag {
+            Some(t) => Reference::Tag(TAGS[t].parse().unwrap()),
+            None => Reference::Digest(d.clone()),
+        };
+        s.manifest_put(r, &reference, Some(media_type), m.to_vec().into(), &[])
+            .await
+            .unwrap();
+        d
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+        #[test]
+        fn gc_keeps_what_tags_reach_and_nothing_else(ops in proptest::collection::vec(op(), 1..40)) {
+            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run(ops));
+        }
     }
 }
