@@ -7,10 +7,11 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::path::Path;
 use std::time::Duration;
 
-use common::cli::registry;
+use common::cli::{registry, registry_env};
 use common::{data, oci_manifest, sha256, Server};
 use reqwest::{Client, StatusCode};
 
@@ -111,17 +112,18 @@ async fn pull_verified(http: &Client, base: &str, repo: &str, tag: &str) -> Vec<
 }
 
 /// `registry gc --storage STORAGE --grace-period 0s --delete-untagged EXTRA…`
-fn collect(home: &Path, storage: &str, extra: &[&str]) -> std::process::Output {
-    let args = [
-        "gc",
-        "--storage",
-        storage,
-        "--grace-period",
-        "0s",
-        "--delete-untagged",
-    ];
-    registry(home, &[&args[..], extra].concat(), None)
+fn collect(
+    home: &Path,
+    storage: &str,
+    extra: &[&str],
+    env: &[(&str, &OsStr)],
+) -> std::process::Output {
+    let args = [&["gc", "--storage", storage], &NOW[..], extra].concat();
+    registry_env(home, &args, None, env)
 }
+
+/// Collect everything not reachable from a tag, however young.
+const NOW: [&str; 3] = ["--grace-period", "0s", "--delete-untagged"];
 
 fn assert_fsck_clean(home: &Path, storage: &str) {
     let out = registry(home, &["fsck", "--storage", storage], None);
@@ -152,33 +154,65 @@ fn walk(dir: &Path) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gc_while_clients_push_and_pull() {
     let server = Server::start(&[]);
-    let base = server.url();
     let storage = server.data().display().to_string();
+    push_pull_while_collecting(&server, &storage, Vec::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gc_while_clients_push_and_pull_on_s3() {
+    use registry_core::garage::{Garage, BUCKET};
+    let garage = tokio::task::spawn_blocking(Garage::start).await.unwrap();
+    let storage = format!("s3://{BUCKET}/gc");
+    let server = Server::start_on(Some(storage.clone()), garage.env(), &[]);
+    push_pull_while_collecting(&server, &storage, garage.env()).await;
+}
+
+/// The blobs a storage holds, as fsck counts them (it also checks the store).
+fn stored_blobs(home: &Path, storage: &str, env: &[(&'static str, String)]) -> usize {
+    let env: Vec<(&str, &OsStr)> = env.iter().map(|(k, v)| (*k, OsStr::new(v))).collect();
+    let out = registry_env(home, &["fsck", "--storage", storage], None, &env);
+    let report = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{report}");
+    let line = report.lines().last().unwrap();
+    let count = line
+        .strip_prefix("checked ")
+        .and_then(|l| l.split(' ').next());
+    count.unwrap().parse().unwrap()
+}
+
+/// Four clients push images that share base layers, re-tagging each round, while collections
+/// run in a loop with no grace period; then every tag pulls whole, the store is consistent,
+/// and a last collection leaves exactly the blobs the tags need.
+async fn push_pull_while_collecting(
+    server: &Server,
+    storage: &str,
+    env: Vec<(&'static str, String)>,
+) {
+    let base = server.url();
     let home = tempfile::tempdir().unwrap();
     let bases: Vec<Vec<u8>> = (0..3).map(|k| data(20_000 + k, 100 + k as u64)).collect();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gc = {
+        let (storage, home, env) = (storage.to_owned(), home.path().to_owned(), env.clone());
+        move || {
+            let env: Vec<(&str, &OsStr)> = env.iter().map(|(k, v)| (*k, OsStr::new(v))).collect();
+            let out = collect(&home, &storage, &[], &env);
+            assert!(
+                out.status.success(),
+                "gc: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        }
+    };
 
     // Collections in a loop, no grace, untagged manifests are garbage.
     let collector = {
-        let (storage, home, stop) = (storage.clone(), home.path().to_owned(), stop.clone());
+        let (stop, gc) = (stop.clone(), gc.clone());
         tokio::task::spawn_blocking(move || {
             let (mut runs, mut deleted) = (0, 0);
             while !stop.load(std::sync::atomic::Ordering::Relaxed) || runs < 2 {
-                let args = [
-                    "gc",
-                    "--storage",
-                    &storage,
-                    "--grace-period",
-                    "0s",
-                    "--delete-untagged",
-                ];
-                let out = registry(&home, &args, None);
-                assert!(
-                    out.status.success(),
-                    "gc: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                let stdout = String::from_utf8(out.stdout).unwrap();
+                let stdout = gc();
                 let manifests = stdout.lines().filter(|l| l.starts_with("deleted manifest"));
                 deleted += manifests.count();
                 runs += 1;
@@ -231,16 +265,15 @@ async fn gc_while_clients_push_and_pull() {
             .await,
         );
     }
-    assert_fsck_clean(home.path(), &storage);
-    // With no writers, one more collection leaves exactly what the tags need.
+    stored_blobs(home.path(), storage, &env);
+    // With no writers, one more collection leaves exactly what the tags need (after a second:
+    // S3 dates the lease in whole seconds, and keeps what is as young as that second).
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let out = collect(home.path(), &storage, &[]);
-    assert!(out.status.success());
+    let last = gc();
     assert_eq!(
-        blob_files(&server.data()),
+        stored_blobs(home.path(), storage, &env),
         needed.len(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+        "{last}"
     );
     for c in 0..4 {
         pull_verified(
@@ -289,16 +322,8 @@ async fn gc_killed_midway_leaves_a_consistent_store() {
     }
     tokio::time::sleep(Duration::from_millis(1100)).await;
 
-    let gc_args = [
-        "--config-dir",
-        home.path().to_str().unwrap(),
-        "gc",
-        "--storage",
-        &storage,
-        "--grace-period",
-        "0s",
-        "--delete-untagged",
-    ];
+    let config_dir = ["--config-dir", home.path().to_str().unwrap()];
+    let gc_args = [&config_dir[..], &["gc", "--storage", &storage], &NOW[..]].concat();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_registry"))
         .args(gc_args)
         .env("RUST_LOG", "warn")
@@ -330,10 +355,10 @@ async fn gc_killed_midway_leaves_a_consistent_store() {
     )
     .await;
 
-    let out = collect(home.path(), &storage, &[]);
+    let out = collect(home.path(), &storage, &[], &[]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--break-lease"));
-    let out = collect(home.path(), &storage, &["--break-lease"]);
+    let out = collect(home.path(), &storage, &["--break-lease"], &[]);
     assert!(
         out.status.success(),
         "{}",
