@@ -267,7 +267,13 @@ async fn build_site(settings: &Settings) -> anyhow::Result<(Router, Option<Arc<T
         registry = registry.with_presigned_reads(signer, &prefix, REDIRECT_TTL);
     }
     if let Some(every) = settings.gc.interval {
-        tokio::spawn(collect_garbage(registry.clone(), settings.clone(), every));
+        let metrics = metrics.clone();
+        tokio::spawn(collect_garbage(
+            registry.clone(),
+            settings.clone(),
+            every,
+            metrics,
+        ));
     }
     let storage: Arc<dyn Storage> = Arc::new(registry);
     tokio::spawn(purge_uploads(storage.clone(), settings.upload_max_age));
@@ -369,26 +375,50 @@ pub fn gc_options(settings: &Settings) -> GcOptions {
 
 /// Collects garbage every `every`, forever. With several nodes on one storage, whichever
 /// starts first collects; the others find it busy and skip that round.
-async fn collect_garbage(registry: ObjectRegistry, settings: Settings, every: Duration) {
+async fn collect_garbage(
+    registry: ObjectRegistry,
+    settings: Settings,
+    every: Duration,
+    metrics: Option<Arc<Metrics>>,
+) {
     let mut tick = tokio::time::interval(every);
+    // A collection longer than the interval delays the next instead of starting a burst.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await; // not at startup
     loop {
         tick.tick().await;
         let started = std::time::Instant::now();
-        match registry.gc(&gc_options(&settings), |_| {}).await {
-            Ok(s) => tracing::info!(
-                manifests = s.manifests,
-                links = s.links,
-                blobs = s.blobs,
-                bytes = s.bytes,
-                uploads = s.uploads,
-                seconds = started.elapsed().as_secs_f64(),
-                "garbage collected"
-            ),
-            Err(registry_core::Error::Busy(why)) => {
-                tracing::info!("garbage collection skipped: {why}")
+        let record = |outcome, deleted: &[(&'static str, u64)], bytes| {
+            if let Some(m) = &metrics {
+                m.record_gc(outcome, deleted, bytes);
             }
-            Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+        };
+        match registry.gc(&gc_options(&settings), |_| {}).await {
+            Ok(s) => {
+                tracing::info!(
+                    manifests = s.manifests,
+                    links = s.links,
+                    blobs = s.blobs,
+                    bytes = s.bytes,
+                    uploads = s.uploads,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "garbage collected"
+                );
+                let deleted = [
+                    ("manifest", s.manifests),
+                    ("link", s.links),
+                    ("blob", s.blobs),
+                ];
+                record("ok", &deleted, s.bytes);
+            }
+            Err(registry_core::Error::Busy(why)) => {
+                tracing::info!("garbage collection skipped: {why}");
+                record("busy", &[], 0);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "garbage collection failed");
+                record("error", &[], 0);
+            }
         }
     }
 }

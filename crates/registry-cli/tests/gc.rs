@@ -373,3 +373,76 @@ async fn gc_killed_midway_leaves_a_consistent_store() {
     assert_eq!(blob_files(&server.data()), needed.len());
     assert!(!server.data().join("gc").join("lease").exists());
 }
+
+/// `[gc] interval` in `registry serve`: an untagged image is collected on schedule, without a
+/// restart, and the collections show in /metrics.
+#[tokio::test]
+async fn scheduled_collection_in_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("registry.toml");
+    let text = "[gc]\ninterval = \"1s\"\ngrace = \"0s\"\ndelete_untagged = true\n";
+    std::fs::write(&config, text).unwrap();
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
+    let base = server.url();
+    let http = Client::new();
+    let (shared, own) = (data(4_000, 1), data(4_100, 2));
+    push_image(
+        &http,
+        &base,
+        "sched/app",
+        "keep",
+        b"{\"k\":1}",
+        std::slice::from_ref(&shared),
+    )
+    .await;
+    push_image(
+        &http,
+        &base,
+        "sched/app",
+        "drop",
+        b"{\"d\":1}",
+        &[shared.clone(), own.clone()],
+    )
+    .await;
+    let r = http
+        .delete(format!("{base}/v2/sched/app/manifests/drop"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let gone = sha256(&own);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = http
+            .head(format!("{base}/v2/sched/app/blobs/{gone}"))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == StatusCode::NOT_FOUND {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not collected within a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    pull_verified(&http, &base, "sched/app", "keep").await;
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("registry_gc_runs_total{outcome=\"ok\"}"),
+        "{metrics}"
+    );
+    let blobs = metrics
+        .lines()
+        .find(|l| l.starts_with("registry_gc_deleted_total{kind=\"blob\"}"));
+    let n: f64 = blobs.unwrap().rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(n >= 2.0, "the layer and the config: {n}");
+}

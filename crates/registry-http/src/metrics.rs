@@ -41,6 +41,16 @@ struct OpLabels {
     op: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -59,6 +69,9 @@ pub struct Metrics {
     uploads_in_progress: Gauge,
     storage_durations: HistogramFamily<OpLabels>,
     storage_errors: Family<OpLabels, Counter>,
+    gc_runs: Family<OutcomeLabels, Counter>,
+    gc_deleted: Family<KindLabels, Counter>,
+    gc_freed_bytes: Counter<u64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -82,6 +95,24 @@ impl Metrics {
             latency_histogram as fn() -> Histogram,
         );
         let storage_errors = Family::<OpLabels, Counter>::default();
+        let gc_runs = Family::<OutcomeLabels, Counter>::default();
+        let gc_deleted = Family::<KindLabels, Counter>::default();
+        let gc_freed_bytes = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "gc_runs",
+            "Scheduled garbage collections, by outcome (ok, busy: another node collected, error)",
+            gc_runs.clone(),
+        );
+        registry.register(
+            "gc_deleted",
+            "Objects deleted by garbage collection, by kind (manifest, link, blob)",
+            gc_deleted.clone(),
+        );
+        registry.register(
+            "gc_freed_bytes",
+            "Bytes of blobs and manifests deleted by garbage collection",
+            gc_freed_bytes.clone(),
+        );
         registry.register(
             "http_requests",
             "HTTP requests by endpoint, method and status",
@@ -126,7 +157,21 @@ impl Metrics {
             uploads_in_progress,
             storage_durations,
             storage_errors,
+            gc_runs,
+            gc_deleted,
+            gc_freed_bytes,
         }
+    }
+
+    /// Records a garbage collection: its outcome, what it deleted by kind, the bytes freed.
+    pub fn record_gc(&self, outcome: &'static str, deleted: &[(&'static str, u64)], bytes: u64) {
+        self.gc_runs.get_or_create(&OutcomeLabels { outcome }).inc();
+        for &(kind, n) in deleted {
+            self.gc_deleted
+                .get_or_create(&KindLabels { kind })
+                .inc_by(n);
+        }
+        self.gc_freed_bytes.inc_by(bytes);
     }
 
     /// The OpenMetrics text exposition.
