@@ -116,7 +116,7 @@ impl BlobStore for ObjectRegistry {
             return Ok(None);
         };
         // The new link depends on the stored bytes: safe against a concurrent collection.
-        let verify = async {
+        let verify = || async {
             match self.exists(&layout::blob(digest)).await? {
                 true => Ok(()),
                 false => Err(Error::BlobUnknown(digest.clone())),

@@ -39,6 +39,9 @@
 //! before committing if more than [`RECHECK_AFTER`] passed since its check; otherwise it
 //! commits within `LEASE_CACHE + RECHECK_AFTER` of the lease being written, which is less than
 //! [`SETTLE`]: its commit is visible to the collection's mark, which starts after the settle.
+//! This assumes the commit itself (one small write) takes less than the remaining 2 s; one
+//! stalled longer by storage retries is covered only by the grace period (objects younger
+//! than it are never collected; the default is an hour).
 //!
 //! # Interruption
 //! Every deletion is one object, in an order that keeps the store consistent at every step:
@@ -181,44 +184,48 @@ impl ObjectRegistry {
     /// Runs `commit`, which makes content depend on `digests` after `verify` checked that
     /// they exist, safely against a concurrent collection (see the module documentation).
     /// Fails with [`Error::Doomed`] when a collection is deleting one of them.
-    pub(super) async fn depend_on<T>(
+    pub(super) async fn depend_on<T, V>(
         &self,
         digests: &[Digest],
-        verify: impl std::future::Future<Output = Result<()>>,
+        verify: impl Fn() -> V,
         commit: impl std::future::Future<Output = Result<T>>,
-    ) -> Result<T> {
+    ) -> Result<T>
+    where
+        V: std::future::Future<Output = Result<()>>,
+    {
         let checked = Instant::now();
-        let mut active = self.lease_active(false).await?;
-        if !active {
-            verify.await?;
-            if checked.elapsed() > RECHECK_AFTER {
-                active = self.lease_active(true).await?;
-            }
+        if !self.lease_active(false).await? {
+            verify().await?;
+            let active = checked.elapsed() > RECHECK_AFTER && self.lease_active(true).await?;
             if !active {
                 return commit.await;
             }
-            // A collection began meanwhile: depend on the digests the safe way.
-            return self.pinned(digests, async { Ok(()) }, commit).await;
+            // A collection began meanwhile: pin, then verify again.
         }
         self.pinned(digests, verify, commit).await
     }
 
-    async fn pinned<T>(
+    async fn pinned<T, V>(
         &self,
         digests: &[Digest],
-        verify: impl std::future::Future<Output = Result<()>>,
+        verify: impl Fn() -> V,
         commit: impl std::future::Future<Output = Result<T>>,
-    ) -> Result<T> {
+    ) -> Result<T>
+    where
+        V: std::future::Future<Output = Result<()>>,
+    {
         let pin = layout::gc_pin(&uuid::Uuid::new_v4().simple().to_string());
         let names: Vec<String> = digests.iter().map(|d| d.to_string()).collect();
         self.put_json(&pin, &names).await?;
+        // Only after the pin is written (see the module documentation).
         self.check_not_doomed(digests).await?;
         let pinned_at = Instant::now();
-        verify.await?;
+        verify().await?;
         if pinned_at.elapsed() > RECHECK_AFTER {
             // The collection may have ended (removing the pin) and another begun.
             self.put_json(&pin, &names).await?;
             self.check_not_doomed(digests).await?;
+            verify().await?;
         }
         // The pin stays after the commit: the running collection's mark did not see the
         // commit, so the pin is what keeps these digests. The collection removes every pin
@@ -689,6 +696,38 @@ mod tests {
         assert!(pins.read.is_empty());
         let summary = s.gc(&options, |_| {}).await.unwrap();
         assert_eq!((summary.links, summary.blobs), (1, 1), "{summary:?}");
+    }
+
+    /// A collection that begins while a writer's check is slow, and deletes what was checked
+    /// before the writer pins it: the writer checks again after pinning and does not commit.
+    #[tokio::test]
+    async fn a_collection_beginning_during_a_slow_check_is_seen() {
+        let s = registry();
+        let r: RepoName = "p/slow".parse().unwrap();
+        let d = push_blob(&s, &r, &data(1000, 3)).await;
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let verify = || async {
+            let exists = s.exists(&layout::blob(&d)).await?;
+            if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                // Meanwhile a collection starts, deletes the bytes and removes its mark.
+                s.write_lease("gc").await?;
+                s.delete_quiet(&layout::blob(&d)).await?;
+                tokio::time::sleep(RECHECK_AFTER + Duration::from_millis(100)).await;
+            }
+            match exists {
+                true => Ok(()),
+                false => Err(Error::BlobUnknown(d.clone())),
+            }
+        };
+        let committed = std::sync::atomic::AtomicBool::new(false);
+        let commit = async {
+            committed.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        };
+        let result = s.depend_on(std::slice::from_ref(&d), verify, commit).await;
+        assert!(matches!(result, Err(Error::BlobUnknown(_))), "{result:?}");
+        assert!(!committed.load(std::sync::atomic::Ordering::SeqCst));
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     /// A second collection while one holds the lease is refused; an expired lease (a killed

@@ -310,7 +310,7 @@ impl ManifestStore for ObjectRegistry {
             .required_references()
             .map(|d| d.digest.clone())
             .collect();
-        let verify = self.check_references(repo, &parsed);
+        let verify = || self.check_references(repo, &parsed);
         let commit = self.commit_manifest(repo, reference, tags, &parsed, &bytes, digest);
         match self.depend_on(&needs, verify, commit).await {
             Err(Error::Doomed(d)) => Err(Error::ManifestBlobUnknown(d)),

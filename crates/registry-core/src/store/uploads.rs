@@ -421,7 +421,7 @@ impl ObjectRegistry {
         loop {
             let commit = attempt();
             match self
-                .depend_on(std::slice::from_ref(digest), async { Ok(()) }, commit)
+                .depend_on(std::slice::from_ref(digest), || async { Ok(()) }, commit)
                 .await
             {
                 Err(Error::Doomed(_)) => self.wait_until_not_doomed(digest).await?,
