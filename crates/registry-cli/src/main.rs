@@ -813,6 +813,8 @@ fn user_command(home: &std::path::Path, c: UserCommand) -> anyhow::Result<()> {
 fn set_password(home: &std::path::Path, a: &UserArgs, replace: bool) -> anyhow::Result<()> {
     let i = instance::Instance::open(home, &a.instance)?;
     manage::check_user(&a.user)?;
+    // Refused before a password is asked for.
+    manage::expect_user(&i, &a.user, replace)?;
     let (password, generated) = manage::password_input(a.password_stdin)?;
     manage::set_user(&i, &a.user, &password, replace)?;
     let verb = if replace {

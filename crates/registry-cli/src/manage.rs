@@ -569,21 +569,23 @@ pub fn password_input(from_stdin: bool) -> anyhow::Result<(String, bool)> {
     Ok((password, false))
 }
 
-/// Adds `user` (or, with `replace`, changes the password of an existing one).
-pub fn set_user(i: &Instance, user: &str, password: &str, replace: bool) -> anyhow::Result<()> {
-    check_user(user)?;
-    let path = htpasswd_of(i, false)?;
-    let exists = read_htpasswd(&path)?
-        .iter()
-        .any(|l| user_of(l) == Some(user));
-    match (exists, replace) {
+/// Checks that `user` exists (`exists`) or does not (to be added).
+pub fn expect_user(i: &Instance, user: &str, exists: bool) -> anyhow::Result<()> {
+    match (users(i)?.iter().any(|u| u == user), exists) {
         (true, false) => bail!(
             "user {user:?} exists in instance {:?}; change the password with `registry user passwd`",
             i.name
         ),
         (false, true) => bail!("no user {user:?} in instance {:?}", i.name),
-        _ => {}
+        _ => Ok(()),
     }
+}
+
+/// Adds `user` (or, with `replace`, changes the password of an existing one).
+pub fn set_user(i: &Instance, user: &str, password: &str, replace: bool) -> anyhow::Result<()> {
+    check_user(user)?;
+    let path = htpasswd_of(i, false)?;
+    expect_user(i, user, replace)?;
     write_user(&path, user, &hash_password(password)?)?;
     htpasswd_of(i, true)?;
     Ok(())

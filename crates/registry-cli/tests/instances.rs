@@ -302,3 +302,37 @@ fn reconfigure_validates_and_keeps_comments() {
     let shown = ok(home, &["instance", "show", "default"], None);
     assert!(!shown.contains("IP allowlist"), "{shown}");
 }
+
+#[test]
+fn users_are_added_changed_and_removed() {
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    ok(home, &["instance", "create", "default"], None);
+    ok(
+        home,
+        &["user", "add", "ann", "--password-stdin"],
+        Some("first\n"),
+    );
+    let htpasswd = home.join("instances/default/htpasswd");
+    let hash = |text: String| text.trim().strip_prefix("ann:").unwrap().to_owned();
+    let first = hash(std::fs::read_to_string(&htpasswd).unwrap());
+    assert!(bcrypt::verify("first", &first).unwrap());
+    let out = ok(
+        home,
+        &["user", "passwd", "ann", "--password-stdin"],
+        Some("second\n"),
+    );
+    assert!(out.contains("changed the password"), "{out}");
+    let second = hash(std::fs::read_to_string(&htpasswd).unwrap());
+    assert!(bcrypt::verify("second", &second).unwrap());
+    assert!(fails(home, &["user", "passwd", "bob", "--password-stdin"]).contains("no user"));
+    assert_eq!(ok(home, &["user", "list"], None), "ann\n");
+    ok(home, &["user", "remove", "ann"], None);
+    assert_eq!(ok(home, &["user", "list"], None), "");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&htpasswd).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
