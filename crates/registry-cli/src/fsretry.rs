@@ -1,8 +1,9 @@
 //! The local filesystem store, safe against its own directory cleanup. With automatic cleanup
 //! on, deleting a directory's last file removes the directory and its empty parents, and a
 //! concurrent write below it can find a parent gone while `create_dir_all` works its way down
-//! ("Unable to create dir …: No such file or directory"): under 8 parallel pushes this failed
-//! requests with 503. Writes that fail that way are retried; nothing else changes.
+//! ("Unable to create dir …: No such file or directory", or "File exists" when the directory
+//! vanished between its mkdir and its check): under 8 parallel pushes this failed requests with
+//! 503. Writes that fail that way are retried; nothing else changes.
 
 use std::fmt;
 use std::sync::Arc;
@@ -28,8 +29,10 @@ impl fmt::Display for DirRaceRetry {
     }
 }
 
-/// Whether `e` is a directory vanishing under a write: an I/O "not found" inside a store error
-/// that is not itself "not found" (a missing object is reported as `NotFound`).
+/// Whether `e` is a directory vanishing under a write: an I/O "not found" (a parent gone) or
+/// "already exists" (`create_dir_all` saw the directory, which was gone when it looked again)
+/// inside a generic store error (a missing or existing object is reported as `NotFound` or
+/// `AlreadyExists` instead).
 fn is_dir_race(e: &object_store::Error) -> bool {
     let object_store::Error::Generic { source, .. } = e else {
         return false;
@@ -37,7 +40,8 @@ fn is_dir_race(e: &object_store::Error) -> bool {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
     while let Some(c) = cause {
         if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            return io.kind() == std::io::ErrorKind::NotFound;
+            use std::io::ErrorKind::{AlreadyExists, NotFound};
+            return matches!(io.kind(), NotFound | AlreadyExists);
         }
         cause = c.source();
     }
