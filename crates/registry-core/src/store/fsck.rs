@@ -276,14 +276,8 @@ impl ObjectRegistry {
         summary: &mut FsckSummary,
         found: &mut impl FnMut(Problem, &mut FsckSummary),
     ) -> Result<()> {
-        let dir = layout::revisions_dir(repo);
-        let paths: Vec<Path> = self
-            .store
-            .list(Some(&dir))
-            .map_ok(|m| m.location)
-            .try_collect()
-            .await?;
-        for path in paths {
+        for meta in self.list_all(&layout::revisions_dir(repo)).await? {
+            let path = meta.location;
             summary.manifests += 1;
             let Some(digest) = link_digest(&path) else {
                 found(
@@ -362,15 +356,9 @@ impl ObjectRegistry {
         summary: &mut FsckSummary,
         found: &mut impl FnMut(Problem, &mut FsckSummary),
     ) -> Result<()> {
-        let dir = layout::tags_dir(repo);
-        let paths: Vec<Path> = self
-            .store
-            .list(Some(&dir))
-            .map_ok(|m| m.location)
-            .try_collect()
-            .await?;
         let mut dropped = false;
-        for path in paths {
+        for meta in self.list_all(&layout::tags_dir(repo)).await? {
+            let path = meta.location;
             summary.tags += 1;
             let target = match self.get_json::<serde_json::Value>(&path).await {
                 Ok(Some(v)) => v["digest"].as_str().and_then(|d| d.parse::<Digest>().ok()),

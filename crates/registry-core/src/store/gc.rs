@@ -54,7 +54,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
@@ -453,10 +452,6 @@ impl ObjectRegistry {
             }
         }
         Ok(())
-    }
-
-    async fn list_all(&self, dir: &Path) -> Result<Vec<ObjectMeta>> {
-        Ok(self.store.list(Some(dir)).try_collect().await?)
     }
 
     /// A manifest's referrer entries, then the manifest itself.
@@ -963,12 +958,7 @@ mod model {
                     let any_image = model
                         .iter()
                         .any(|m| m.manifests.iter().any(|x| x.2 == OCI_MANIFEST));
-                    let blobs: Vec<_> = s
-                        .store
-                        .list(Some(&layout::blobs_root()))
-                        .try_collect()
-                        .await
-                        .unwrap();
+                    let blobs = s.list_all(&layout::blobs_root()).await.unwrap();
                     let linked: BTreeSet<u8> = model.iter().flat_map(|m| m.blobs.clone()).collect();
                     assert_eq!(
                         blobs.len(),

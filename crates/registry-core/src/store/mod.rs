@@ -173,6 +173,12 @@ impl ObjectRegistry {
         }
     }
 
+    /// Everything under `dir`.
+    async fn list_all(&self, dir: &Path) -> Result<Vec<object_store::ObjectMeta>> {
+        use futures::TryStreamExt;
+        Ok(self.store.list(Some(dir)).try_collect().await?)
+    }
+
     /// Deletes, treating an absent object as deleted.
     async fn delete_quiet(&self, path: &Path) -> Result<()> {
         match self.store.delete(path).await {
