@@ -161,16 +161,18 @@ pub async fn serve(listener: TcpListener, sites: Arc<Sites>, stop: watch::Receiv
                     false => named.reduce(|a, b| if a == b { a } else { None }).flatten(),
                 };
                 let app = match (site, fixed) {
-                    (Some(s), None) => Some(sites.0[s].app.clone()),
-                    (Some(s), Some(f)) if s == f => Some(sites.0[s].app.clone()),
-                    _ => None,
+                    (Some(s), None) => Ok(sites.0[s].app.clone()),
+                    (Some(s), Some(f)) if s == f => Ok(sites.0[s].app.clone()),
+                    _ => Err(hosts
+                        .iter()
+                        .flatten()
+                        .map(|h| normalize_host(h))
+                        .collect::<Vec<_>>()),
                 };
-                let host = hosts.iter().flatten().map(|h| normalize_host(h));
-                let host = host.collect::<Vec<_>>().join(", ");
                 async move {
                     match app {
-                        Some(app) => app.oneshot(r.map(axum::body::Body::new)).await,
-                        None => Ok(misdirected(&host)),
+                        Ok(app) => app.oneshot(r.map(axum::body::Body::new)).await,
+                        Err(hosts) => Ok(misdirected(&hosts.join(", "))),
                     }
                 }
             });
