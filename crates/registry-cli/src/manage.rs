@@ -47,11 +47,7 @@ pub fn create(home: &Path, name: &str, o: &CreateOptions) -> anyhow::Result<Inst
     parse_storage(url)?;
     storage["url"] = value(url);
     doc["storage"] = Item::Table(storage);
-    // Validate before anything is created.
-    let text = doc.to_string();
-    let mut raw: crate::config::RawConfig = toml::from_str(&text)?;
-    raw.resolve_paths(&i.dir);
-    raw.validate()?;
+    // `save` validates before it writes; a refused instance leaves no directory behind.
     create_private_dir(&i.dir)?;
     if let Err(e) = i.save(&doc) {
         let _ = std::fs::remove_dir_all(&i.dir);

@@ -208,6 +208,8 @@ fn install_writes_a_hardened_unit_and_uninstall_respects_protection() {
         ],
         None,
     );
+    let system_unit = Path::new("/etc/systemd/system/registry.service");
+    let installed_before = system_unit.exists();
     let dry = ok(&home, &["install", "--dry-run"], None);
     let home_abs = std::path::absolute(&home).unwrap();
     for want in [
@@ -229,7 +231,11 @@ fn install_writes_a_hardened_unit_and_uninstall_respects_protection() {
     ] {
         assert!(dry.contains(&want), "{want} in\n{dry}");
     }
-    assert!(!Path::new("/etc/systemd/system/registry.service").exists() || dry.contains("would"));
+    assert_eq!(
+        system_unit.exists(),
+        installed_before,
+        "a dry run writes nothing"
+    );
     ok(
         &home,
         &["install", "--unit-dir", units.to_str().unwrap()],

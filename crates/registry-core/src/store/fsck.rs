@@ -8,6 +8,8 @@
 //! missing and push it again. Repair is safe while the registry serves: it only ever removes a
 //! blob whose bytes are wrong, and only links and tags that lead to nothing.
 
+use std::collections::HashSet;
+
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::ObjectStoreExt;
@@ -126,6 +128,21 @@ pub(super) fn blob_digest(path: &Path) -> Option<Digest> {
     }
 }
 
+/// A stored revision's manifest, if its bytes hash to `digest` and parse; else what is wrong.
+fn verified_manifest(
+    path: &Path,
+    raw: bytes::Bytes,
+    digest: &Digest,
+) -> std::result::Result<manifest::ParsedManifest, String> {
+    let (media_type, bytes) =
+        super::manifests::decode_revision(path, raw).map_err(|e| e.to_string())?;
+    let actual = Digest::of(digest.algorithm(), &bytes);
+    if &actual != digest {
+        return Err(format!("its bytes hash to {actual}"));
+    }
+    manifest::parse(Some(&media_type), &bytes).map_err(|e| e.to_string())
+}
+
 /// The digest the last two components of a link key name (`…/<alg>/<hex>`).
 pub(super) fn link_digest(path: &Path) -> Option<Digest> {
     let parts: Vec<_> = path.parts().collect();
@@ -205,11 +222,15 @@ impl ObjectRegistry {
         // step is seen by the next).
         let repos = self.all_repositories().await?;
         for repo in repos.iter() {
-            self.fsck_links(repo, repair, &mut summary, &mut found)
+            // What one step finds present answers the next step's questions without a request;
+            // only a miss is looked up (it may have been written since the listing).
+            let linked = self
+                .fsck_links(repo, repair, &mut summary, &mut found)
                 .await?;
-            self.fsck_manifests(repo, repair, now, &mut summary, &mut found)
+            let revisions = self
+                .fsck_manifests(repo, repair, now, &linked, &mut summary, &mut found)
                 .await?;
-            self.fsck_tags(repo, repair, &mut summary, &mut found)
+            self.fsck_tags(repo, repair, &revisions, &mut summary, &mut found)
                 .await?;
         }
         Ok(summary)
@@ -230,25 +251,29 @@ impl ObjectRegistry {
         repair: bool,
         summary: &mut FsckSummary,
         found: &mut impl FnMut(Problem, &mut FsckSummary),
-    ) -> Result<()> {
+    ) -> Result<HashSet<Digest>> {
         let dir = layout::layers_dir(repo);
         let mut links = self
             .store
             .list(Some(&dir))
             .map(|meta| async move {
                 let path = meta?.location;
-                let present = match link_digest(&path) {
-                    Some(d) => self.exists(&layout::blob(&d)).await?,
+                let digest = link_digest(&path);
+                let present = match &digest {
+                    Some(d) => self.exists(&layout::blob(d)).await?,
                     None => false,
                 };
-                Ok::<_, Error>((path, present))
+                Ok::<_, Error>((path, digest.filter(|_| present)))
             })
             .buffer_unordered(CONCURRENCY * 4);
         let mut dangling = Vec::new();
+        let mut linked = HashSet::new();
         while let Some(checked) = links.next().await {
             let (path, present) = checked?;
             summary.links += 1;
-            if !present {
+            if let Some(d) = present {
+                linked.insert(d);
+            } else {
                 found(
                     Problem::DanglingLink {
                         path: path.to_string(),
@@ -265,25 +290,33 @@ impl ObjectRegistry {
                 summary.repaired += 1;
             }
         }
-        Ok(())
+        Ok(linked)
     }
 
+    /// Checks the repository's manifest revisions; returns the digests of those still there.
     async fn fsck_manifests(
         &self,
         repo: &RepoName,
         repair: bool,
         now: u64,
+        linked: &HashSet<Digest>,
         summary: &mut FsckSummary,
         found: &mut impl FnMut(Problem, &mut FsckSummary),
-    ) -> Result<()> {
-        for meta in self.list_all(&layout::revisions_dir(repo)).await? {
+    ) -> Result<HashSet<Digest>> {
+        let metas = self.list_all(&layout::revisions_dir(repo)).await?;
+        let mut listed: HashSet<Digest> = metas
+            .iter()
+            .filter_map(|m| link_digest(&m.location))
+            .collect();
+        for meta in metas {
             let path = meta.location;
             summary.manifests += 1;
             let Some(digest) = link_digest(&path) else {
+                let reason = "the key names no digest".to_owned();
                 found(
                     Problem::CorruptManifest {
                         path: path.to_string(),
-                        reason: "the key names no digest".into(),
+                        reason,
                     },
                     summary,
                 );
@@ -292,67 +325,54 @@ impl ObjectRegistry {
             let Some(raw) = self.get_small(&path).await? else {
                 continue; // deleted meanwhile
             };
-            let problem = match super::manifests::decode_revision(&path, raw) {
-                Err(e) => Some(e.to_string()),
-                Ok((media_type, bytes)) => {
-                    let actual = Digest::of(digest.algorithm(), &bytes);
-                    if actual != digest {
-                        Some(format!("its bytes hash to {actual}"))
-                    } else {
-                        match manifest::parse(Some(&media_type), &bytes) {
-                            Err(e) => Some(e.to_string()),
-                            Ok(parsed) => {
-                                for d in parsed.required_references() {
-                                    let present = match parsed.kind {
-                                        ManifestKind::Image => {
-                                            self.exists(&layout::layer_link(repo, &d.digest))
-                                                .await?
-                                                && self.exists(&layout::blob(&d.digest)).await?
-                                        }
-                                        ManifestKind::Index => {
-                                            self.exists(&layout::revision_link(repo, &d.digest))
-                                                .await?
-                                        }
-                                    };
-                                    if !present {
-                                        found(
-                                            Problem::MissingReference {
-                                                path: path.to_string(),
-                                                digest: d.digest.clone(),
-                                            },
-                                            summary,
-                                        );
-                                    }
-                                }
-                                None
-                            }
-                        }
+            let parsed = match verified_manifest(&path, raw, &digest) {
+                Ok(parsed) => parsed,
+                Err(reason) => {
+                    found(
+                        Problem::CorruptManifest {
+                            path: path.to_string(),
+                            reason,
+                        },
+                        summary,
+                    );
+                    if repair {
+                        let aside = layout::lost_and_found(now, &path);
+                        self.store.rename(&path, &aside).await?;
+                        summary.repaired += 1;
+                        listed.remove(&digest);
                     }
+                    continue;
                 }
             };
-            if let Some(reason) = problem {
-                found(
-                    Problem::CorruptManifest {
+            for d in parsed.required_references() {
+                let d = &d.digest;
+                let present = match parsed.kind {
+                    ManifestKind::Image => {
+                        linked.contains(d)
+                            || (self.exists(&layout::layer_link(repo, d)).await?
+                                && self.exists(&layout::blob(d)).await?)
+                    }
+                    ManifestKind::Index => {
+                        listed.contains(d) || self.exists(&layout::revision_link(repo, d)).await?
+                    }
+                };
+                if !present {
+                    let problem = Problem::MissingReference {
                         path: path.to_string(),
-                        reason,
-                    },
-                    summary,
-                );
-                if repair {
-                    self.store
-                        .rename(&path, &layout::lost_and_found(now, &path))
-                        .await?;
-                    summary.repaired += 1;
+                        digest: d.clone(),
+                    };
+                    found(problem, summary);
                 }
             }
         }
-        Ok(())
+        Ok(listed)
     }
 
     async fn fsck_tags(
         &self,
         repo: &RepoName,
         repair: bool,
+        revisions: &HashSet<Digest>,
         summary: &mut FsckSummary,
         found: &mut impl FnMut(Problem, &mut FsckSummary),
     ) -> Result<()> {
@@ -367,7 +387,9 @@ impl ObjectRegistry {
                 Err(e) => return Err(e),
             };
             let present = match &target {
-                Some(d) => self.exists(&layout::revision_link(repo, d)).await?,
+                Some(d) => {
+                    revisions.contains(d) || self.exists(&layout::revision_link(repo, d)).await?
+                }
                 None => false,
             };
             if !present {

@@ -299,8 +299,9 @@ impl ObjectRegistry {
             // Manifests and links, repository by repository, in batches (see `doom`).
             let mut pins = Pins::default();
             let mut linked: HashSet<Digest> = HashSet::new();
-            for (repo, kept) in &live {
-                let metas = self.list_all(&layout::revisions_dir(repo)).await?;
+            for (repo, kept) in live {
+                let repo = &repo;
+                let metas = kept.revisions;
                 let garbage = candidates(metas, super::fsck::link_digest, |d, meta| {
                     !kept.manifests.contains(d) && !is_young(meta, cutoff)
                 });
@@ -492,11 +493,12 @@ impl ObjectRegistry {
         let mut revisions: HashMap<Digest, Option<manifest::ParsedManifest>> = HashMap::new();
         // Young manifests are kept, so what they need is kept too.
         let mut roots: Vec<Digest> = Vec::new();
-        for meta in self.list_all(&layout::revisions_dir(repo)).await? {
+        let listed = self.list_all(&layout::revisions_dir(repo)).await?;
+        for meta in &listed {
             let Some(d) = super::fsck::link_digest(&meta.location) else {
                 continue;
             };
-            if is_young(&meta, cutoff) {
+            if is_young(meta, cutoff) {
                 roots.push(d.clone());
             }
             let parsed = match self.get_small(&meta.location).await? {
@@ -517,7 +519,10 @@ impl ObjectRegistry {
         if !options.delete_untagged {
             roots.extend(revisions.keys().cloned());
         }
-        let mut kept = Kept::default();
+        let mut kept = Kept {
+            revisions: listed,
+            ..Kept::default()
+        };
         // Referrers by subject, to keep the referrers of kept manifests.
         let mut referrers: HashMap<Digest, Vec<Digest>> = HashMap::new();
         for (d, parsed) in &revisions {
@@ -591,6 +596,9 @@ fn candidates(
 /// What one repository keeps.
 #[derive(Debug, Default)]
 struct Kept {
+    /// The repository's revisions as the mark listed them: the sweep's candidates (anything
+    /// written since is young).
+    revisions: Vec<ObjectMeta>,
     manifests: HashSet<Digest>,
     blobs: HashSet<Digest>,
 }
