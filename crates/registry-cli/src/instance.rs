@@ -155,6 +155,30 @@ impl Instance {
     }
 }
 
+/// Sets `table.key` (a dotted table path) in a config document to `item`, creating the tables
+/// it needs, or removes the key for `None`.
+pub fn set_key(doc: &mut DocumentMut, table: &str, key: &str, item: Option<toml_edit::Item>) {
+    let mut t = doc.as_table_mut();
+    for part in table.split('.') {
+        if !t.contains_table(part) {
+            if item.is_none() {
+                return;
+            }
+            let mut new = toml_edit::Table::new();
+            // `[storage.s3]` alone, without an empty `[storage]` above it.
+            new.set_implicit(part == "storage" && table != "storage");
+            t.insert(part, toml_edit::Item::Table(new));
+        }
+        t = t[part].as_table_mut().expect("a table");
+    }
+    match item {
+        Some(item) => t[key] = item,
+        None => {
+            t.remove(key);
+        }
+    }
+}
+
 /// Creates `dir` and its parents, the last ones 0700.
 pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     let mut builder = std::fs::DirBuilder::new();

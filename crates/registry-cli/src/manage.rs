@@ -6,10 +6,10 @@ use std::io::{BufRead, IsTerminal};
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use toml_edit::{value, DocumentMut, Item, Table};
+use toml_edit::{value, DocumentMut};
 
 use crate::config::{parse_hostname, parse_storage, Settings, StorageLocation};
-use crate::instance::{create_private_dir, write_private, Instance};
+use crate::instance::{create_private_dir, set_key, write_private, Instance};
 
 /// What `instance create` is told.
 pub struct CreateOptions {
@@ -32,21 +32,15 @@ pub fn create(home: &Path, name: &str, o: &CreateOptions) -> anyhow::Result<Inst
     doc.decor_mut().set_prefix(format!(
         "# Registry instance {name:?}: see `registry check` and `registry reconfigure --help`.\n"
     ));
-    let mut instance = Table::new();
-    if let Some(h) = &o.hostname {
-        instance["hostname"] = value(parse_hostname(h)?);
-    }
-    instance["protected"] = value(o.protected);
-    doc["instance"] = Item::Table(instance);
-    let mut server = Table::new();
-    server["listen"] = value(o.listen.as_deref().unwrap_or("127.0.0.1:5000"));
-    doc["server"] = Item::Table(server);
-    let mut storage = Table::new();
+    let hostname = o.hostname.as_deref().map(parse_hostname).transpose()?;
+    set_key(&mut doc, "instance", "hostname", hostname.map(value));
+    set_key(&mut doc, "instance", "protected", Some(value(o.protected)));
+    let listen = o.listen.as_deref().unwrap_or("127.0.0.1:5000");
+    set_key(&mut doc, "server", "listen", Some(value(listen)));
     // Relative paths are relative to the instance directory.
     let url = o.storage.as_deref().unwrap_or("data");
     parse_storage(url)?;
-    storage["url"] = value(url);
-    doc["storage"] = Item::Table(storage);
+    set_key(&mut doc, "storage", "url", Some(value(url)));
     // `save` validates before it writes; a refused instance leaves no directory behind.
     create_private_dir(&i.dir)?;
     if let Err(e) = i.save(&doc) {
@@ -442,32 +436,21 @@ pub fn reconfigure(i: &Instance, settings: &[String]) -> anyhow::Result<()> {
             let names: Vec<_> = KEYS.iter().map(|k| k.0).collect();
             bail!("unknown key {key:?}; valid keys: {}", names.join(", "));
         };
-        let mut t = doc.as_table_mut();
-        for part in table.split('.') {
-            if !t.contains_table(part) {
-                let mut new = Table::new();
-                new.set_implicit(part == "storage");
-                t.insert(part, Item::Table(new));
-            }
-            t = t[part].as_table_mut().expect("a table");
-        }
-        if v.is_empty() {
-            t.remove(name);
-            continue;
-        }
-        t[name] = match kind {
-            Kind::Text if key == "hostname" => value(parse_hostname(v)?),
-            Kind::Text => value(v),
-            Kind::Bool => value(parse_bool(key, v)?),
+        let item = match kind {
+            _ if v.is_empty() => None,
+            Kind::Text if key == "hostname" => Some(value(parse_hostname(v)?)),
+            Kind::Text => Some(value(v)),
+            Kind::Bool => Some(value(parse_bool(key, v)?)),
             Kind::List => {
                 let items: toml_edit::Array = v
                     .split(',')
                     .map(str::trim)
                     .filter(|s| !s.is_empty())
                     .collect();
-                value(items)
+                Some(value(items))
             }
         };
+        set_key(&mut doc, table, name, item);
     }
     i.save(&doc)
 }
@@ -517,10 +500,7 @@ fn htpasswd_of(i: &Instance, configure: bool) -> anyhow::Result<std::path::PathB
             write_private(&path, b"")?;
         }
         let mut doc = i.document()?;
-        if !doc.contains_table("auth") {
-            doc["auth"] = Item::Table(Table::new());
-        }
-        doc["auth"]["htpasswd"] = value("htpasswd");
+        set_key(&mut doc, "auth", "htpasswd", Some(value("htpasswd")));
         i.save(&doc)?;
     }
     Ok(path)

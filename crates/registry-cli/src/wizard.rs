@@ -12,10 +12,10 @@ use anyhow::{bail, Context};
 use clap::Args;
 use dialoguer::theme::ColorfulTheme;
 use dialoguer::{Confirm, Input, Password, Select};
-use toml_edit::{value, Array, DocumentMut, Item, Table};
+use toml_edit::{value, Array, DocumentMut, Item};
 
 use crate::config::{parse_hostname, parse_storage, RawConfig};
-use crate::instance::{create_private_dir, write_private, Instance};
+use crate::instance::{create_private_dir, set_key, write_private, Instance};
 use crate::{cert, manage};
 
 /// The flags of `registry config`: one per question.
@@ -106,7 +106,6 @@ pub enum AuthAnswer {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct S3Answer {
-    pub url: String,
     pub endpoint: Option<String>,
     pub region: Option<String>,
     pub access_key_id: Option<String>,
@@ -546,9 +545,8 @@ fn storage_answers(
         None => old.secret_access_key.map(|s| s.0),
     };
     Ok((
-        url.clone(),
+        url,
         Some(S3Answer {
-            url,
             endpoint,
             region,
             access_key_id,
@@ -690,24 +688,24 @@ pub fn apply(home: &Path, i: &Instance, answers: &Answers) -> anyhow::Result<Str
         .and_then(|t| t.get("hostname"))
         .and_then(|h| h.as_str())
         .map(str::to_owned);
-    set(&mut doc, "instance", "hostname", Some(value(&a.domain)));
+    set_key(&mut doc, "instance", "hostname", Some(value(&a.domain)));
     if !existed {
-        set(&mut doc, "instance", "protected", Some(value(false)));
+        set_key(&mut doc, "instance", "protected", Some(value(false)));
     }
-    set(&mut doc, "server", "listen", Some(value(&a.listen)));
-    set(&mut doc, "storage", "url", Some(value(&a.storage)));
+    set_key(&mut doc, "server", "listen", Some(value(&a.listen)));
+    set_key(&mut doc, "storage", "url", Some(value(&a.storage)));
     match &a.s3 {
         Some(s3) => {
             let opt = |v: &Option<String>| v.as_ref().map(value);
-            set(&mut doc, "storage.s3", "endpoint", opt(&s3.endpoint));
-            set(&mut doc, "storage.s3", "region", opt(&s3.region));
-            set(
+            set_key(&mut doc, "storage.s3", "endpoint", opt(&s3.endpoint));
+            set_key(&mut doc, "storage.s3", "region", opt(&s3.region));
+            set_key(
                 &mut doc,
                 "storage.s3",
                 "access_key_id",
                 opt(&s3.access_key_id),
             );
-            set(
+            set_key(
                 &mut doc,
                 "storage.s3",
                 "secret_access_key",
@@ -731,38 +729,38 @@ pub fn apply(home: &Path, i: &Instance, answers: &Answers) -> anyhow::Result<Str
             Some(key.display().to_string()),
         ),
     };
-    set(&mut doc, "tls", "cert", cert_path.map(value));
-    set(&mut doc, "tls", "key", key_path.map(value));
+    set_key(&mut doc, "tls", "cert", cert_path.map(value));
+    set_key(&mut doc, "tls", "key", key_path.map(value));
     let own_ca = cert::ca_paths(Path::new("")).0.display().to_string();
     match &a.auth {
         AuthAnswer::None => {
-            set(&mut doc, "auth", "htpasswd", None);
-            set(&mut doc, "tls", "client_ca", None);
-            set(&mut doc, "tls", "client_names", None);
+            set_key(&mut doc, "auth", "htpasswd", None);
+            set_key(&mut doc, "tls", "client_ca", None);
+            set_key(&mut doc, "tls", "client_names", None);
         }
         AuthAnswer::Basic(_) => {
-            set(&mut doc, "auth", "htpasswd", Some(value("htpasswd")));
-            set(&mut doc, "tls", "client_ca", None);
-            set(&mut doc, "tls", "client_names", None);
+            set_key(&mut doc, "auth", "htpasswd", Some(value("htpasswd")));
+            set_key(&mut doc, "tls", "client_ca", None);
+            set_key(&mut doc, "tls", "client_names", None);
         }
         AuthAnswer::Mtls { ca, names } => {
-            set(&mut doc, "auth", "htpasswd", None);
+            set_key(&mut doc, "auth", "htpasswd", None);
             let ca = ca
                 .as_ref()
                 .map_or(own_ca.clone(), |p| p.display().to_string());
-            set(&mut doc, "tls", "client_ca", Some(value(ca)));
+            set_key(&mut doc, "tls", "client_ca", Some(value(ca)));
             let names: Array = names.iter().map(String::as_str).collect();
-            set(&mut doc, "tls", "client_names", Some(value(names)));
+            set_key(&mut doc, "tls", "client_names", Some(value(names)));
         }
     }
-    set(&mut doc, "auth", "public_read", Some(value(a.public_read)));
+    set_key(&mut doc, "auth", "public_read", Some(value(a.public_read)));
     let allow = match a.ip_allowlist.is_empty() {
         true => None,
         false => Some(value(
             a.ip_allowlist.iter().map(String::as_str).collect::<Array>(),
         )),
     };
-    set(&mut doc, "network", "allow", allow);
+    set_key(&mut doc, "network", "allow", allow);
     drop_empty_tables(&mut doc);
 
     // Validate everything before writing anything.
@@ -824,28 +822,6 @@ pub fn apply(home: &Path, i: &Instance, answers: &Answers) -> anyhow::Result<Str
         let _ = std::fs::remove_dir_all(&i.dir);
     }
     result
-}
-
-/// Sets `table.key` (dotted table path) to `item`, or removes it for `None`.
-fn set(doc: &mut DocumentMut, table: &str, key: &str, item: Option<Item>) {
-    let mut t = doc.as_table_mut();
-    for part in table.split('.') {
-        if !t.contains_table(part) {
-            if item.is_none() {
-                return;
-            }
-            let mut new = Table::new();
-            new.set_implicit(part == "storage" && table != "storage");
-            t.insert(part, Item::Table(new));
-        }
-        t = t[part].as_table_mut().expect("a table");
-    }
-    match item {
-        Some(item) => t[key] = item,
-        None => {
-            t.remove(key);
-        }
-    }
 }
 
 fn drop_empty_tables(doc: &mut DocumentMut) {
