@@ -44,6 +44,13 @@ pub enum Error {
         /// Where the client's chunk started.
         got: u64,
     },
+    /// Another request appended to the same upload at the same time and won; the upload now
+    /// holds `size` bytes, where the client may resume.
+    #[error("another request appended to this upload at the same time; it holds {size} bytes")]
+    ConcurrentAppend {
+        /// The upload's current size.
+        size: u64,
+    },
     /// The number of bytes received differs from what the client declared.
     #[error("size mismatch: declared {declared}, received {received}")]
     SizeInvalid {

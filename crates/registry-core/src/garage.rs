@@ -137,6 +137,43 @@ impl Garage {
         }
     }
 
+    /// Freezes the server (SIGSTOP): it keeps accepting connections (the kernel does) but
+    /// answers nothing, as a stalled S3 does.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+        // The signal is delivered asynchronously: wait until every thread has stopped.
+        let pid = self.child.as_ref().expect("garage is running").id();
+        let stopped = |stat: String| {
+            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+            state.starts_with(['T', 't'])
+        };
+        let all_stopped = || {
+            let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("garage's threads");
+            tasks
+                .flatten()
+                .all(|task| std::fs::read_to_string(task.path().join("stat")).is_ok_and(stopped))
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !all_stopped() {
+            assert!(Instant::now() < deadline, "garage did not stop");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Lets a frozen server go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("garage is running");
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {signal} garage");
+    }
+
     /// Starts the server again on the same ports and data.
     pub fn resume(&mut self) {
         let log = std::fs::File::create(self.log()).expect("garage log");
@@ -225,6 +262,9 @@ impl Garage {
 
 impl Drop for Garage {
     fn drop(&mut self) {
+        if self.child.is_some() {
+            self.thaw(); // a frozen process takes its SIGKILL only once it runs again
+        }
         self.stop();
     }
 }

@@ -25,6 +25,7 @@ pub mod names;
 pub mod observe;
 pub mod storage;
 mod store;
+pub mod timeout;
 
 pub use digest::{Algorithm, Digest, Hasher};
 pub use error::{Error, Result};

@@ -64,6 +64,7 @@ pub async fn run_all_backends<F: Fn() -> Backend>(fresh: F) {
     let registry = |b: Backend| b.registry();
     monolithic_upload_and_scoped_read(registry(fresh())).await;
     chunked_upload_survives_restart(fresh()).await;
+    concurrent_appends_to_one_session(fresh()).await;
     many_chunks_of_any_size(fresh()).await;
     digest_and_size_mismatch_leave_nothing(registry(fresh())).await;
     garbage_claiming_a_stored_digest_is_refused(registry(fresh())).await;
@@ -221,6 +222,69 @@ async fn chunked_upload_survives_restart(backend: Backend) {
             .collect()
             .await;
         assert!(left.is_empty(), "upload data left behind: {left:?}");
+    }
+}
+
+/// A body that sends `data` in chunks of `chunk` bytes with a pause before each.
+fn slow_body(data: &[u8], chunk: usize, pause: Duration) -> ByteStream {
+    let chunks: Vec<Bytes> = data.chunks(chunk).map(Bytes::copy_from_slice).collect();
+    futures::stream::iter(chunks)
+        .then(move |c| async move {
+            tokio::time::sleep(pause).await;
+            Ok(c)
+        })
+        .boxed()
+}
+
+/// Two appends racing for one session's next chunk (parallel PATCHes): never both succeed,
+/// the loser learns the true size, and the session goes on from there. In one process exactly
+/// one wins; across two processes at most one.
+async fn concurrent_appends_to_one_session(backend: Backend) {
+    let r = repo("racing");
+    let (a, b) = (data(30_000, 3), data(30_000, 4));
+    for nodes in [1, 2] {
+        let first = backend.registry();
+        let second = match nodes {
+            1 => first.clone(),
+            _ => backend.registry(),
+        };
+        let up = first.upload_start(&r, Algorithm::Sha256).await.unwrap();
+        let pause = Duration::from_millis(5);
+        let (one, two) = tokio::join!(
+            first.upload_append(&r, &up.id, None, None, slow_body(&a, 3000, pause)),
+            second.upload_append(&r, &up.id, None, None, slow_body(&b, 3000, pause)),
+        );
+        let outcomes = [one, two];
+        let won: Vec<usize> = (0..2).filter(|&i| outcomes[i].is_ok()).collect();
+        match nodes {
+            1 => assert_eq!(won.len(), 1, "one process: exactly one wins: {outcomes:?}"),
+            _ => assert!(won.len() <= 1, "never both: {outcomes:?}"),
+        }
+        let size = won.len() as u64 * 30_000;
+        for outcome in &outcomes {
+            match outcome {
+                Ok(status) => assert_eq!(status.size, 30_000),
+                // (When neither wins, across processes, the true size is the one both loaded.)
+                Err(Error::ConcurrentAppend { size: s }) => assert_eq!(*s, size, "true size"),
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+        assert_eq!(first.upload_status(&r, &up.id).await.unwrap().size, size);
+        // The session goes on from where it truly stands.
+        let mut whole = match won.first() {
+            Some(0) => a.clone(),
+            Some(_) => b.clone(),
+            None => Vec::new(),
+        };
+        let rest = data(1000, 5);
+        whole.extend_from_slice(&rest);
+        let d = Digest::of(Algorithm::Sha256, &whole);
+        second
+            .upload_append(&r, &up.id, Some(size), None, body(&rest, 100))
+            .await
+            .unwrap();
+        first.upload_finish(&r, &up.id, &d, None).await.unwrap();
+        assert_eq!(read_all(&first, &r, &d, None).await, whole);
     }
 }
 
@@ -522,6 +586,24 @@ async fn manifests_tags_and_referrers(s: ObjectRegistry) {
         )
         .await
         .unwrap();
+    // An index whose child is a layer (a blob of the repository, not a manifest) is refused:
+    // the child could never be pulled as a manifest.
+    let layer_child = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": layer.to_string(), "size": 5000}]
+    }))
+    .unwrap();
+    let err = s
+        .manifest_put(
+            &r,
+            &Reference::Tag("layer-child".parse().unwrap()),
+            Some(OCI_INDEX),
+            layer_child.into(),
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::ManifestBlobUnknown(d) if d == layer));
     let ghost = Digest::of(Algorithm::Sha256, b"future subject");
     let sig = image_manifest(&cfg, 2, &[], Some(&ghost));
     let sig_put = s

@@ -103,7 +103,9 @@ impl ObjectRegistry {
         }
     }
 
-    /// Checks that every blob or child manifest the manifest needs is in the repository.
+    /// Checks that every blob or child manifest the manifest needs is in the repository: an
+    /// image's config and layers as blobs, an index's children as manifests (a blob that is not
+    /// a manifest cannot be pulled as one, so it does not count).
     async fn check_references(
         &self,
         repo: &RepoName,
@@ -128,10 +130,7 @@ impl ObjectRegistry {
     ) -> Result<()> {
         let present = match kind {
             ManifestKind::Image => self.linked_size(repo, &d.digest).await?.is_some(),
-            ManifestKind::Index => {
-                self.exists(&layout::revision_link(repo, &d.digest)).await?
-                    || self.linked_size(repo, &d.digest).await?.is_some()
-            }
+            ManifestKind::Index => self.exists(&layout::revision_link(repo, &d.digest)).await?,
         };
         if present {
             Ok(())

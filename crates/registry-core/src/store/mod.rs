@@ -80,6 +80,8 @@ pub struct ObjectRegistry {
     catalog: Arc<Mutex<Option<CachedCatalog>>>,
     /// What this process last saw of a garbage collection's lease.
     lease: Arc<gc::LeaseView>,
+    /// Appends in flight in this process, by upload session (see `uploads`).
+    appends: Arc<uploads::LocalAppends>,
 }
 
 type CachedCatalog = (Bytes, Arc<Vec<RepoName>>);
@@ -111,6 +113,7 @@ impl ObjectRegistry {
             presigner: None,
             catalog: Arc::default(),
             lease: Arc::default(),
+            appends: Arc::default(),
         }
     }
 
