@@ -15,7 +15,7 @@ use crate::ip::{client_address, IpRanges};
 use crate::pattern::NamePattern;
 use crate::rules::{Action, Anonymous, Policy};
 use crate::tls::ClientCertificate;
-use crate::Identity;
+use crate::{Escaped, Identity};
 
 /// Why a request is refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,7 +27,8 @@ pub enum Refusal {
         /// The realm to challenge with.
         realm: String,
     },
-    /// 429 `TOOMANYREQUESTS`: the brute-force brake is engaged for this address.
+    /// 429 `TOOMANYREQUESTS`: the brute-force brake is engaged for this user name from this
+    /// address, or for the whole address.
     TooManyAttempts {
         /// When to come back.
         retry_after: Duration,
@@ -179,13 +180,16 @@ impl Guard {
         let Some((user, password)) = parse_basic(header) else {
             return Err(unauthenticated());
         };
-        // An engaged brake refuses everything, remembered passwords included, so that nothing
-        // can be learned from it; otherwise a remembered password costs no attempt.
-        if let Some(retry_after) = self.brake.engaged(client) {
-            return Err(Refusal::TooManyAttempts { retry_after });
-        }
+        // A password verified shortly before is not braked by someone else's failures (see
+        // the brake's module documentation for when guessing makes it wait too).
         if basic.cached(&user, &password) {
-            return Ok(Identity::User(user));
+            return match self.brake.remembered(client, &user) {
+                Ok(()) => Ok(Identity::User(user)),
+                Err(retry_after) => Err(Refusal::TooManyAttempts { retry_after }),
+            };
+        }
+        if let Err(retry_after) = self.brake.check(client, &user) {
+            return Err(Refusal::TooManyAttempts { retry_after });
         }
         // Concurrent logins with the same credentials (a client fetching layers in parallel
         // when the cache has just expired) share one verification and one brake slot.
@@ -194,16 +198,16 @@ impl Guard {
         let outcome = *flight
             .cell
             .get_or_init(|| async {
-                let attempt = self.brake.begin(client)?;
+                let attempt = self.brake.begin(client, &user)?;
                 let ok = basic.verify_uncached(&user, &password).await;
                 let braked = attempt.finish(ok);
                 if !ok {
-                    tracing::info!(%client, user = %user, "failed login");
+                    tracing::info!(%client, user = %Escaped(&user), "failed login");
                 }
                 if let Err(pause) = braked {
-                    tracing::warn!(%client, ?pause, "too many failed logins; braking");
+                    tracing::warn!(%client, user = %Escaped(&user), ?pause, "too many failed logins; braking");
                 }
-                braked.map(|()| ok)
+                Ok(ok)
             })
             .await;
         drop(flight);
@@ -215,20 +219,24 @@ impl Guard {
     }
 
     /// Whether `identity` may do `action` on `repository` (`None`: `/v2/` or the catalog).
+    /// Signing in never takes rights away: whatever anonymous requests may do (public read),
+    /// every identity may do too, whatever the rules grant it.
     pub fn may(&self, identity: &Identity, action: Action, repository: Option<&str>) -> bool {
-        match identity {
-            Identity::Anonymous => match self.anonymous() {
-                Anonymous::Everything => true,
-                Anonymous::Pull => action == Action::Pull,
-                Anonymous::Deny => false,
-            },
-            _ => self.policy.allows(identity, action, repository),
-        }
+        let anonymous = match self.anonymous() {
+            Anonymous::Everything => true,
+            Anonymous::Pull => action == Action::Pull,
+            Anonymous::Deny => false,
+        };
+        anonymous
+            || (!matches!(identity, Identity::Anonymous)
+                && self.policy.allows(identity, action, repository))
     }
 
     /// Whether some repositories may be hidden from `identity` (so listings must be filtered).
     pub fn restricts(&self, identity: &Identity) -> bool {
-        !matches!(identity, Identity::Anonymous) && self.policy.has_rules()
+        !matches!(identity, Identity::Anonymous)
+            && self.policy.has_rules()
+            && self.anonymous() == Anonymous::Deny
     }
 
     /// [`Guard::may`] as an answer: anonymous requests are asked to log in, others denied.
@@ -294,6 +302,7 @@ impl Drop for Flight<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Rule;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -368,6 +377,28 @@ mod tests {
         assert!(Guard::open()
             .authorize(&anon, Action::Delete, Some("x"))
             .is_ok());
+    }
+
+    #[test]
+    fn signing_in_never_takes_rights_away() {
+        let rules = vec![Rule::new(&["ann"], &[], &["team-a/**"], &["pull", "push"]).unwrap()];
+        let public = Guard::open()
+            .with_client_certificates(None)
+            .with_policy(Policy::new(Anonymous::Pull, rules.clone()));
+        let ann = Identity::User("ann".into());
+        let bob = Identity::User("bob".into());
+        for id in [&Identity::Anonymous, &ann, &bob] {
+            assert!(public.may(id, Action::Pull, Some("team-b/app")), "{id}");
+            assert!(!public.may(id, Action::Push, Some("team-b/app")), "{id}");
+            assert!(!public.restricts(id), "{id} sees the whole catalog");
+        }
+        assert!(public.may(&ann, Action::Push, Some("team-a/app")));
+        assert!(!public.may(&bob, Action::Push, Some("team-a/app")));
+        let private = Guard::open()
+            .with_client_certificates(None)
+            .with_policy(Policy::new(Anonymous::Deny, rules));
+        assert!(!private.may(&bob, Action::Pull, Some("team-b/app")));
+        assert!(private.restricts(&bob));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

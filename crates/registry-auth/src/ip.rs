@@ -38,6 +38,16 @@ impl IpRanges {
         IpRanges(Vec::new())
     }
 
+    /// Every address any of `ranges` holds.
+    pub fn union<'a>(ranges: impl IntoIterator<Item = &'a IpRanges>) -> IpRanges {
+        IpRanges(
+            ranges
+                .into_iter()
+                .flat_map(|r| r.0.iter().copied())
+                .collect(),
+        )
+    }
+
     /// Parses ranges (`10.0.0.0/8`, `2001:db8::/32`, or a single address), one per item.
     pub fn parse<S: AsRef<str>>(items: &[S]) -> Result<IpRanges, String> {
         items
@@ -70,6 +80,18 @@ impl IpRanges {
             .iter()
             .any(|n| matches!(n, IpNet::V6(n) if n.prefix_len() == 0));
         v4 && v6
+    }
+}
+
+/// One client as limits count clients: an IPv4 address, or an IPv6 /64 (one host usually
+/// holds a whole /64); IPv4-mapped IPv6 addresses count as IPv4.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
     }
 }
 

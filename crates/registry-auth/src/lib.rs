@@ -7,6 +7,7 @@
 
 pub mod basic;
 pub mod brake;
+pub mod escape;
 pub mod guard;
 pub mod htpasswd;
 pub mod ip;
@@ -17,6 +18,7 @@ pub mod watch;
 
 use std::fmt;
 
+pub use escape::Escaped;
 pub use guard::{Guard, Refusal};
 pub use rules::{Action, Anonymous, Policy, Rule};
 
@@ -36,8 +38,8 @@ impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Identity::Anonymous => f.write_str("anonymous"),
-            Identity::User(u) => write!(f, "user {u}"),
-            Identity::Certificate(c) => write!(f, "certificate {c}"),
+            Identity::User(u) => write!(f, "user {}", Escaped(u)),
+            Identity::Certificate(c) => write!(f, "certificate {}", Escaped(c)),
         }
     }
 }
@@ -50,5 +52,9 @@ mod tests {
     fn display() {
         assert_eq!(Identity::User("ann".into()).to_string(), "user ann");
         assert_eq!(Identity::Anonymous.to_string(), "anonymous");
+        assert_eq!(
+            Identity::Certificate("a\nb".into()).to_string(),
+            "certificate a\\nb"
+        );
     }
 }

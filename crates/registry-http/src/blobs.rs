@@ -5,7 +5,7 @@ use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use registry_core::{Digest, RepoName};
 
-use crate::range::{parse_range, RangeRequest};
+use crate::range::{if_range_holds, parse_range, RangeRequest};
 use crate::{respond, ApiError, ApiResult, ErrorCode, RegistryState, Req};
 
 fn blob_headers(digest: &Digest, length: u64) -> Vec<(&'static str, String)> {
@@ -25,7 +25,10 @@ pub(crate) async fn get(
     name: RepoName,
     digest: Digest,
 ) -> ApiResult<Response> {
-    let range_header = req.header("range").filter(|_| req.method == Method::GET);
+    let etag = format!("\"{digest}\"");
+    let range_header = req
+        .header("range")
+        .filter(|_| req.method == Method::GET && if_range_holds(req.header("if-range"), &etag));
     if req.method == Method::GET {
         // Redirect mode: the bytes flow from the object store (a Range goes along with the
         // client's retry of the request there).

@@ -18,6 +18,10 @@ pub enum Endpoint {
     Tags(RepoName),
     /// `/v2/<name>/manifests/<reference>`
     Manifest(RepoName, Reference),
+    /// `/v2/<name>/manifests/<text>` where the text is neither a tag nor a digest: nothing is
+    /// stored under it, so reads and deletes find nothing (404), and a push is refused with
+    /// the reason the text is invalid (400).
+    InvalidReference(RepoName, String),
     /// `/v2/<name>/blobs/<digest>`
     Blob(RepoName, Digest),
     /// `/v2/<name>/blobs/uploads/`
@@ -64,7 +68,10 @@ impl Endpoint {
             (_, "tags", "list") => Ok(Endpoint::Tags(name(2)?)),
             (_, "manifests", r) if !r.is_empty() => {
                 let name = name(2)?;
-                Ok(Endpoint::Manifest(name, r.parse()?))
+                Ok(match r.parse() {
+                    Ok(reference) => Endpoint::Manifest(name, reference),
+                    Err(_) => Endpoint::InvalidReference(name, r.to_owned()),
+                })
             }
             (_, "blobs", d) if !d.is_empty() => {
                 let name = name(2)?;
@@ -94,6 +101,7 @@ impl Endpoint {
             Endpoint::Base | Endpoint::Catalog => None,
             Endpoint::Tags(r)
             | Endpoint::Manifest(r, _)
+            | Endpoint::InvalidReference(r, _)
             | Endpoint::Blob(r, _)
             | Endpoint::Uploads(r)
             | Endpoint::Upload(r, _)
@@ -114,7 +122,7 @@ mod tests {
     fn table() {
         let r = |s: &str| s.parse::<RepoName>().unwrap();
         let dig: Digest = d().parse().unwrap();
-        let cases: Vec<(String, Endpoint)> = vec![
+        let mut cases: Vec<(String, Endpoint)> = vec![
             ("/v2/".into(), Endpoint::Base),
             ("/v2".into(), Endpoint::Base),
             ("/v2/_catalog".into(), Endpoint::Catalog),
@@ -146,6 +154,15 @@ mod tests {
                 Endpoint::Referrers(r("a"), dig.clone()),
             ),
         ];
+        let invalid = |text: &str| Endpoint::InvalidReference(r("a"), text.into());
+        cases.extend([
+            ("/v2/a/manifests/bad:digest".into(), invalid("bad:digest")),
+            ("/v2/a/manifests/-tag".into(), invalid("-tag")),
+            (
+                "/v2/a/manifests/.INVALID_MANIFEST_NAME".into(),
+                invalid(".INVALID_MANIFEST_NAME"),
+            ),
+        ]);
         for (path, want) in cases {
             assert_eq!(Endpoint::parse(&path).unwrap(), want, "{path}");
         }
@@ -163,8 +180,6 @@ mod tests {
         assert_eq!(code("/v2/a%2Fb/tags/list"), ErrorCode::NameInvalid);
         assert_eq!(code("/v2/a/../b/tags/list"), ErrorCode::NameInvalid);
         assert_eq!(code("/v2/a//b/tags/list"), ErrorCode::NameInvalid);
-        assert_eq!(code("/v2/a/manifests/bad:digest"), ErrorCode::DigestInvalid);
-        assert_eq!(code("/v2/a/manifests/-tag"), ErrorCode::TagInvalid);
         assert_eq!(code("/v2/a/blobs/sha256:abc"), ErrorCode::DigestInvalid);
         assert_eq!(code("/v2/a/blobs/"), ErrorCode::NotFound);
         assert_eq!(code("/v2/a/referrers/latest"), ErrorCode::DigestInvalid);

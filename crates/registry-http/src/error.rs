@@ -52,6 +52,14 @@ pub enum ErrorCode {
     Unknown,
     /// The storage backend is unavailable.
     Unavailable,
+    /// The request body stopped arriving (408); answered by servers, not handlers.
+    RequestTimeout,
+    /// The request line is longer than the server reads (414).
+    UriTooLong,
+    /// The request's headers are larger than the server reads (431).
+    HeadersTooLarge,
+    /// A request the server could not parse (400).
+    BadRequest,
 }
 
 impl ErrorCode {
@@ -80,6 +88,13 @@ impl ErrorCode {
             PaginationNumberInvalid => ("PAGINATION_NUMBER_INVALID", StatusCode::BAD_REQUEST),
             Unknown => ("UNKNOWN", StatusCode::INTERNAL_SERVER_ERROR),
             Unavailable => ("UNAVAILABLE", StatusCode::SERVICE_UNAVAILABLE),
+            RequestTimeout => ("REQUEST_TIMEOUT", StatusCode::REQUEST_TIMEOUT),
+            UriTooLong => ("URI_TOO_LONG", StatusCode::URI_TOO_LONG),
+            HeadersTooLarge => (
+                "HEADERS_TOO_LARGE",
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ),
+            BadRequest => ("BAD_REQUEST", StatusCode::BAD_REQUEST),
         }
     }
 }
@@ -138,7 +153,8 @@ impl From<CoreError> for ApiError {
             }
             CoreError::NameUnknown(n) => (ErrorCode::NameUnknown, Some(json!({ "name": n }))),
             CoreError::UploadUnknown => (ErrorCode::BlobUploadUnknown, None),
-            CoreError::RangeInvalid { expected, .. } => {
+            CoreError::RangeInvalid { expected, .. }
+            | CoreError::ConcurrentAppend { size: expected } => {
                 let range = format!("0-{}", expected.saturating_sub(1));
                 let err = ApiError::new(ErrorCode::RangeInvalid, message);
                 return match HeaderValue::from_str(&range) {

@@ -64,7 +64,7 @@ impl From<Refusal> for ApiError {
                 let secs = retry_after.max(Duration::from_secs(1)).as_secs_f64().ceil();
                 ApiError::new(
                     ErrorCode::TooManyRequests,
-                    "too many failed logins from this address; try again later",
+                    "too many failed logins; try again later",
                 )
                 .with_header("retry-after", HeaderValue::from(secs as u64))
             }

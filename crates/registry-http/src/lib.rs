@@ -53,6 +53,8 @@ pub struct ApiConfig {
     pub manifest_max_bytes: usize,
     /// The most entries one tags or catalog page returns.
     pub max_page_size: usize,
+    /// `/healthz` answers 503 when storage has not answered within this.
+    pub health_timeout: std::time::Duration,
 }
 
 impl Default for ApiConfig {
@@ -61,6 +63,7 @@ impl Default for ApiConfig {
             delete_enabled: true,
             manifest_max_bytes: 4 * 1024 * 1024,
             max_page_size: 10_000,
+            health_timeout: std::time::Duration::from_secs(2),
         }
     }
 }
@@ -151,11 +154,16 @@ async fn api_version(mut response: Response) -> Response {
 }
 
 async fn healthz(State(state): State<RegistryState>) -> Response {
-    match state.storage.health().await {
-        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
-        Err(e) => {
+    let limit = state.config.health_timeout;
+    match tokio::time::timeout(limit, state.storage.health()).await {
+        Ok(Ok(())) => (StatusCode::OK, "ok\n").into_response(),
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "health check failed");
             (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable\n").into_response()
+        }
+        Err(_) => {
+            tracing::warn!(timeout = ?limit, "health check failed: storage did not answer");
+            (StatusCode::SERVICE_UNAVAILABLE, "storage not answering\n").into_response()
         }
     }
 }
@@ -254,6 +262,15 @@ async fn route(
         }
         (&Method::PUT, E::Manifest(name, r)) => manifests::put(s, &req, body, name, r).await,
         (&Method::DELETE, E::Manifest(name, r)) => manifests::delete(s, name, r).await,
+        (&Method::GET | &Method::HEAD | &Method::DELETE, E::InvalidReference(..)) => Err(
+            ApiError::new(ErrorCode::ManifestUnknown, "no manifest has that reference"),
+        ),
+        (&Method::PUT, E::InvalidReference(_, text)) => {
+            Err(match text.parse::<registry_core::Reference>() {
+                Err(e) => e.into(),
+                Ok(_) => ApiError::new(ErrorCode::TagInvalid, "invalid manifest reference"),
+            })
+        }
         (m, _) => Err(ApiError::new(
             ErrorCode::Unsupported,
             format!("method {m} is not supported here"),

@@ -9,6 +9,8 @@ use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
 
+use registry_auth::Escaped;
+
 use crate::error::ServerFault;
 use crate::guard::Attribution;
 
@@ -17,6 +19,7 @@ pub async fn log_requests(request: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let path = Escaped(&path);
     let bytes_in = request
         .headers()
         .get("content-length")

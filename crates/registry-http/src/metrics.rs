@@ -51,6 +51,72 @@ struct KindLabels {
     kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// Connections of the listeners serving an instance, recorded by the server (which knows the
+/// connections; the API only sees requests). Clones share their values.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionMetrics {
+    open: Gauge,
+    refused: Family<ReasonLabels, Counter>,
+    closed: Family<ReasonLabels, Counter>,
+    drains: Family<OutcomeLabels, Counter>,
+}
+
+impl ConnectionMetrics {
+    /// A connection was accepted and admitted.
+    pub fn opened(&self) {
+        self.open.inc();
+    }
+
+    /// An admitted connection ended.
+    pub fn ended(&self) {
+        self.open.dec();
+    }
+
+    /// A connection was refused at accept (`total` or `per_address` cap).
+    pub fn refused(&self, reason: &'static str) {
+        self.refused.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// A connection or request was ended by a timeout or the shutdown deadline.
+    pub fn closed(&self, reason: &'static str) {
+        self.closed.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// An unread request body after an early answer was read to its end (`true`) or given up.
+    pub fn drained(&self, whole: bool) {
+        let outcome = if whole { "whole" } else { "gave_up" };
+        self.drains.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "connections_open",
+            "Open client connections on the listeners of this instance",
+            self.open.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept by a cap (total, per_address)",
+            self.refused.clone(),
+        );
+        registry.register(
+            "connections_closed",
+            "Connections or requests ended by a bound (handshake_timeout, idle_timeout, send_timeout, body_timeout, shutdown)",
+            self.closed.clone(),
+        );
+        registry.register(
+            "unread_bodies",
+            "Request bodies left unread by an early answer, by what draining them did (whole, gave_up)",
+            self.drains.clone(),
+        );
+    }
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -72,6 +138,7 @@ pub struct Metrics {
     gc_runs: Family<OutcomeLabels, Counter>,
     gc_deleted: Family<KindLabels, Counter>,
     gc_freed_bytes: Counter<u64, AtomicU64>,
+    connections: ConnectionMetrics,
 }
 
 impl Default for Metrics {
@@ -148,8 +215,11 @@ impl Metrics {
             "Storage backend operations that failed",
             storage_errors.clone(),
         );
+        let connections = ConnectionMetrics::default();
+        connections.register(&mut registry);
         Metrics {
             registry,
+            connections,
             requests,
             durations,
             bytes_in,
@@ -172,6 +242,11 @@ impl Metrics {
                 .inc_by(n);
         }
         self.gc_freed_bytes.inc_by(bytes);
+    }
+
+    /// The connection metrics, for the server to record in.
+    pub fn connections(&self) -> &ConnectionMetrics {
+        &self.connections
     }
 
     /// The OpenMetrics text exposition.
@@ -200,7 +275,7 @@ fn endpoint_kind(path: &str) -> &'static str {
         Ok(Endpoint::Base) => "base",
         Ok(Endpoint::Catalog) => "catalog",
         Ok(Endpoint::Tags(_)) => "tags",
-        Ok(Endpoint::Manifest(..)) => "manifest",
+        Ok(Endpoint::Manifest(..) | Endpoint::InvalidReference(..)) => "manifest",
         Ok(Endpoint::Blob(..)) => "blob",
         Ok(Endpoint::Uploads(_)) | Ok(Endpoint::Upload(..)) => "upload",
         Ok(Endpoint::Referrers(..)) => "referrers",

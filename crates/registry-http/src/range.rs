@@ -54,6 +54,13 @@ pub fn parse_range(header: &str, size: u64) -> RangeRequest {
     }
 }
 
+/// Whether a `Range` may be honoured under the request's `If-Range` (RFC 9110 §13.1.5): only
+/// when there is none, or it is exactly the representation's strong `etag`. A weak tag or a
+/// date (no `Last-Modified` is sent, so no date can match) means the whole body, with 200.
+pub fn if_range_holds(if_range: Option<&str>, etag: &str) -> bool {
+    if_range.is_none_or(|v| v.trim() == etag)
+}
+
 /// Parses a chunk's `Content-Range` into `(start, end)` inclusive. Accepts the spec's
 /// `<start>-<end>` and the RFC forms `bytes <start>-<end>/<total>` and `bytes=<start>-<end>`.
 pub fn parse_content_range(header: &str) -> Option<(u64, u64)> {
@@ -89,6 +96,17 @@ mod tests {
         assert_eq!(parse_range("items=0-1", 100), Full);
         assert_eq!(parse_range("bytes=x-1", 100), Full);
         assert_eq!(parse_range("bytes=99999999999999999999999-", 100), Full);
+    }
+
+    #[test]
+    fn if_range() {
+        let etag = "\"sha256:ab\"";
+        assert!(if_range_holds(None, etag));
+        assert!(if_range_holds(Some(" \"sha256:ab\" "), etag));
+        assert!(!if_range_holds(Some("\"sha256:cd\""), etag));
+        assert!(!if_range_holds(Some("W/\"sha256:ab\""), etag));
+        assert!(!if_range_holds(Some("Wed, 21 Oct 2015 07:28:00 GMT"), etag));
+        assert!(!if_range_holds(Some(""), etag));
     }
 
     #[test]
