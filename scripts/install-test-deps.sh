@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end tests and benchmark scripts drive: skopeo, podman, curl (Debian
-# packages) and Garage, the real S3 server of the storage tests (`cargo install`, about 10
-# minutes the first time; an installed one is reused). Idempotent.
+# packages), Garage, the real S3 server of the storage tests (`cargo install`, about 10
+# minutes the first time; an installed one is reused), and a Python virtual environment with
+# the `requests` and `oras` clients from PyPI at $REGISTRY_TEST_VENV (default
+# ~/.cache/registry-test-venv). Idempotent.
 set -euo pipefail
 missing=()
 for tool in skopeo podman curl; do
@@ -25,3 +27,18 @@ if ! command -v garage >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/garage" ]; th
   cargo install --locked --quiet garage
 fi
 command -v garage >/dev/null 2>&1 || [ -x "$HOME/.cargo/bin/garage" ] || { echo "install-test-deps: garage still missing" >&2; exit 1; }
+
+venv="${REGISTRY_TEST_VENV:-$HOME/.cache/registry-test-venv}"
+if ! "$venv/bin/python" -c 'import requests, oras' >/dev/null 2>&1; then
+  echo "install-test-deps: creating the Python client environment in $venv" >&2
+  if ! python3 -m venv --help >/dev/null 2>&1; then
+    [ "$(id -u)" -eq 0 ] || { echo "install-test-deps: python3 with venv missing; run as root or: sudo apt-get install python3-venv" >&2; exit 1; }
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq python3 python3-venv >/dev/null
+  fi
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check requests==2.34.2 oras==0.2.43
+fi
+"$venv/bin/python" -c 'import requests, oras' || { echo "install-test-deps: the Python clients still missing in $venv" >&2; exit 1; }

@@ -8,6 +8,14 @@
 //!
 //! [server]
 //! listen = "127.0.0.1:5000"
+//! handshake_timeout = "10s"   # TLS handshake, and a new connection's first request
+//! idle_timeout = "60s"        # a connection with no request in flight is closed
+//! body_timeout = "60s"        # a stalled request body gets 408; an unread response is dropped
+//! shutdown_timeout = "30s"    # SIGTERM: in-flight requests get this long
+//! max_connections = 10000     # open connections on the address
+//! max_connections_per_address = 512   # per client address (IPv6 /64); trusted proxies exempt
+//! drain_limit = "32MiB"       # an unread request body after an early answer is read this far
+//! drain_timeout = "30s"       # … for at most this long
 //!
 //! [storage]
 //! url = "./data"          # a directory, file:///abs/path, s3://bucket/prefix, or memory://
@@ -20,6 +28,8 @@
 //! allow_http = false      # plain HTTP to a non-loopback endpoint
 //! virtual_hosted = false  # bucket.endpoint addressing instead of endpoint/bucket
 //! redirect = false        # blob GET answers 307 to a presigned S3 URL (20 minutes)
+//! metadata_timeout = "5s" # small-object operations (heads, tags, manifests) give up after this
+//! stall_timeout = "60s"   # a blob transfer that makes no progress gives up after this
 //!
 //! [api]
 //! delete = true           # allow manifest, tag and blob DELETE
@@ -50,7 +60,7 @@
 //! realm = "Registry"
 //! public_read = false     # anonymous pull
 //! cache = "2m"            # how long a verified password is remembered
-//! brake = { attempts = 10, window = "1m", pause = "5m" }
+//! brake = { attempts = 10, address_attempts = 100, window = "1m", pause = "5m" }
 //!
 //! [network]
 //! allow = ["10.0.0.0/8", "2001:db8::/32"]   # default: everything
@@ -73,6 +83,8 @@ use registry_auth::ip::IpRanges;
 use registry_auth::pattern::NamePattern;
 use registry_auth::tls::{ClientAuth, TlsFiles};
 use registry_auth::Rule;
+
+use crate::listen::ConnectionSettings;
 use serde::Deserialize;
 
 /// The file as written; every field optional.
@@ -136,6 +148,7 @@ pub struct RawAuth {
 #[serde(deny_unknown_fields)]
 pub struct RawBrake {
     pub attempts: Option<u32>,
+    pub address_attempts: Option<u32>,
     pub window: Option<String>,
     pub pause: Option<String>,
 }
@@ -178,6 +191,57 @@ pub struct GuardSettings {
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
     pub listen: Option<String>,
+    pub handshake_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub body_timeout: Option<String>,
+    pub shutdown_timeout: Option<String>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_address: Option<usize>,
+    pub drain_limit: Option<String>,
+    pub drain_timeout: Option<String>,
+}
+
+impl RawServer {
+    /// The connection bounds, with defaults.
+    fn connection(&self) -> anyhow::Result<ConnectionSettings> {
+        let d = ConnectionSettings::default();
+        let duration = |raw: &Option<String>, default: Duration, key: &str| match raw {
+            None => Ok(default),
+            Some(v) => match parse_duration(v).with_context(|| format!("server.{key}"))? {
+                Duration::ZERO => bail!("server.{key} must be more than 0"),
+                d => Ok(d),
+            },
+        };
+        let count = |raw: Option<usize>, default: usize, key: &str| match raw {
+            Some(0) => bail!("server.{key} must be at least 1"),
+            v => Ok(v.unwrap_or(default)),
+        };
+        Ok(ConnectionSettings {
+            handshake_timeout: duration(
+                &self.handshake_timeout,
+                d.handshake_timeout,
+                "handshake_timeout",
+            )?,
+            idle_timeout: duration(&self.idle_timeout, d.idle_timeout, "idle_timeout")?,
+            body_timeout: duration(&self.body_timeout, d.body_timeout, "body_timeout")?,
+            shutdown_timeout: duration(
+                &self.shutdown_timeout,
+                d.shutdown_timeout,
+                "shutdown_timeout",
+            )?,
+            max_connections: count(self.max_connections, d.max_connections, "max_connections")?,
+            max_connections_per_address: count(
+                self.max_connections_per_address,
+                d.max_connections_per_address,
+                "max_connections_per_address",
+            )?,
+            drain_limit: match &self.drain_limit {
+                None => d.drain_limit,
+                Some(v) => parse_size(v).context("server.drain_limit")?,
+            },
+            drain_timeout: duration(&self.drain_timeout, d.drain_timeout, "drain_timeout")?,
+        })
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -279,6 +343,27 @@ pub struct S3Location {
     pub virtual_hosted: Option<bool>,
     /// Blob GETs answer 307 to a presigned URL: the bytes flow from S3, not the registry.
     pub redirect: Option<bool>,
+    /// Operations on small objects (heads, reads until they answer, small puts, listings,
+    /// deletions) fail after this (default 5s), so a stalled S3 gives 503 quickly.
+    pub metadata_timeout: Option<String>,
+    /// A read or write of blob data that makes no progress fails after this (default 60s).
+    pub stall_timeout: Option<String>,
+}
+
+impl S3Location {
+    /// The bound of operations on small objects and, if set, the stall timeout.
+    pub fn timeouts(&self) -> anyhow::Result<(Duration, Option<Duration>)> {
+        let parse = |v: &Option<String>, key: &str| match v {
+            None => Ok(None),
+            Some(v) => match parse_duration(v).with_context(|| format!("storage.s3.{key}"))? {
+                Duration::ZERO => bail!("storage.s3.{key} must be more than 0"),
+                d => Ok(Some(d)),
+            },
+        };
+        let metadata = parse(&self.metadata_timeout, "metadata_timeout")?;
+        let stall = parse(&self.stall_timeout, "stall_timeout")?;
+        Ok((metadata.unwrap_or(Duration::from_secs(5)), stall))
+    }
 }
 
 /// Validated settings.
@@ -289,6 +374,8 @@ pub struct Settings {
     pub protected: bool,
     pub listen: SocketAddr,
     pub plain_listen: Option<SocketAddr>,
+    /// How the listeners bound connections.
+    pub connection: ConnectionSettings,
     pub tls: Option<TlsFiles>,
     pub guard: GuardSettings,
     pub storage: StorageLocation,
@@ -336,6 +423,7 @@ impl RawConfig {
         let listen: SocketAddr = listen
             .parse()
             .with_context(|| format!("listen address {listen:?} is not IP:PORT"))?;
+        let connection = self.server.connection()?;
         let mut storage = parse_storage(self.storage.url.as_deref().unwrap_or("./data"))?;
         match (&mut storage, self.storage.s3) {
             (StorageLocation::S3(loc), Some(s3)) => {
@@ -343,7 +431,8 @@ impl RawConfig {
                     bucket: std::mem::take(&mut loc.bucket),
                     prefix: std::mem::take(&mut loc.prefix),
                     ..s3
-                }
+                };
+                loc.timeouts()?;
             }
             (_, Some(_)) => bail!("[storage.s3] needs storage.url = \"s3://bucket/prefix\""),
             _ => {}
@@ -396,6 +485,7 @@ impl RawConfig {
             metrics,
             listen,
             plain_listen,
+            connection,
             tls,
             guard,
             storage,
@@ -437,6 +527,7 @@ fn validate_guard(
     let d = BrakeSettings::default();
     let brake = BrakeSettings {
         attempts: auth.brake.attempts.unwrap_or(d.attempts),
+        address_attempts: auth.brake.address_attempts.unwrap_or(d.address_attempts),
         window: match &auth.brake.window {
             Some(w) => parse_duration(w).context("auth.brake.window")?,
             None => d.window,
@@ -544,21 +635,46 @@ pub fn parse_hostname(s: &str) -> anyhow::Result<String> {
     Ok(h)
 }
 
-/// Parses `90s`, `30m`, `24h`, `7d` or a plain number of seconds.
+/// Parses `500ms`, `90s`, `30m`, `24h`, `7d` or a plain number of seconds.
 pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num
         .parse()
         .with_context(|| format!("{s:?} is not a duration like 90s, 30m, 24h or 7d"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
-        _ => bail!("{s:?} has an unknown unit (use s, m, h or d)"),
+    let scale = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => bail!("{s:?} has an unknown unit (use ms, s, m, h or d)"),
     };
-    Ok(Duration::from_secs(secs))
+    match n.checked_mul(scale) {
+        Some(secs) => Ok(Duration::from_secs(secs)),
+        None => bail!("{s:?} is too long"),
+    }
+}
+
+/// Parses a byte count: `1048576`, `512KiB`, `32MiB`, `2GiB` (`K`, `M`, `G`, `KB`… are taken
+/// as binary units too).
+pub fn parse_size(s: &str) -> anyhow::Result<u64> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("{s:?} is not a size like 32MiB"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => bail!("{s:?} has an unknown unit (use KiB, MiB or GiB)"),
+    };
+    match n.checked_mul(1 << shift) {
+        Some(bytes) => Ok(bytes),
+        None => bail!("{s:?} is too large"),
+    }
 }
 
 #[cfg(test)]
@@ -622,6 +738,29 @@ mod tests {
         assert!(parse_duration("5x").is_err());
         assert!(parse_duration("").is_err());
         assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(604800));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("99999999999999999999d").is_err());
+        assert_eq!(parse_size("32MiB").unwrap(), 32 << 20);
+        assert_eq!(parse_size("512 k").unwrap(), 512 << 10);
+        assert_eq!(parse_size("1000").unwrap(), 1000);
+        assert!(parse_size("1TiB").is_err());
+        assert!(parse_size("MiB").is_err());
+        let raw: RawConfig = toml::from_str(
+            "[server]\nidle_timeout = \"2s\"\ndrain_limit = \"1MiB\"\nmax_connections_per_address = 3\n",
+        )
+        .unwrap();
+        let c = raw.validate().unwrap().connection;
+        assert_eq!(c.idle_timeout, Duration::from_secs(2));
+        assert_eq!((c.drain_limit, c.max_connections_per_address), (1 << 20, 3));
+        assert_eq!(c.body_timeout, ConnectionSettings::default().body_timeout);
+        for bad in [
+            "body_timeout = \"0s\"",
+            "max_connections = 0",
+            "drain_limit = \"lots\"",
+        ] {
+            let raw: RawConfig = toml::from_str(&format!("[server]\n{bad}\n")).unwrap();
+            assert!(raw.validate().is_err(), "{bad}");
+        }
         assert!(parse_storage("ftp://x").is_err());
         assert!(parse_storage("file://relative").is_err());
         assert_eq!(parse_storage("memory://").unwrap(), StorageLocation::Memory);

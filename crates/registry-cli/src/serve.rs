@@ -21,6 +21,7 @@ use registry_auth::basic::BasicAuth;
 use registry_auth::tls::TlsConfig;
 use registry_auth::{Anonymous, Guard, Policy};
 use registry_core::observe::ObservedStore;
+use registry_core::timeout::TimeoutStore;
 use registry_core::{GcOptions, ObjectRegistry, Storage, StoreOptions};
 use registry_http::metrics::Metrics;
 use registry_http::{router, ApiConfig, RegistryState};
@@ -78,10 +79,12 @@ fn open_storage(location: &StorageLocation) -> anyhow::Result<OpenedStorage> {
         }
         StorageLocation::S3(loc) => {
             let s3 = Arc::new(open_s3(loc)?);
+            let (metadata_timeout, _) = loc.timeouts()?;
             let store: Arc<dyn ObjectStore> = match loc.prefix.as_str() {
                 "" => s3.clone(),
                 p => Arc::new(PrefixStore::new(s3.clone(), p)),
             };
+            let store = Arc::new(TimeoutStore::new(store, metadata_timeout));
             Ok(OpenedStorage {
                 store,
                 scratch: None,
@@ -119,15 +122,22 @@ fn open_s3(loc: &S3Location) -> anyhow::Result<AmazonS3> {
     // object_store's default 30 s limit covers a whole request, body included: a pull of a big
     // blob by a client slower than size/30 s was cut off. Instead: a day for the whole request,
     // and a stall of one read (or of connecting) fails it, unless AWS_* variables say otherwise.
-    for (key, default) in [
-        (ClientConfigKey::Timeout, "1d"),
-        (ClientConfigKey::ReadTimeout, "60s"),
-        (ClientConfigKey::ConnectTimeout, "5s"),
+    // Operations on small objects are bounded more tightly by the TimeoutStore around it.
+    // `storage.s3.stall_timeout` overrides AWS_READ_TIMEOUT.
+    let stall = loc.timeouts()?.1.map(|d| format!("{}ms", d.as_millis()));
+    for (key, default, configured) in [
+        (ClientConfigKey::Timeout, "1d", None),
+        (ClientConfigKey::ReadTimeout, "60s", stall),
+        (ClientConfigKey::ConnectTimeout, "5s", None),
     ] {
         // (get_config_value reports object_store's defaults too: ask the environment.)
         let variable = format!("AWS_{}", key.as_ref().to_ascii_uppercase());
-        if std::env::var_os(variable).is_none() {
-            b = b.with_config(AmazonS3ConfigKey::Client(key), default);
+        match configured {
+            Some(value) => b = b.with_config(AmazonS3ConfigKey::Client(key), value),
+            None if std::env::var_os(variable).is_none() => {
+                b = b.with_config(AmazonS3ConfigKey::Client(key), default)
+            }
+            None => {}
         }
     }
     if let Some(e) = &loc.endpoint {
@@ -191,12 +201,15 @@ pub fn open_registry(location: &StorageLocation) -> anyhow::Result<ObjectRegistr
 pub async fn serve(instances: Vec<(String, Settings)>) -> anyhow::Result<()> {
     let mut by_address: BTreeMap<SocketAddr, Vec<Site>> = BTreeMap::new();
     for (name, settings) in &instances {
-        let (app, tls) = build_site(settings).await?;
+        let BuiltSite { app, tls, metrics } = build_site(settings).await?;
         let site = Site {
             name: name.clone(),
             hostname: settings.hostname.clone(),
             app,
             tls,
+            connection: settings.connection.clone(),
+            trusted_proxies: settings.guard.trusted_proxies.clone(),
+            metrics: metrics.map(|m| m.connections().clone()),
         };
         if let Some(addr) = settings.plain_listen {
             let plain = Site {
@@ -248,9 +261,9 @@ pub async fn serve(instances: Vec<(String, Settings)>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One instance's app (storage, guards, API, metrics, request log) and TLS configuration;
-/// starts its background work (upload purge, a metrics listener of its own).
-async fn build_site(settings: &Settings) -> anyhow::Result<(Router, Option<Arc<TlsConfig>>)> {
+/// One instance's app (storage, guards, API, metrics, request log), TLS configuration and
+/// metrics; starts its background work (upload purge, a metrics listener of its own).
+async fn build_site(settings: &Settings) -> anyhow::Result<BuiltSite> {
     let opened = open_storage(&settings.storage)?;
     let metrics = (settings.metrics != MetricsSettings::Off).then(|| Arc::new(Metrics::new()));
     let observe = |store: Arc<dyn ObjectStore>| -> Arc<dyn ObjectStore> {
@@ -320,7 +333,14 @@ async fn build_site(settings: &Settings) -> anyhow::Result<(Router, Option<Arc<T
         )),
         None => None,
     };
-    Ok((app, tls))
+    Ok(BuiltSite { app, tls, metrics })
+}
+
+/// What [`build_site`] builds.
+struct BuiltSite {
+    app: Router,
+    tls: Option<Arc<TlsConfig>>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {

@@ -4,6 +4,7 @@
 mod common;
 
 use common::{data, sha256, Server};
+use futures::StreamExt;
 use reqwest::{Client, Method, Response, StatusCode};
 use serde_json::{json, Value};
 
@@ -270,6 +271,34 @@ async fn range_reads() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(header(&r, "content-range"), "bytes */1000");
+    // If-Range (RFC 9110 §13.1.5): the right strong ETag keeps the range; anything else (another
+    // tag, a weak one, a date) gets the whole blob with 200.
+    let etag = format!("\"{d}\"");
+    for (if_range, partial) in [
+        (etag.as_str(), true),
+        ("\"sha256:0000\"", false),
+        (&format!("W/{etag}"), false),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", false),
+    ] {
+        let r = t
+            .req(Method::GET, &path)
+            .header("range", "bytes=0-9")
+            .header("if-range", if_range)
+            .send()
+            .await
+            .unwrap();
+        match partial {
+            true => {
+                assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT, "{if_range}");
+                assert_eq!(r.bytes().await.unwrap(), &bytes[..10]);
+            }
+            false => {
+                assert_eq!(r.status(), StatusCode::OK, "{if_range}");
+                assert!(r.headers().get("content-range").is_none());
+                assert_eq!(r.bytes().await.unwrap(), bytes);
+            }
+        }
+    }
 }
 
 #[tokio::test]
@@ -358,6 +387,58 @@ async fn streamed_patch_without_content_range() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(t.blob("stream", &d).await, bytes);
+}
+
+/// Two PATCHes to one session at once (a client's parallel chunks, a retry racing its
+/// original): one is accepted, the other gets 416 with the session's true range, so nothing
+/// the client was told is stored can be silently dropped; the client resumes from the range.
+#[tokio::test]
+async fn concurrent_patches_to_one_session() {
+    let t = T::new();
+    let loc = t.start_upload("race").await;
+    let (a, b) = (data(200_000, 1), data(200_000, 2));
+    let slow = |bytes: &Vec<u8>| {
+        let chunks: Vec<Vec<u8>> = bytes.chunks(20_000).map(<[u8]>::to_vec).collect();
+        reqwest::Body::wrap_stream(futures::stream::iter(chunks).then(|c| async move {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            Ok::<_, std::io::Error>(c)
+        }))
+    };
+    let (ra, rb) = tokio::join!(
+        t.req(Method::PATCH, &loc).body(slow(&a)).send(),
+        t.req(Method::PATCH, &loc).body(slow(&b)).send(),
+    );
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    let mut statuses = [ra.status(), rb.status()];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [StatusCode::ACCEPTED, StatusCode::RANGE_NOT_SATISFIABLE]
+    );
+    for r in [&ra, &rb] {
+        assert_eq!(header(r, "range"), "0-199999", "both learn the true range");
+    }
+    let winner = if ra.status() == StatusCode::ACCEPTED {
+        a
+    } else {
+        b
+    };
+    let loser = if ra.status() == StatusCode::ACCEPTED {
+        rb
+    } else {
+        ra
+    };
+    assert_eq!(error_code(loser).await, "RANGE_INVALID");
+    let r = t.get(&loc).await;
+    assert_eq!(header(&r, "range"), "0-199999");
+    let d = sha256(&winner);
+    let r = t
+        .req(Method::PUT, &format!("{loc}?digest={d}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(t.blob("race", &d).await, winner);
 }
 
 /// More than 10 000 PATCH chunks of mixed sizes (S3 allows 10 000 parts per object): small
@@ -959,15 +1040,16 @@ async fn bad_input_gets_spec_errors() {
             StatusCode::BAD_REQUEST,
             "NAME_INVALID",
         ),
+        // A reference that is neither a tag nor a digest names nothing (conformance: 404).
         (
             "/v2/a/manifests/-bad".to_owned(),
-            StatusCode::BAD_REQUEST,
-            "TAG_INVALID",
+            StatusCode::NOT_FOUND,
+            "MANIFEST_UNKNOWN",
         ),
         (
             format!("/v2/a/manifests/{}", "t".repeat(129)),
-            StatusCode::BAD_REQUEST,
-            "TAG_INVALID",
+            StatusCode::NOT_FOUND,
+            "MANIFEST_UNKNOWN",
         ),
         (
             "/v2/a/blobs/sha256:1234".to_owned(),
@@ -1041,6 +1123,21 @@ async fn bad_input_gets_spec_errors() {
         .await
         .unwrap();
     expect_error(r, StatusCode::BAD_REQUEST, "SIZE_INVALID").await;
+    // Pushing to a reference that is neither a tag nor a digest is a client error.
+    for (reference, code) in [
+        ("-bad", "TAG_INVALID"),
+        (".INVALID_MANIFEST_NAME", "TAG_INVALID"),
+        ("sha256:1234", "DIGEST_INVALID"),
+    ] {
+        let r = t
+            .req(Method::PUT, &format!("/v2/a/manifests/{reference}"))
+            .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        expect_error(r, StatusCode::BAD_REQUEST, code).await;
+    }
     // A bad tag in ?tag=.
     let r = t
         .req(Method::PUT, &format!("/v2/a/manifests/{d}?tag=-x"))
@@ -1049,6 +1146,28 @@ async fn bad_input_gets_spec_errors() {
         .await
         .unwrap();
     expect_error(r, StatusCode::BAD_REQUEST, "TAG_INVALID").await;
+}
+
+/// The OCI conformance suite (v1.1.1) asks for `.INVALID_MANIFEST_NAME` in an existing
+/// repository and requires 404 for GET, HEAD and DELETE.
+#[tokio::test]
+async fn invalid_manifest_references_are_unknown() {
+    let t = T::new();
+    t.push_image("conformance", "v1", 1).await;
+    for reference in [".INVALID_MANIFEST_NAME", "sha256:abc", "a:b:c", "-x"] {
+        let path = format!("/v2/conformance/manifests/{reference}");
+        for method in [Method::GET, Method::DELETE] {
+            let r = t.req(method.clone(), &path).send().await.unwrap();
+            expect_error(r, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN").await;
+        }
+        let r = t.req(Method::HEAD, &path).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "HEAD {reference}");
+    }
+    // Nothing was deleted on the way.
+    assert_eq!(
+        t.get("/v2/conformance/manifests/v1").await.status(),
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]

@@ -428,14 +428,7 @@ async fn scheduled_collection_in_serve() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     pull_verified(&http, &base, "sched/app", "keep").await;
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics_text(&http, &base).await;
     assert!(
         metrics.contains("registry_gc_runs_total{outcome=\"ok\"}"),
         "{metrics}"

@@ -183,8 +183,8 @@ async fn basic_auth_on_every_endpoint_and_every_hash_format() {
         unknown.headers()["www-authenticate"]
     );
     assert_eq!(wrong.bytes().await.unwrap(), unknown.bytes().await.unwrap());
-    // Wrong passwords on every endpoint, from another address: 401 until the default brake
-    // (10 failures a minute) engages, then 429.
+    // Wrong passwords on every endpoint, from another address: 401 for the 10 failures the
+    // default brake allows (the 10th engages it), then 429.
     let attacker = |ip: &str| {
         Client::builder()
             .local_address(ip.parse::<IpAddr>().unwrap())
@@ -195,7 +195,7 @@ async fn basic_auth_on_every_endpoint_and_every_hash_format() {
     for rb in every_endpoint(&attacker("127.0.0.2"), &base) {
         statuses.push(send(rb, Some(("ann", "wrong"))).await.status().as_u16());
     }
-    let mut expected = vec![401; 9];
+    let mut expected = vec![401; 10];
     expected.resize(statuses.len(), 429);
     assert_eq!(statuses, expected);
     // Different guesses in parallel cannot overrun the limit: at most 10 are verified.
@@ -313,11 +313,12 @@ async fn brute_force_brake() {
     let server = Server::start(&["--config", cfg.to_str().unwrap()]);
     let base = server.url();
     let http = Client::new();
-    for _ in 0..2 {
+    for _ in 0..3 {
         let r = send(http.get(format!("{base}/v2/")), Some(("ann", "guess"))).await;
         expect_error(r, StatusCode::UNAUTHORIZED, "UNAUTHORIZED").await;
     }
-    // The third failure engages the brake; then even the right password waits.
+    // The third failure engaged the brake for ann from this address; then even the right
+    // password waits (it was not verified before the brake engaged).
     let r = send(http.get(format!("{base}/v2/")), Some(("ann", "guess"))).await;
     let r = expect_error(r, StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS").await;
     let retry: u64 = r.headers()["retry-after"]
@@ -350,6 +351,109 @@ async fn brute_force_brake() {
             .status(),
         StatusCode::OK
     );
+}
+
+/// One office or CI fleet behind one NAT: a job with a wrong or unknown user name, or someone
+/// guessing, must not lock out everyone else at that address.
+#[tokio::test]
+async fn the_brake_spares_others_behind_one_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = dir.path().join("htpasswd");
+    write_htpasswd(&htpasswd);
+    let cfg = config(
+        dir.path(),
+        &format!("[auth]\nhtpasswd = {htpasswd:?}\nbrake = {{ address_attempts = 30 }}\n"),
+    );
+    let server = Server::start(&["--config", cfg.to_str().unwrap()]);
+    let base = server.url();
+    let status = |ip: &'static str, creds: (String, &'static str)| {
+        let base = base.clone();
+        async move {
+            let from = Client::builder()
+                .local_address(ip.parse::<IpAddr>().unwrap())
+                .build()
+                .unwrap();
+            let r = send(from.get(format!("{base}/v2/")), Some((&creds.0, creds.1))).await;
+            r.status().as_u16()
+        }
+    };
+    let nat = "127.0.0.1";
+    let user = |name: &str| name.to_owned();
+    // A job with a user that does not exist: ten 401s (the tenth engages the brake), then 429.
+    let mut job = Vec::new();
+    for _ in 0..11 {
+        job.push(status(nat, (user("nobody"), "wrong")).await);
+    }
+    assert_eq!(job, [[401; 10].as_slice(), &[429]].concat());
+    // Everyone else behind the same address logs in, for the first time or again.
+    assert_eq!(status(nat, (user("ann"), ANN.1)).await, 200);
+    assert_eq!(status(nat, (user("bob"), BOB.1)).await, 200);
+    // Someone guessing ann's password from there brakes ann's name at that address, but not
+    // her session (a password verified shortly before) nor anyone else.
+    for _ in 0..10 {
+        assert_eq!(status(nat, (user("ann"), "guess")).await, 401);
+    }
+    assert_eq!(status(nat, (user("ann"), "guess")).await, 429);
+    assert_eq!(status(nat, (user("ann"), ANN.1)).await, 200, "remembered");
+    assert_eq!(status(nat, (user("cid"), "password")).await, 200);
+    // A login clears its name's failures: a user who mistypes is not braked by old typos.
+    let typist = "127.0.0.4";
+    for round in 0..3 {
+        for _ in 0..9 {
+            let s = status(typist, (user("eve"), "typo")).await;
+            assert_eq!(s, 401, "round {round}");
+        }
+        let s = status(typist, (user("eve"), "Hello world!")).await;
+        assert_eq!(s, 200, "round {round}");
+    }
+    // Guessing many names engages the brake for the whole address after 30 failures.
+    let sprayer = "127.0.0.5";
+    let mut sprayed = Vec::new();
+    for n in 0..31 {
+        sprayed.push(status(sprayer, (format!("user{n}"), "password")).await);
+    }
+    assert_eq!(sprayed, [[401; 30].as_slice(), &[429]].concat());
+    let first_login = (user("dee"), "Hello world!");
+    assert_eq!(status(sprayer, first_login.clone()).await, 429);
+    // Other addresses are not braked at all.
+    assert_eq!(status("127.0.0.2", first_login).await, 200);
+}
+
+/// Public read with access rules: signing in never takes rights away (README, guards).
+#[tokio::test]
+async fn signed_in_users_keep_what_anonymous_may_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = dir.path().join("htpasswd");
+    write_htpasswd(&htpasswd);
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "[auth]\nhtpasswd = {htpasswd:?}\npublic_read = true\n\n[[access]]\nusers = [\"ann\"]\nrepositories = [\"team-a/**\"]\nactions = [\"pull\", \"push\"]\n"
+        ),
+    );
+    let server = Server::start(&["--config", cfg.to_str().unwrap()]);
+    let base = server.url();
+    let http = Client::new();
+    let (manifest, _) = push_image(&http, &base, "team-a/app", "v1", Some(ANN)).await;
+    let path = format!("{base}/v2/team-a/app/manifests/{manifest}");
+    for creds in [None, Some(BOB), Some(ANN)] {
+        let r = send(http.get(&path), creds).await;
+        assert_eq!(
+            r.status(),
+            StatusCode::OK,
+            "{creds:?} pulls what anyone may"
+        );
+        let catalog = send(http.get(format!("{base}/v2/_catalog")), creds).await;
+        let body: Value = catalog.json().await.unwrap();
+        assert_eq!(body["repositories"], json!(["team-a/app"]), "{creds:?}");
+    }
+    // Pushing still takes a rule.
+    let r = send(
+        http.post(format!("{base}/v2/team-a/app/blobs/uploads/")),
+        Some(BOB),
+    )
+    .await;
+    expect_error(r, StatusCode::FORBIDDEN, "DENIED").await;
 }
 
 #[tokio::test]

@@ -318,6 +318,67 @@ async fn s3_outage_mid_push_gives_503_and_recovers() {
     assert_eq!(catalog["repositories"], json!(["down/app"]));
 }
 
+/// An S3 server that accepts connections but answers nothing (frozen with SIGSTOP): health
+/// checks answer 503 within 2 s and requests within the metadata timeout, instead of hanging
+/// for the transport's minute; when it answers again, so does the registry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_s3_is_answered_within_seconds() {
+    let garage = start_garage().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("registry.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[storage]\nurl = \"s3://{BUCKET}/stalled\"\n[storage.s3]\nmetadata_timeout = \"3s\"\n"
+        ),
+    )
+    .unwrap();
+    let storage = Some(format!("s3://{BUCKET}/stalled"));
+    let server = Server::start_on(storage, garage.env(), &["--config", cfg.to_str().unwrap()]);
+    let base = server.url();
+    let http = Client::new();
+    let config = push_config(&http, &base, "stall/app").await;
+    push_manifest(&http, &base, "stall/app", "v1", &config, &[]).await;
+
+    garage.freeze();
+    let timed = |path: &'static str| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let start = std::time::Instant::now();
+            let r = http.get(format!("{base}{path}")).send().await.unwrap();
+            (r.status(), start.elapsed())
+        }
+    };
+    let (status, took) = timed("/healthz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        took < std::time::Duration::from_millis(2500),
+        "healthz took {took:?}"
+    );
+    for path in [
+        "/v2/stall/app/manifests/v1",
+        "/v2/stall/app/tags/list",
+        "/v2/_catalog",
+    ] {
+        let (status, took) = timed(path).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        assert!(
+            took < std::time::Duration::from_secs(5),
+            "{path} took {took:?}"
+        );
+    }
+    garage.thaw();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while timed("/healthz").await.0 != StatusCode::OK {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "storage did not come back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(timed("/v2/stall/app/manifests/v1").await.0, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn redirect_mode_serves_blobs_from_s3() {
     let garage = start_garage().await;

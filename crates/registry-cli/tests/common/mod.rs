@@ -23,6 +23,8 @@ pub struct Server {
     /// `--storage`.
     pub storage: String,
     pub env: Vec<(&'static str, String)>,
+    /// Where stderr goes (with `RUST_LOG=info`), for servers started by [`Server::start_logged`].
+    pub log: Option<PathBuf>,
 }
 
 /// A port that was free a moment ago.
@@ -51,15 +53,43 @@ impl Server {
         let addr = format!("127.0.0.1:{}", free_port());
         let storage = storage.unwrap_or_else(|| dir.path().join("data").display().to_string());
         let s = Server {
-            child: spawn(&addr, &storage, &env, &extra),
+            child: spawn(&addr, &storage, &env, &extra, None),
             addr,
             dir,
             extra,
             storage,
             env,
+            log: None,
         };
         s.wait_ready();
         s
+    }
+
+    /// Starts a server on fresh storage whose log (`RUST_LOG=info`) is kept in a file.
+    pub fn start_logged(extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let storage = dir.path().join("data").display().to_string();
+        let log = dir.path().join("registry.log");
+        let env = vec![("RUST_LOG", "info".to_owned())];
+        let s = Server {
+            child: spawn(&addr, &storage, &env, &extra, Some(&log)),
+            addr,
+            dir,
+            extra,
+            storage,
+            env,
+            log: Some(log),
+        };
+        s.wait_ready();
+        s
+    }
+
+    /// What the server logged so far (for servers started by [`Server::start_logged`]).
+    pub fn logged(&self) -> String {
+        let path = self.log.as_ref().expect("started with start_logged");
+        String::from_utf8_lossy(&std::fs::read(path).unwrap()).into_owned()
     }
 
     /// The storage directory.
@@ -87,7 +117,8 @@ impl Server {
     pub fn kill_and_restart(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
-        self.child = spawn(&self.addr, &self.storage, &self.env, &self.extra);
+        let log = self.log.as_deref();
+        self.child = spawn(&self.addr, &self.storage, &self.env, &self.extra, log);
         self.wait_ready();
     }
 
@@ -99,16 +130,30 @@ impl Server {
     }
 }
 
-fn spawn(addr: &str, storage: &str, env: &[(&'static str, String)], extra: &[String]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_registry"))
+fn spawn(
+    addr: &str,
+    storage: &str,
+    env: &[(&'static str, String)],
+    extra: &[String],
+    log: Option<&Path>,
+) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_registry"));
+    command
         .arg("serve")
         .args(["--listen", addr, "--storage", storage])
         .args(extra)
-        .envs(env.iter().map(|(k, v)| (k, v)))
         .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start registry")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null());
+    if let Some(log) = log {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        command.stderr(file);
+    }
+    command.spawn().expect("start registry")
 }
 
 impl Drop for Server {
@@ -121,6 +166,12 @@ impl Drop for Server {
 /// GETs `url` and parses the body as JSON (any status).
 pub async fn get_json(http: &reqwest::Client, url: String) -> serde_json::Value {
     http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+/// The text of `GET /metrics` on `base`.
+pub async fn metrics_text(http: &reqwest::Client, base: &str) -> String {
+    let r = http.get(format!("{base}/metrics")).send().await.unwrap();
+    r.text().await.unwrap()
 }
 
 /// An OCI image manifest naming a config and uncompressed tar layers by (digest, size).
@@ -170,6 +221,32 @@ pub fn require_tool(name: &str) -> PathBuf {
     panic!(
         "required tool `{name}` is not installed; run .ci/run (or apt-get install {name}) first"
     );
+}
+
+/// The Python of the test virtual environment (with `requests` and `oras`), which
+/// `scripts/install-test-deps.sh` creates at `$REGISTRY_TEST_VENV` (default
+/// `~/.cache/registry-test-venv`). Missing, it fails the test: tests never skip silently.
+pub fn python() -> PathBuf {
+    let venv = std::env::var_os("REGISTRY_TEST_VENV")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/registry-test-venv"))
+        })
+        .expect("HOME or REGISTRY_TEST_VENV");
+    let python = venv.join("bin/python");
+    assert!(
+        python.is_file(),
+        "the Python client tests need {}: run scripts/install-test-deps.sh (.ci/run does)",
+        python.display()
+    );
+    python
+}
+
+/// A script of `tests/clients/`.
+pub fn client_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/clients")
+        .join(name)
 }
 
 /// A minimal uncompressed tar archive holding the given files.
