@@ -13,6 +13,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::htpasswd::Htpasswd;
 use crate::watch::Watched;
+use crate::Error;
 
 /// The most remembered successes; beyond it the oldest half is forgotten.
 const CACHE_LIMIT: usize = 4096;
@@ -30,13 +31,13 @@ pub struct BasicAuth {
 impl BasicAuth {
     /// Opens an htpasswd file; lines that cannot be parsed are logged (by number) and skipped.
     /// Successful verifications are remembered for `ttl` (zero: never).
-    pub fn open(path: &Path, realm: &str, ttl: Duration) -> Result<BasicAuth, String> {
+    pub fn open(path: &Path, realm: &str, ttl: Duration) -> Result<BasicAuth, Error> {
         let owned: PathBuf = path.to_owned();
         let file = Watched::new("htpasswd", vec![owned.clone()], RELOAD_CHECK, move || {
             load(&owned)
         })?;
         let mut key = [0u8; 32];
-        getrandom::fill(&mut key).map_err(|e| format!("no randomness: {e}"))?;
+        getrandom::fill(&mut key)?;
         Ok(BasicAuth {
             file,
             realm: realm.to_owned(),
@@ -125,9 +126,12 @@ impl BasicAuth {
 /// How often the file's metadata is looked at.
 const RELOAD_CHECK: Duration = Duration::from_secs(1);
 
-fn load(path: &Path) -> Result<Htpasswd, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read htpasswd file {}: {e}", path.display()))?;
+fn load(path: &Path) -> Result<Htpasswd, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        what: "htpasswd file",
+        path: path.to_owned(),
+        source,
+    })?;
     let (file, errors) = Htpasswd::parse(&text);
     for e in &errors {
         tracing::warn!(file = %path.display(), line = e.line, "htpasswd line skipped: {}", e.reason);

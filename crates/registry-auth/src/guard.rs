@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,6 +34,82 @@ pub enum Refusal {
         /// When to come back.
         retry_after: Duration,
     },
+}
+
+/// An instance's guards as settings (what a configuration file says); [`GuardSettings::build`]
+/// makes the [`Guard`].
+#[derive(Debug, Clone)]
+pub struct GuardSettings {
+    /// HTTP Basic against this htpasswd file.
+    pub htpasswd: Option<PathBuf>,
+    /// The realm of the Basic challenge.
+    pub realm: String,
+    /// Anonymous clients may pull.
+    pub public_read: bool,
+    /// How long a verified password is remembered.
+    pub cache: Duration,
+    /// The brute-force brake.
+    pub brake: BrakeSettings,
+    /// Client certificates verified at the TLS handshake are identities.
+    pub client_certificates: bool,
+    /// … only those with a matching name, if set.
+    pub client_names: Option<Vec<NamePattern>>,
+    /// The addresses that may connect.
+    pub allow: IpRanges,
+    /// Forwarding headers are believed from these.
+    pub trusted_proxies: IpRanges,
+    /// Who may do what; without rules every identity may do everything.
+    pub rules: Vec<crate::Rule>,
+}
+
+impl Default for GuardSettings {
+    /// No guard: everyone may do everything.
+    fn default() -> Self {
+        GuardSettings {
+            htpasswd: None,
+            realm: "Registry".to_owned(),
+            public_read: false,
+            cache: Duration::from_secs(120),
+            brake: BrakeSettings::default(),
+            client_certificates: false,
+            client_names: None,
+            allow: IpRanges::all(),
+            trusted_proxies: IpRanges::none(),
+            rules: Vec::new(),
+        }
+    }
+}
+
+impl GuardSettings {
+    /// Whether anything is guarded (an authentication method or an allowlist).
+    pub fn is_guarded(&self) -> bool {
+        self.htpasswd.is_some() || self.client_certificates || !self.allow.is_everything()
+    }
+
+    /// The guard, or `None` when nothing is guarded (then no per-request work is needed).
+    pub fn build(&self) -> Result<Option<Guard>, crate::Error> {
+        if !self.is_guarded() {
+            return Ok(None);
+        }
+        let anonymous = match self.public_read {
+            true => Anonymous::Pull,
+            // Lowered to Deny by the guard when authentication is configured.
+            false => Anonymous::Everything,
+        };
+        let mut guard = Guard::open()
+            .with_allowed_addresses(self.allow.clone())
+            .with_trusted_proxies(self.trusted_proxies.clone())
+            .with_policy(Policy::new(anonymous, self.rules.clone()));
+        if let Some(path) = &self.htpasswd {
+            let basic = BasicAuth::open(path, &self.realm, self.cache)?;
+            tracing::info!(file = %path.display(), users = basic.users(), "HTTP Basic authentication on");
+            guard = guard.with_basic(basic, self.brake);
+        }
+        if self.client_certificates {
+            guard = guard.with_client_certificates(self.client_names.clone());
+        }
+        Ok(Some(guard))
+    }
 }
 
 /// Everything one instance checks before a request reaches storage.

@@ -9,6 +9,8 @@ use base64::Engine;
 use md5::{Digest as _, Md5};
 use subtle::ConstantTimeEq;
 
+use crate::Error;
+
 /// One stored password hash.
 #[derive(Clone, PartialEq, Eq)]
 pub enum PasswordHash {
@@ -43,10 +45,10 @@ impl fmt::Debug for PasswordHash {
 
 impl PasswordHash {
     /// Parses the hash part of an htpasswd line.
-    pub fn parse(s: &str) -> Result<PasswordHash, String> {
+    pub fn parse(s: &str) -> Result<PasswordHash, Error> {
         if s.starts_with("$2y$") || s.starts_with("$2b$") || s.starts_with("$2a$") {
             s.parse::<bcrypt::HashParts>()
-                .map_err(|e| format!("invalid bcrypt hash: {e}"))?;
+                .map_err(|e| Error::Hash(format!("invalid bcrypt hash: {e}")))?;
             return Ok(PasswordHash::Bcrypt(s.to_owned()));
         }
         for magic in ["apr1", "1"] {
@@ -56,9 +58,9 @@ impl PasswordHash {
                 };
                 let (salt, hash) = rest
                     .split_once('$')
-                    .ok_or("an MD5-crypt hash needs $salt$hash")?;
+                    .ok_or_else(|| Error::Hash("an MD5-crypt hash needs $salt$hash".into()))?;
                 if salt.len() > 8 || hash.len() != 22 || !hash.bytes().all(is_crypt64) {
-                    return Err("malformed MD5-crypt hash".into());
+                    return Err(Error::Hash("malformed MD5-crypt hash".into()));
                 }
                 return Ok(PasswordHash::Md5Crypt {
                     magic,
@@ -70,21 +72,25 @@ impl PasswordHash {
         if let Some(b64) = s.strip_prefix("{SHA}") {
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(b64)
-                .map_err(|_| "the {SHA} hash is not base64")?;
+                .map_err(|_| Error::Hash("the {SHA} hash is not base64".into()))?;
             let digest: [u8; 20] = bytes
                 .try_into()
-                .map_err(|_| "the {SHA} hash is not 20 bytes")?;
+                .map_err(|_| Error::Hash("the {SHA} hash is not 20 bytes".into()))?;
             return Ok(PasswordHash::Sha1(digest));
         }
         if s.starts_with("$5$") || s.starts_with("$6$") {
             sha_crypt::PasswordHashRef::new(s)
-                .map_err(|e| format!("invalid SHA-crypt hash: {e}"))?;
+                .map_err(|e| Error::Hash(format!("invalid SHA-crypt hash: {e}")))?;
             return Ok(PasswordHash::ShaCrypt(s.to_owned()));
         }
         if s.len() == 13 && s.bytes().all(is_crypt64) {
-            return Err("DES crypt hashes are not supported (insecure); use bcrypt".into());
+            return Err(Error::Hash(
+                "DES crypt hashes are not supported (insecure); use bcrypt".into(),
+            ));
         }
-        Err("unknown hash format (supported: bcrypt, $apr1$, $1$, {SHA}, $5$, $6$)".into())
+        Err(Error::Hash(
+            "unknown hash format (supported: bcrypt, $apr1$, $1$, {SHA}, $5$, $6$)".into(),
+        ))
     }
 
     /// Whether verifying costs milliseconds (and belongs off the async runtime).
@@ -236,7 +242,7 @@ impl Htpasswd {
             let hash = match PasswordHash::parse(hash.trim()) {
                 Ok(h) => h,
                 Err(e) => {
-                    fail(e);
+                    fail(e.to_string());
                     continue;
                 }
             };

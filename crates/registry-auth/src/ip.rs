@@ -7,6 +7,8 @@ use std::str::FromStr;
 
 use ipnet::IpNet;
 
+use crate::Error;
+
 /// A list of address ranges.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IpRanges(Vec<IpNet>);
@@ -49,7 +51,7 @@ impl IpRanges {
     }
 
     /// Parses ranges (`10.0.0.0/8`, `2001:db8::/32`, or a single address), one per item.
-    pub fn parse<S: AsRef<str>>(items: &[S]) -> Result<IpRanges, String> {
+    pub fn parse<S: AsRef<str>>(items: &[S]) -> Result<IpRanges, Error> {
         items
             .iter()
             .map(|s| {
@@ -57,7 +59,7 @@ impl IpRanges {
                 IpNet::from_str(s)
                     .or_else(|_| IpAddr::from_str(s).map(IpNet::from))
                     .map(|n| n.trunc())
-                    .map_err(|_| format!("{s:?} is not an IP address or CIDR range"))
+                    .map_err(|_| Error::setting(s, "an IP address or CIDR range"))
             })
             .collect::<Result<_, _>>()
             .map(IpRanges)

@@ -7,6 +7,7 @@
 
 pub mod basic;
 pub mod brake;
+mod error;
 pub mod escape;
 pub mod guard;
 pub mod htpasswd;
@@ -18,8 +19,9 @@ pub mod watch;
 
 use std::fmt;
 
+pub use error::Error;
 pub use escape::Escaped;
-pub use guard::{Guard, Refusal};
+pub use guard::{Guard, GuardSettings, Refusal};
 pub use rules::{Action, Anonymous, Policy, Rule};
 
 /// Who a request comes from, once authenticated.

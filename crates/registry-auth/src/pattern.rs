@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use crate::Error;
+
 /// A client name pattern, matched case-insensitively label by label.
 #[derive(Clone, PartialEq, Eq)]
 pub struct NamePattern {
@@ -12,7 +14,7 @@ pub struct NamePattern {
 
 impl NamePattern {
     /// Parses a pattern: DNS labels separated by dots, any of which may be `*`.
-    pub fn parse(s: &str) -> Result<NamePattern, String> {
+    pub fn parse(s: &str) -> Result<NamePattern, Error> {
         let text = s.trim().trim_end_matches('.').to_ascii_lowercase();
         let labels: Vec<String> = text.split('.').map(str::to_owned).collect();
         let ok = |l: &String| {
@@ -23,8 +25,9 @@ impl NamePattern {
                         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
         };
         if text.is_empty() || !labels.iter().all(ok) {
-            return Err(format!(
-                "{s:?} is not a name pattern (DNS labels, `*` for any one label)"
+            return Err(Error::setting(
+                s,
+                "a name pattern (DNS labels, `*` for any one label)",
             ));
         }
         Ok(NamePattern { text, labels })
@@ -62,10 +65,10 @@ pub struct RepoGlob(String);
 
 impl RepoGlob {
     /// Parses a glob.
-    pub fn parse(s: &str) -> Result<RepoGlob, String> {
+    pub fn parse(s: &str) -> Result<RepoGlob, Error> {
         let s = s.trim();
         if s.is_empty() || s.contains("***") {
-            return Err(format!("{s:?} is not a repository pattern"));
+            return Err(Error::setting(s, "a repository pattern"));
         }
         Ok(RepoGlob(s.to_owned()))
     }

@@ -6,7 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::pattern::{NamePattern, RepoGlob};
-use crate::Identity;
+use crate::{Error, Identity};
 
 /// What a request does to a repository.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -20,13 +20,13 @@ pub enum Action {
 }
 
 impl FromStr for Action {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Action, String> {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Action, Error> {
         match s.trim().to_ascii_lowercase().as_str() {
             "pull" | "read" => Ok(Action::Pull),
             "push" | "write" => Ok(Action::Push),
             "delete" => Ok(Action::Delete),
-            _ => Err(format!("{s:?} is not an action (pull, push, delete)")),
+            _ => Err(Error::setting(s, "an action (pull, push, delete)")),
         }
     }
 }
@@ -57,12 +57,12 @@ impl Rule {
         certificates: &[S],
         repositories: &[S],
         actions: &[S],
-    ) -> Result<Rule, String> {
+    ) -> Result<Rule, Error> {
         if users.is_empty() && certificates.is_empty() {
-            return Err("an access rule needs users or certificates".into());
+            return Err(Error::Rule("users or certificates"));
         }
         if repositories.is_empty() || actions.is_empty() {
-            return Err("an access rule needs repositories and actions".into());
+            return Err(Error::Rule("repositories and actions"));
         }
         Ok(Rule {
             users: users.iter().map(|u| u.as_ref().to_owned()).collect(),

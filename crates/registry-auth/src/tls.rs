@@ -13,6 +13,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 
 use crate::watch::Watched;
+use crate::Error;
 
 /// Whether clients must present a certificate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,7 +45,7 @@ pub struct TlsConfig(Watched<ServerConfig>);
 
 impl TlsConfig {
     /// Loads the files now; errors name the file and what is wrong with it.
-    pub fn load(files: TlsFiles) -> Result<TlsConfig, String> {
+    pub fn load(files: TlsFiles) -> Result<TlsConfig, Error> {
         let mut paths = vec![files.cert.clone(), files.key.clone()];
         paths.extend(files.client_ca.clone());
         Watched::new("TLS certificates", paths, RELOAD_CHECK, move || {
@@ -59,56 +60,61 @@ impl TlsConfig {
     }
 }
 
-fn server_config(files: &TlsFiles) -> Result<ServerConfig, String> {
+fn server_config(files: &TlsFiles) -> Result<ServerConfig, Error> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let chain = read_certs(&files.cert)?;
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
-        format!(
-            "cannot read a private key from {}: {e}",
-            files.key.display()
-        )
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| Error::Invalid {
+        what: "private key",
+        path: files.key.clone(),
+        reason: e.to_string(),
     })?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| e.to_string())?;
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
     let builder = match &files.client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let mut roots = RootCertStore::empty();
             for cert in read_certs(ca)? {
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("bad CA certificate in {}: {e}", ca.display()))?;
+                roots.add(cert).map_err(|e| Error::Invalid {
+                    what: "client CA",
+                    path: ca.clone(),
+                    reason: e.to_string(),
+                })?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
             let verifier = match files.client_auth {
                 ClientAuth::Required => verifier,
                 ClientAuth::Optional => verifier.allow_unauthenticated(),
             };
-            builder.with_client_cert_verifier(
-                verifier
-                    .build()
-                    .map_err(|e| format!("client CA {}: {e}", ca.display()))?,
-            )
+            builder.with_client_cert_verifier(verifier.build().map_err(|e| Error::Invalid {
+                what: "client CA",
+                path: ca.clone(),
+                reason: e.to_string(),
+            })?)
         }
     };
-    let mut config = builder.with_single_cert(chain, key).map_err(|e| {
-        format!(
-            "certificate {} and key {}: {e}",
-            files.cert.display(),
-            files.key.display()
-        )
-    })?;
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| Error::Invalid {
+            what: "certificate (with its key)",
+            path: files.cert.clone(),
+            reason: format!("does not go with the key {}: {e}", files.key.display()),
+        })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
 
-fn read_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+fn read_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let invalid = |reason: String| Error::Invalid {
+        what: "certificates",
+        path: path.to_owned(),
+        reason,
+    };
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("cannot read certificates from {}: {e}", path.display()))?;
+        .map_err(|e| invalid(e.to_string()))?;
     if certs.is_empty() {
-        return Err(format!("{} holds no PEM certificate", path.display()));
+        return Err(invalid("holds no PEM certificate".into()));
     }
     Ok(certs)
 }
@@ -201,12 +207,12 @@ mod tests {
         let config = TlsConfig::load(files.clone()).unwrap();
         assert_eq!(config.current().alpn_protocols.len(), 2);
         std::fs::write(&files.key, "not a key").unwrap();
-        let err = TlsConfig::load(files.clone()).err().unwrap();
+        let err = TlsConfig::load(files.clone()).err().unwrap().to_string();
         assert!(err.contains("key.pem"), "{err}");
         let mut with_ca = files.clone();
         with_ca.client_ca = Some(dir.path().join("missing-ca.pem"));
         std::fs::write(&files.key, key.serialize_pem()).unwrap();
-        let err = TlsConfig::load(with_ca).err().unwrap();
+        let err = TlsConfig::load(with_ca).err().unwrap().to_string();
         assert!(err.contains("missing-ca.pem"), "{err}");
     }
 }

@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::Error;
+
 /// What identifies a version of a file without reading it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Stamp {
@@ -30,7 +32,7 @@ fn stamps(paths: &[PathBuf]) -> Vec<Option<Stamp>> {
         .collect()
 }
 
-type Loader<T> = Box<dyn Fn() -> Result<T, String> + Send + Sync>;
+type Loader<T> = Box<dyn Fn() -> Result<T, Error> + Send + Sync>;
 
 /// A value built from files, rebuilt when they change.
 pub struct Watched<T> {
@@ -50,8 +52,8 @@ impl<T> Watched<T> {
         what: &'static str,
         paths: Vec<PathBuf>,
         every: Duration,
-        load: impl Fn() -> Result<T, String> + Send + Sync + 'static,
-    ) -> Result<Watched<T>, String> {
+        load: impl Fn() -> Result<T, Error> + Send + Sync + 'static,
+    ) -> Result<Watched<T>, Error> {
         let seen = stamps(&paths);
         let value = load()?;
         Ok(Watched {
@@ -118,8 +120,14 @@ mod tests {
         std::fs::write(&path, "1").unwrap();
         let p = path.clone();
         let w = Watched::new("test", vec![path.clone()], Duration::ZERO, move || {
-            let t = std::fs::read_to_string(&p).map_err(|e| e.to_string())?;
-            t.trim().parse::<u32>().map_err(|e| e.to_string())
+            let t = std::fs::read_to_string(&p).map_err(|source| Error::Read {
+                what: "test file",
+                path: p.clone(),
+                source,
+            })?;
+            t.trim()
+                .parse::<u32>()
+                .map_err(|_| Error::setting(&t, "a number"))
         })
         .unwrap();
         assert_eq!(*w.get(), 1);

@@ -82,9 +82,10 @@ use registry_auth::brake::BrakeSettings;
 use registry_auth::ip::IpRanges;
 use registry_auth::pattern::NamePattern;
 use registry_auth::tls::{ClientAuth, TlsFiles};
-use registry_auth::Rule;
+use registry_auth::{GuardSettings, Rule};
+pub use registry_core::open::{S3Location, StorageLocation};
 
-use crate::listen::ConnectionSettings;
+use registry_http::server::ConnectionSettings;
 use serde::Deserialize;
 
 /// The file as written; every field optional.
@@ -171,20 +172,6 @@ pub struct RawRule {
     pub repositories: Vec<String>,
     #[serde(default)]
     pub actions: Vec<String>,
-}
-
-/// The guards of the instance, validated.
-#[derive(Debug, Clone)]
-pub struct GuardSettings {
-    pub htpasswd: Option<PathBuf>,
-    pub realm: String,
-    pub public_read: bool,
-    pub cache: Duration,
-    pub brake: BrakeSettings,
-    pub client_names: Option<Vec<NamePattern>>,
-    pub allow: IpRanges,
-    pub trusted_proxies: IpRanges,
-    pub rules: Vec<Rule>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -299,73 +286,6 @@ pub enum MetricsSettings {
     Separate(SocketAddr),
 }
 
-/// Where blobs and manifests live.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StorageLocation {
-    /// A directory on the local filesystem.
-    Filesystem(PathBuf),
-    /// Process memory (tests, benchmarks); lost on exit.
-    Memory,
-    /// An S3-compatible bucket, under a key prefix.
-    S3(S3Location),
-}
-
-/// A secret setting: never printed.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<secret>")
-    }
-}
-
-/// An S3 bucket and how to reach it. Unset values come from the standard `AWS_*` environment
-/// variables (as object_store reads them).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct S3Location {
-    #[serde(skip)]
-    pub bucket: String,
-    #[serde(skip)]
-    pub prefix: String,
-    /// e.g. `https://s3.eu-central-1.amazonaws.com`, `http://127.0.0.1:3900`.
-    pub endpoint: Option<String>,
-    /// `auto` for Cloudflare R2.
-    pub region: Option<String>,
-    pub access_key_id: Option<String>,
-    pub secret_access_key: Option<Secret>,
-    pub session_token: Option<Secret>,
-    /// Plain HTTP to a non-loopback endpoint (loopback endpoints may always use it).
-    pub allow_http: Option<bool>,
-    /// `bucket.endpoint/key` addressing instead of `endpoint/bucket/key`.
-    pub virtual_hosted: Option<bool>,
-    /// Blob GETs answer 307 to a presigned URL: the bytes flow from S3, not the registry.
-    pub redirect: Option<bool>,
-    /// Operations on small objects (heads, reads until they answer, small puts, listings,
-    /// deletions) fail after this (default 5s), so a stalled S3 gives 503 quickly.
-    pub metadata_timeout: Option<String>,
-    /// A read or write of blob data that makes no progress fails after this (default 60s).
-    pub stall_timeout: Option<String>,
-}
-
-impl S3Location {
-    /// The bound of operations on small objects and, if set, the stall timeout.
-    pub fn timeouts(&self) -> anyhow::Result<(Duration, Option<Duration>)> {
-        let parse = |v: &Option<String>, key: &str| match v {
-            None => Ok(None),
-            Some(v) => match parse_duration(v).with_context(|| format!("storage.s3.{key}"))? {
-                Duration::ZERO => bail!("storage.s3.{key} must be more than 0"),
-                d => Ok(Some(d)),
-            },
-        };
-        let metadata = parse(&self.metadata_timeout, "metadata_timeout")?;
-        let stall = parse(&self.stall_timeout, "stall_timeout")?;
-        Ok((metadata.unwrap_or(Duration::from_secs(5)), stall))
-    }
-}
-
 /// Validated settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -432,7 +352,7 @@ impl RawConfig {
                     prefix: std::mem::take(&mut loc.prefix),
                     ..s3
                 };
-                loc.timeouts()?;
+                loc.validate()?;
             }
             (_, Some(_)) => bail!("[storage.s3] needs storage.url = \"s3://bucket/prefix\""),
             _ => {}
@@ -544,22 +464,18 @@ fn validate_guard(
                 .iter()
                 .map(|n| NamePattern::parse(n))
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(anyhow::Error::msg)
                 .context("tls.client_names")?,
         ),
     };
     let ranges = |list: &Option<Vec<String>>, default: IpRanges, what: &str| match list {
         None => Ok(default),
-        Some(l) => IpRanges::parse(l)
-            .map_err(anyhow::Error::msg)
-            .context(what.to_owned()),
+        Some(l) => IpRanges::parse(l).context(what.to_owned()),
     };
     let rules = access
         .iter()
         .enumerate()
         .map(|(i, r)| {
             Rule::new(&r.users, &r.certificates, &r.repositories, &r.actions)
-                .map_err(anyhow::Error::msg)
                 .with_context(|| format!("access rule {}", i + 1))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -569,6 +485,7 @@ fn validate_guard(
         public_read: auth.public_read.unwrap_or(false),
         cache: parse_duration(auth.cache.as_deref().unwrap_or("2m")).context("auth.cache")?,
         brake,
+        client_certificates: tls.client_ca.is_some(),
         client_names,
         allow: ranges(&network.allow, IpRanges::all(), "network.allow")?,
         trusted_proxies: ranges(
@@ -582,37 +499,7 @@ fn validate_guard(
 
 /// Parses a storage location: a path, `file://` URL, `s3://bucket/prefix` or `memory://`.
 pub fn parse_storage(s: &str) -> anyhow::Result<StorageLocation> {
-    if s == "memory://" {
-        return Ok(StorageLocation::Memory);
-    }
-    if let Some(rest) = s.strip_prefix("s3://") {
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        let valid = (3..=63).contains(&bucket.len())
-            && bucket
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
-        if !valid {
-            bail!("storage URL {s:?}: {bucket:?} is not an S3 bucket name");
-        }
-        return Ok(StorageLocation::S3(S3Location {
-            bucket: bucket.to_owned(),
-            prefix: prefix.trim_matches('/').to_owned(),
-            ..S3Location::default()
-        }));
-    }
-    if let Some(path) = s.strip_prefix("file://") {
-        if !path.starts_with('/') {
-            bail!("storage URL {s:?}: file:// URLs need an absolute path (file:///srv/registry)");
-        }
-        return Ok(StorageLocation::Filesystem(PathBuf::from(path)));
-    }
-    if let Some((scheme, _)) = s.split_once("://") {
-        bail!("storage URL {s:?}: unsupported scheme {scheme:?} (use a directory, file://, s3:// or memory://)");
-    }
-    if s.is_empty() {
-        bail!("storage location is empty");
-    }
-    Ok(StorageLocation::Filesystem(PathBuf::from(s)))
+    Ok(s.parse()?)
 }
 
 /// Validates a host name a registry is reached by (a DNS name or an IP address), lowercased
@@ -637,44 +524,12 @@ pub fn parse_hostname(s: &str) -> anyhow::Result<String> {
 
 /// Parses `500ms`, `90s`, `30m`, `24h`, `7d` or a plain number of seconds.
 pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .with_context(|| format!("{s:?} is not a duration like 90s, 30m, 24h or 7d"))?;
-    let scale = match unit {
-        "ms" => return Ok(Duration::from_millis(n)),
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => bail!("{s:?} has an unknown unit (use ms, s, m, h or d)"),
-    };
-    match n.checked_mul(scale) {
-        Some(secs) => Ok(Duration::from_secs(secs)),
-        None => bail!("{s:?} is too long"),
-    }
+    Ok(registry_core::units::parse_duration(s)?)
 }
 
-/// Parses a byte count: `1048576`, `512KiB`, `32MiB`, `2GiB` (`K`, `M`, `G`, `KB`… are taken
-/// as binary units too).
+/// Parses a byte count: `1048576`, `512KiB`, `32MiB`, `2GiB`.
 pub fn parse_size(s: &str) -> anyhow::Result<u64> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .with_context(|| format!("{s:?} is not a size like 32MiB"))?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        _ => bail!("{s:?} has an unknown unit (use KiB, MiB or GiB)"),
-    };
-    match n.checked_mul(1 << shift) {
-        Some(bytes) => Ok(bytes),
-        None => bail!("{s:?} is too large"),
-    }
+    Ok(registry_core::units::parse_size(s)?)
 }
 
 #[cfg(test)]

@@ -3,10 +3,8 @@
 mod cert;
 mod client;
 mod config;
-mod fsretry;
 mod install;
 mod instance;
-mod listen;
 mod manage;
 mod serve;
 mod wizard;
@@ -672,7 +670,7 @@ fn gc_command(
         options.grace = config::parse_duration(&g).context("--grace-period")?;
     }
     run(async move {
-        let registry = serve::open_registry(&location)?;
+        let registry = registry_core::open::open(&location)?.registry();
         let verb = if dry_run { "would delete" } else { "deleted" };
         let summary = registry
             .gc(&options, |d| {
@@ -689,7 +687,7 @@ fn gc_command(
 }
 
 async fn fsck_command(location: config::StorageLocation, repair: bool) -> anyhow::Result<()> {
-    let registry = serve::open_registry(&location)?;
+    let registry = registry_core::open::open(&location)?.registry();
     let summary = registry
         .fsck(repair, |problem| println!("{problem}"))
         .await

@@ -3,9 +3,9 @@
 
 use crate::digest::Digest;
 
-/// Everything that can go wrong in validation and storage.
+/// Everything that can go wrong in validation and storage. Deliberately exhaustive: whoever
+/// maps these to answers (the HTTP layer) must decide for each new variant.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum Error {
     /// A repository name does not match the grammar.
     #[error("invalid repository name {0:?}")]
@@ -70,7 +70,7 @@ pub enum Error {
     Unsupported(String),
     /// The client's request body failed while streaming (disconnect, framing error).
     #[error("request body failed: {0}")]
-    Body(String),
+    Body(#[source] std::io::Error),
     /// Stored state could not be decoded: storage was tampered with or damaged.
     #[error("corrupt stored state at {path}: {reason}")]
     Corrupt {
@@ -83,9 +83,24 @@ pub enum Error {
     /// like one needing a missing blob, and the client pushes it again.
     #[error("{0} is being garbage-collected; push it again")]
     Doomed(Digest),
-    /// The operation cannot run now (another garbage collection holds the storage).
+    /// Another garbage collection holds the storage's lease: it runs, or was killed and its
+    /// lease has not expired yet (`GcOptions::break_lease` takes it over).
+    #[error("another garbage collection is running on this storage (if it was killed, its lease expires within {expires_in:?})")]
+    GcRunning {
+        /// When the lease expires unless renewed.
+        expires_in: std::time::Duration,
+    },
+    /// A setting or location cannot be used as given.
     #[error("{0}")]
-    Busy(String),
+    Config(String),
+    /// The storage cannot be opened.
+    #[error("cannot open storage {location}: {source}")]
+    Open {
+        /// Where it is.
+        location: String,
+        /// Why.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The storage backend failed.
     #[error("storage: {0}")]
     Storage(#[from] object_store::Error),

@@ -19,13 +19,16 @@
 
 pub mod digest;
 pub mod error;
+mod fsretry;
 pub mod layout;
 pub mod manifest;
 pub mod names;
 pub mod observe;
+pub mod open;
 pub mod storage;
 mod store;
 pub mod timeout;
+pub mod units;
 
 pub use digest::{Algorithm, Digest, Hasher};
 pub use error::{Error, Result};

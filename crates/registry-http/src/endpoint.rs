@@ -118,53 +118,137 @@ mod tests {
         format!("sha256:{}", "a".repeat(64))
     }
 
+    /// Every route: (method, path) → (endpoint, the access it needs).
     #[test]
     fn table() {
+        use Access::{Delete, Pull, Push};
+        use Method as M;
         let r = |s: &str| s.parse::<RepoName>().unwrap();
         let dig: Digest = d().parse().unwrap();
-        let mut cases: Vec<(String, Endpoint)> = vec![
-            ("/v2/".into(), Endpoint::Base),
-            ("/v2".into(), Endpoint::Base),
-            ("/v2/_catalog".into(), Endpoint::Catalog),
-            ("/v2/a/b/tags/list".into(), Endpoint::Tags(r("a/b"))),
-            (
-                "/v2/a/manifests/latest".into(),
-                Endpoint::Manifest(r("a"), "latest".parse().unwrap()),
-            ),
-            (
-                format!("/v2/x/manifests/y/manifests/{}", d()),
-                Endpoint::Manifest(r("x/manifests/y"), Reference::Digest(dig.clone())),
-            ),
-            (
-                format!("/v2/a/blobs/{}", d()),
-                Endpoint::Blob(r("a"), dig.clone()),
-            ),
-            (
-                format!("/v2/a/blobs/b/blobs/{}", d()),
-                Endpoint::Blob(r("a/blobs/b"), dig.clone()),
-            ),
-            ("/v2/a/b/blobs/uploads/".into(), Endpoint::Uploads(r("a/b"))),
-            ("/v2/a/b/blobs/uploads".into(), Endpoint::Uploads(r("a/b"))),
-            (
-                "/v2/a/blobs/uploads/123".into(),
-                Endpoint::Upload(r("a"), "123".into()),
-            ),
-            (
-                format!("/v2/a/referrers/{}", d()),
-                Endpoint::Referrers(r("a"), dig.clone()),
-            ),
-        ];
+        let tag = |t: &str| t.parse::<Reference>().unwrap();
+        let by_digest = Reference::Digest(dig.clone());
         let invalid = |text: &str| Endpoint::InvalidReference(r("a"), text.into());
-        cases.extend([
-            ("/v2/a/manifests/bad:digest".into(), invalid("bad:digest")),
-            ("/v2/a/manifests/-tag".into(), invalid("-tag")),
+        let upload = Endpoint::Upload(r("a"), "123".into());
+        let cases: Vec<(Method, String, Endpoint, Access)> = vec![
+            (M::GET, "/v2/".into(), Endpoint::Base, Pull),
+            (M::HEAD, "/v2".into(), Endpoint::Base, Pull),
+            (M::GET, "/v2/_catalog".into(), Endpoint::Catalog, Pull),
             (
+                M::GET,
+                "/v2/a/b/tags/list".into(),
+                Endpoint::Tags(r("a/b")),
+                Pull,
+            ),
+            (
+                M::GET,
+                "/v2/a/manifests/latest".into(),
+                Endpoint::Manifest(r("a"), tag("latest")),
+                Pull,
+            ),
+            (
+                M::HEAD,
+                "/v2/a/manifests/latest".into(),
+                Endpoint::Manifest(r("a"), tag("latest")),
+                Pull,
+            ),
+            (
+                M::PUT,
+                "/v2/a/manifests/latest".into(),
+                Endpoint::Manifest(r("a"), tag("latest")),
+                Push,
+            ),
+            (
+                M::DELETE,
+                "/v2/a/manifests/latest".into(),
+                Endpoint::Manifest(r("a"), tag("latest")),
+                Delete,
+            ),
+            (
+                M::GET,
+                format!("/v2/x/manifests/y/manifests/{}", d()),
+                Endpoint::Manifest(r("x/manifests/y"), by_digest.clone()),
+                Pull,
+            ),
+            (
+                M::GET,
+                "/v2/a/manifests/bad:digest".into(),
+                invalid("bad:digest"),
+                Pull,
+            ),
+            (M::PUT, "/v2/a/manifests/-tag".into(), invalid("-tag"), Push),
+            (
+                M::DELETE,
                 "/v2/a/manifests/.INVALID_MANIFEST_NAME".into(),
                 invalid(".INVALID_MANIFEST_NAME"),
+                Delete,
             ),
-        ]);
-        for (path, want) in cases {
-            assert_eq!(Endpoint::parse(&path).unwrap(), want, "{path}");
+            (
+                M::GET,
+                format!("/v2/a/blobs/{}", d()),
+                Endpoint::Blob(r("a"), dig.clone()),
+                Pull,
+            ),
+            (
+                M::HEAD,
+                format!("/v2/a/blobs/{}", d()),
+                Endpoint::Blob(r("a"), dig.clone()),
+                Pull,
+            ),
+            (
+                M::DELETE,
+                format!("/v2/a/blobs/{}", d()),
+                Endpoint::Blob(r("a"), dig.clone()),
+                Delete,
+            ),
+            (
+                M::GET,
+                format!("/v2/a/blobs/b/blobs/{}", d()),
+                Endpoint::Blob(r("a/blobs/b"), dig.clone()),
+                Pull,
+            ),
+            (
+                M::POST,
+                "/v2/a/b/blobs/uploads/".into(),
+                Endpoint::Uploads(r("a/b")),
+                Push,
+            ),
+            (
+                M::POST,
+                "/v2/a/b/blobs/uploads".into(),
+                Endpoint::Uploads(r("a/b")),
+                Push,
+            ),
+            (
+                M::GET,
+                "/v2/a/blobs/uploads/123".into(),
+                upload.clone(),
+                Pull,
+            ),
+            (
+                M::PATCH,
+                "/v2/a/blobs/uploads/123".into(),
+                upload.clone(),
+                Push,
+            ),
+            (
+                M::PUT,
+                "/v2/a/blobs/uploads/123".into(),
+                upload.clone(),
+                Push,
+            ),
+            // Cancelling one's own upload is part of pushing.
+            (M::DELETE, "/v2/a/blobs/uploads/123".into(), upload, Push),
+            (
+                M::GET,
+                format!("/v2/a/referrers/{}", d()),
+                Endpoint::Referrers(r("a"), dig),
+                Pull,
+            ),
+        ];
+        for (method, path, endpoint, access) in cases {
+            let parsed = Endpoint::parse(&path).unwrap();
+            assert_eq!(parsed, endpoint, "{method} {path}");
+            assert_eq!(parsed.access(&method), access, "{method} {path}");
         }
     }
 
@@ -183,15 +267,5 @@ mod tests {
         assert_eq!(code("/v2/a/blobs/sha256:abc"), ErrorCode::DigestInvalid);
         assert_eq!(code("/v2/a/blobs/"), ErrorCode::NotFound);
         assert_eq!(code("/v2/a/referrers/latest"), ErrorCode::DigestInvalid);
-    }
-
-    #[test]
-    fn access_classes() {
-        let e = Endpoint::Upload("a".parse().unwrap(), "x".into());
-        assert_eq!(e.access(&Method::DELETE), Access::Push);
-        assert_eq!(e.access(&Method::PATCH), Access::Push);
-        let m = Endpoint::Manifest("a".parse().unwrap(), "t".parse().unwrap());
-        assert_eq!(m.access(&Method::DELETE), Access::Delete);
-        assert_eq!(m.access(&Method::HEAD), Access::Pull);
     }
 }

@@ -137,8 +137,10 @@ impl ApiError {
 }
 
 impl From<CoreError> for ApiError {
+    /// Every core error has its answer here; there is no catch-all, so a new variant must be
+    /// given one.
     fn from(e: CoreError) -> Self {
-        let message = e.to_string();
+        let message = full_message(&e);
         let (code, detail) = match &e {
             CoreError::NameInvalid(n) => (ErrorCode::NameInvalid, Some(json!({ "name": n }))),
             CoreError::TagInvalid(t) => (ErrorCode::TagInvalid, Some(json!({ "tag": t }))),
@@ -164,16 +166,15 @@ impl From<CoreError> for ApiError {
             }
             CoreError::SizeInvalid { .. } => (ErrorCode::SizeInvalid, None),
             CoreError::ManifestInvalid(_) => (ErrorCode::ManifestInvalid, None),
-            CoreError::ManifestBlobUnknown(d) => {
+            CoreError::ManifestBlobUnknown(d) | CoreError::Doomed(d) => {
                 (ErrorCode::ManifestBlobUnknown, Some(json!({ "digest": d })))
             }
             CoreError::Unsupported(_) => (ErrorCode::Unsupported, None),
             CoreError::Body(_) => (ErrorCode::BlobUploadInvalid, None),
-            CoreError::Corrupt { .. } => (ErrorCode::Unknown, None),
-            CoreError::Storage(_) => (ErrorCode::Unavailable, None),
-            CoreError::Doomed(d) => (ErrorCode::ManifestBlobUnknown, Some(json!({ "digest": d }))),
-            CoreError::Busy(_) => (ErrorCode::Unavailable, None),
-            _ => (ErrorCode::Unknown, None),
+            CoreError::Storage(_) | CoreError::GcRunning { .. } => (ErrorCode::Unavailable, None),
+            CoreError::Corrupt { .. } | CoreError::Config(_) | CoreError::Open { .. } => {
+                (ErrorCode::Unknown, None)
+            }
         };
         ApiError {
             code,
@@ -184,10 +185,46 @@ impl From<CoreError> for ApiError {
     }
 }
 
+/// An error's message with its causes, as far as they say something new.
+fn full_message(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !message.contains(&text) {
+            message = format!("{message}: {text}");
+        }
+        cause = c.source();
+    }
+    message
+}
+
+/// A short id that ties a server failure's answer to its log line.
+fn fault_id() -> String {
+    use std::hash::BuildHasher;
+    let random = std::collections::hash_map::RandomState::new();
+    format!("{:016x}", random.hash_one(std::time::SystemTime::now()))
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (code, status) = self.code.parts();
-        let mut entry = json!({ "code": code, "message": self.message });
+        // A server failure is told to the client in general terms, with an id; the log line
+        // with the same id has the whole cause.
+        let fault = status
+            .is_server_error()
+            .then(|| (fault_id(), self.message.clone()));
+        let message = match &fault {
+            None => self.message,
+            Some((id, _)) => format!(
+                "{} (request {id})",
+                match self.code {
+                    ErrorCode::Unavailable => "storage is unavailable; try again later",
+                    _ => "the registry failed to complete the request",
+                }
+            ),
+        };
+        let mut entry = json!({ "code": code, "message": message });
         if let Some(d) = self.detail {
             entry["detail"] = d;
         }
@@ -196,17 +233,192 @@ impl IntoResponse for ApiError {
         for (name, value) in self.headers {
             response.headers_mut().insert(name, value);
         }
-        if status.is_server_error() {
-            // Logged once here, in full; the client sees the message only.
-            response.extensions_mut().insert(ServerFault(self.message));
+        if let Some((id, reason)) = fault {
+            response.extensions_mut().insert(ServerFault { id, reason });
         }
         response
     }
 }
 
-/// Marks a response as a server-side failure, for the request log.
+/// Marks a response as a server-side failure, for the request log: the id the client was
+/// given and the whole cause.
 #[derive(Clone, Debug)]
-pub struct ServerFault(pub String);
+pub struct ServerFault {
+    /// The id in the client's message.
+    pub id: String,
+    /// What went wrong, with its causes.
+    pub reason: String,
+}
 
 /// Result alias for handlers.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode as S;
+    use registry_core::{Algorithm, Digest};
+
+    /// Every core error variant and the answer it gets.
+    #[test]
+    fn every_core_error_has_its_answer() {
+        let d = Digest::of(Algorithm::Sha256, b"x");
+        let storage = || object_store::Error::Generic {
+            store: "S3",
+            source: "connection refused by 10.0.0.9".into(),
+        };
+        let cases: Vec<(CoreError, &str, S)> = vec![
+            (
+                CoreError::NameInvalid("A".into()),
+                "NAME_INVALID",
+                S::BAD_REQUEST,
+            ),
+            (
+                CoreError::TagInvalid("-".into()),
+                "TAG_INVALID",
+                S::BAD_REQUEST,
+            ),
+            (
+                CoreError::DigestInvalid("x".into()),
+                "DIGEST_INVALID",
+                S::BAD_REQUEST,
+            ),
+            (
+                CoreError::DigestMismatch {
+                    expected: d.clone(),
+                    actual: d.clone(),
+                },
+                "DIGEST_INVALID",
+                S::BAD_REQUEST,
+            ),
+            (
+                CoreError::BlobUnknown(d.clone()),
+                "BLOB_UNKNOWN",
+                S::NOT_FOUND,
+            ),
+            (
+                CoreError::ManifestUnknown("t".into()),
+                "MANIFEST_UNKNOWN",
+                S::NOT_FOUND,
+            ),
+            (
+                CoreError::NameUnknown("a".into()),
+                "NAME_UNKNOWN",
+                S::NOT_FOUND,
+            ),
+            (
+                CoreError::UploadUnknown,
+                "BLOB_UPLOAD_UNKNOWN",
+                S::NOT_FOUND,
+            ),
+            (
+                CoreError::RangeInvalid {
+                    expected: 10,
+                    got: 0,
+                },
+                "RANGE_INVALID",
+                S::RANGE_NOT_SATISFIABLE,
+            ),
+            (
+                CoreError::ConcurrentAppend { size: 10 },
+                "RANGE_INVALID",
+                S::RANGE_NOT_SATISFIABLE,
+            ),
+            (
+                CoreError::SizeInvalid {
+                    declared: 1,
+                    received: 2,
+                },
+                "SIZE_INVALID",
+                S::BAD_REQUEST,
+            ),
+            (
+                CoreError::ManifestInvalid("x".into()),
+                "MANIFEST_INVALID",
+                S::BAD_REQUEST,
+            ),
+            (
+                CoreError::ManifestBlobUnknown(d.clone()),
+                "MANIFEST_BLOB_UNKNOWN",
+                S::BAD_REQUEST,
+            ),
+            (
+                CoreError::Doomed(d.clone()),
+                "MANIFEST_BLOB_UNKNOWN",
+                S::BAD_REQUEST,
+            ),
+            (
+                CoreError::Unsupported("x".into()),
+                "UNSUPPORTED",
+                S::METHOD_NOT_ALLOWED,
+            ),
+            (
+                CoreError::Body(std::io::Error::other("reset")),
+                "BLOB_UPLOAD_INVALID",
+                S::BAD_REQUEST,
+            ),
+            (
+                CoreError::Corrupt {
+                    path: "p".into(),
+                    reason: "r".into(),
+                },
+                "UNKNOWN",
+                S::INTERNAL_SERVER_ERROR,
+            ),
+            (
+                CoreError::Storage(storage()),
+                "UNAVAILABLE",
+                S::SERVICE_UNAVAILABLE,
+            ),
+            (
+                CoreError::GcRunning {
+                    expires_in: std::time::Duration::from_secs(9),
+                },
+                "UNAVAILABLE",
+                S::SERVICE_UNAVAILABLE,
+            ),
+            (
+                CoreError::Config("x".into()),
+                "UNKNOWN",
+                S::INTERNAL_SERVER_ERROR,
+            ),
+            (
+                CoreError::Open {
+                    location: "l".into(),
+                    source: "s".into(),
+                },
+                "UNKNOWN",
+                S::INTERNAL_SERVER_ERROR,
+            ),
+        ];
+        for (error, code, status) in cases {
+            let what = format!("{error:?}");
+            let api = ApiError::from(error);
+            assert_eq!(api.code.parts(), (code, status), "{what}");
+        }
+    }
+
+    /// A server failure tells the client an id, not the cause; the log gets the cause.
+    #[tokio::test]
+    async fn server_failures_keep_their_cause_for_the_log() {
+        let error = CoreError::Storage(object_store::Error::Generic {
+            store: "S3",
+            source: "connection refused by 10.0.0.9".into(),
+        });
+        let response = ApiError::from(error).into_response();
+        let fault = response.extensions().get::<ServerFault>().cloned().unwrap();
+        assert!(
+            fault.reason.contains("connection refused by 10.0.0.9"),
+            "{fault:?}"
+        );
+        let body = axum::body::to_bytes(response.into_body(), 10_000)
+            .await
+            .unwrap();
+        let body = String::from_utf8(body.to_vec()).unwrap();
+        assert!(!body.contains("10.0.0.9"), "{body}");
+        assert!(body.contains(&format!("(request {})", fault.id)), "{body}");
+        // Client errors keep their message.
+        let r = ApiError::from(CoreError::TagInvalid("-x".into())).into_response();
+        assert!(r.extensions().get::<ServerFault>().is_none());
+    }
+}

@@ -28,6 +28,8 @@ pub mod log;
 mod manifests;
 pub mod metrics;
 pub mod range;
+mod registry;
+pub mod server;
 mod uploads;
 
 use std::sync::Arc;
@@ -43,6 +45,7 @@ use registry_core::Storage;
 
 pub use endpoint::{Access, Endpoint};
 pub use error::{ApiError, ApiResult, ErrorCode};
+pub use registry::{BuildError, MetricsExposure, Registry, RegistryBuilder, Running};
 
 /// Settings of the API that are not storage.
 #[derive(Clone, Debug)]

@@ -42,8 +42,8 @@ pub async fn log_requests(request: Request, next: Next) -> Response {
         .and_then(|a| a.identity.as_ref())
         .map(|i| i.to_string())
         .unwrap_or_default();
-    if let Some(ServerFault(reason)) = response.extensions().get::<ServerFault>() {
-        tracing::error!(%method, %path, status, bytes_in, bytes_out, %ms, client, identity, reason, "request failed");
+    if let Some(ServerFault { id, reason }) = response.extensions().get::<ServerFault>() {
+        tracing::error!(%method, %path, status, bytes_in, bytes_out, %ms, client, identity, id, reason, "request failed");
     } else {
         tracing::info!(%method, %path, status, bytes_in, bytes_out, %ms, client, identity, "request");
     }

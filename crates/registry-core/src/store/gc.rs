@@ -262,10 +262,11 @@ impl ObjectRegistry {
         let owner = uuid::Uuid::new_v4().simple().to_string();
         let lease_path = layout::gc_lease();
         if let Some(other) = self.get_json::<Lease>(&lease_path).await.ok().flatten() {
-            if other.expires > unix_now() && !options.dry_run && !options.break_lease {
-                return Err(Error::Busy(
-                    "another garbage collection is running on this storage (if it was killed, its lease expires within a minute; --break-lease takes it over)".into(),
-                ));
+            let now = unix_now();
+            if other.expires > now && !options.dry_run && !options.break_lease {
+                return Err(Error::GcRunning {
+                    expires_in: Duration::from_secs(other.expires - now),
+                });
             }
         }
         if !options.dry_run {
@@ -743,7 +744,10 @@ mod tests {
             ..GcOptions::default()
         };
         s.write_lease("running").await.unwrap();
-        assert!(matches!(s.gc(&options, |_| {}).await, Err(Error::Busy(_))));
+        assert!(matches!(
+            s.gc(&options, |_| {}).await,
+            Err(Error::GcRunning { .. })
+        ));
         let dead = Lease {
             owner: "killed".into(),
             expires: unix_now() - 1,

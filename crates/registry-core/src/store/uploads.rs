@@ -336,7 +336,7 @@ impl ObjectRegistry {
                 if let (Ok(bytes), Some(h)) = (&chunk, hasher.as_mut()) {
                     h.update(bytes);
                 }
-                chunk.map_err(|e| Error::Body(e.to_string()))
+                chunk.map_err(Error::Body)
             })
             .boxed();
         let chunks = match &merged {
@@ -560,7 +560,7 @@ impl ObjectRegistry {
         let published = self
             .publish_safely(digest, || async {
                 let (hasher, body) = body.lock().expect("not poisoned").take().expect("once");
-                let chunks = body.map_err(|e| Error::Body(e.to_string())).boxed();
+                let chunks = body.map_err(Error::Body).boxed();
                 let exists = self.exists(&target).await?;
                 let written = (!exists).then_some(&target);
                 let size = self

@@ -21,7 +21,7 @@ const ATTEMPTS: usize = 5;
 
 /// Wraps a local filesystem store (see the module documentation).
 #[derive(Debug)]
-pub struct DirRaceRetry(pub Arc<dyn ObjectStore>);
+pub(crate) struct DirRaceRetry(pub(crate) Arc<dyn ObjectStore>);
 
 impl fmt::Display for DirRaceRetry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -130,18 +130,15 @@ impl ObjectStore for DirRaceRetry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use object_store::local::LocalFileSystem;
     use object_store::ObjectStoreExt;
 
-    /// Writers and deleters in sibling directories under one parent that keeps emptying:
-    /// every write succeeds.
+    /// Writers and deleters in sibling directories under one parent that keeps emptying, on
+    /// the filesystem as [`crate::open::open`] opens it: every write succeeds.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn writes_survive_directory_cleanup() {
         let dir = tempfile::tempdir().unwrap();
-        let fs = LocalFileSystem::new_with_prefix(dir.path())
-            .unwrap()
-            .with_automatic_cleanup(true);
-        let store: Arc<dyn ObjectStore> = Arc::new(DirRaceRetry(Arc::new(fs)));
+        let location = crate::open::StorageLocation::Filesystem(dir.path().to_owned());
+        let store = crate::open::open(&location).unwrap().scratch.unwrap();
         let tasks: Vec<_> = (0..8)
             .map(|t| {
                 let store = store.clone();

@@ -24,8 +24,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use crate::ErrorCode;
 use registry_auth::ip::{client_key, IpRanges};
-use registry_http::ErrorCode;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 

@@ -20,9 +20,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::metrics::ConnectionMetrics;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use registry_http::metrics::ConnectionMetrics;
 use tokio::time::{Instant, Sleep};
 
 use super::conn::Activity;

@@ -1,4 +1,4 @@
-//! Listeners: accepts TCP connections within the caps of [`ConnectionSettings`], runs the TLS
+//! The server: accepts TCP connections within the caps of [`ConnectionSettings`], runs the TLS
 //! handshake (each on its own task, with a deadline, so a slow client never holds up others),
 //! tells the app who is connected (peer address, verified client certificate) and serves
 //! HTTP/1.1 and HTTP/2 until shutdown, then lets in-flight requests finish for the shutdown
@@ -18,6 +18,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::guard::Connection;
+use crate::metrics::ConnectionMetrics;
+use crate::{ApiError, ErrorCode};
 use axum::extract::Request;
 use axum::Router;
 use hyper::body::Incoming;
@@ -26,9 +29,6 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use registry_auth::ip::IpRanges;
 use registry_auth::tls::{ClientCertificate, TlsConfig};
-use registry_http::guard::Connection;
-use registry_http::metrics::ConnectionMetrics;
-use registry_http::{ApiError, ErrorCode};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tower::ServiceExt;
@@ -37,21 +37,48 @@ use body::{Exchange, RequestBody, ResponseBody};
 pub use conn::ConnectionSettings;
 use conn::{Activity, Expiry, Limits, Permit, Watchdog, WatchedIo};
 
-/// An instance as served on one address.
+/// A registry as served on one address, among others told apart by host name.
 #[derive(Clone)]
 pub struct Site {
+    /// Its name, for messages.
     pub name: String,
     /// The name clients reach it by (lowercase); `None` takes every name no other site claims.
     pub hostname: Option<String>,
+    /// What serves its requests.
     pub app: Router,
     /// Set on TLS listeners (then on every site of the address).
     pub tls: Option<Arc<TlsConfig>>,
     /// How the address bounds connections (the same for every site of the address).
     pub connection: ConnectionSettings,
-    /// Proxies the instance trusts: not capped per address.
+    /// Proxies it trusts: not capped per address.
     pub trusted_proxies: IpRanges,
-    /// Where the instance's connection metrics go, if it has metrics.
+    /// Where its connection metrics go, if it has metrics.
     pub metrics: Option<ConnectionMetrics>,
+}
+
+/// Why sites cannot share one address.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SitesError {
+    /// No site at all.
+    #[error("no instance to serve")]
+    Empty,
+    /// Some sites speak TLS, others not.
+    #[error("instances {tls} (TLS) and {plain} (plain HTTP) cannot share one address")]
+    MixedTls {
+        /// The TLS sites.
+        tls: String,
+        /// The plain ones.
+        plain: String,
+    },
+    /// Two sites would answer to the same host name.
+    #[error(
+        "instances {0} and {1} share one address with {2}: give each its own instance.hostname"
+    )]
+    SameHostname(String, String, String),
+    /// Two sites bound connections differently.
+    #[error("instances {0} and {1} share one address with different [server] connection settings: give them the same")]
+    DifferentBounds(String, String),
 }
 
 /// The sites of one address.
@@ -63,9 +90,19 @@ pub struct Sites {
 }
 
 impl Sites {
+    /// One site alone on its address.
+    pub fn one(site: Site) -> Sites {
+        Sites {
+            connection: site.connection.clone(),
+            exempt: site.trusted_proxies.clone(),
+            metrics: site.metrics.iter().cloned().collect(),
+            sites: vec![site],
+        }
+    }
+
     /// Sites sharing one address: all over TLS or none, no host name twice, the same
     /// connection settings.
-    pub fn new(sites: Vec<Site>) -> Result<Sites, String> {
+    pub fn new(sites: Vec<Site>) -> Result<Sites, SitesError> {
         let names = |f: &dyn Fn(&Site) -> bool| {
             sites
                 .iter()
@@ -75,11 +112,10 @@ impl Sites {
                 .join(", ")
         };
         if sites.iter().any(|s| s.tls.is_some()) && sites.iter().any(|s| s.tls.is_none()) {
-            return Err(format!(
-                "instances {} (TLS) and {} (plain HTTP) cannot share one address",
-                names(&|s| s.tls.is_some()),
-                names(&|s| s.tls.is_none())
-            ));
+            return Err(SitesError::MixedTls {
+                tls: names(&|s| s.tls.is_some()),
+                plain: names(&|s| s.tls.is_none()),
+            });
         }
         for (i, a) in sites.iter().enumerate() {
             if let Some(b) = sites[..i].iter().find(|b| b.hostname == a.hostname) {
@@ -87,20 +123,18 @@ impl Sites {
                     Some(h) => format!("host name {h:?}"),
                     None => "no host name".to_owned(),
                 };
-                return Err(format!(
-                    "instances {} and {} share one address with {host}: give each its own instance.hostname",
-                    b.name, a.name
+                return Err(SitesError::SameHostname(
+                    b.name.clone(),
+                    a.name.clone(),
+                    host,
                 ));
             }
             if let Some(b) = sites[..i].iter().find(|b| b.connection != a.connection) {
-                return Err(format!(
-                    "instances {} and {} share one address with different [server] connection settings: give them the same",
-                    b.name, a.name
-                ));
+                return Err(SitesError::DifferentBounds(b.name.clone(), a.name.clone()));
             }
         }
         let Some(first) = sites.first() else {
-            return Err("no instance to serve".into());
+            return Err(SitesError::Empty);
         };
         Ok(Sites {
             connection: first.connection.clone(),
@@ -110,6 +144,7 @@ impl Sites {
         })
     }
 
+    /// The sites.
     pub fn iter(&self) -> impl Iterator<Item = &Site> {
         self.sites.iter()
     }

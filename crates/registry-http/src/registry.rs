@@ -1,0 +1,390 @@
+//! A whole registry in a few lines, as `registry serve` runs each instance: storage opened from
+//! its location (see [`registry_core::open`]), API settings, an optional guard, metrics, the
+//! request log, TLS and connection bounds, and its upkeep (abandoned uploads purged, garbage
+//! collected on a schedule). [`Registry::router`] gives the axum `Router` to mount in an
+//! application of one's own; [`Registry::serve`] runs it on a listener with graceful shutdown;
+//! [`Registry::spawn`] starts it in the background (tests) and stops it when dropped.
+//!
+//! ```no_run
+//! use registry_http::Registry;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let registry = Registry::builder("./data".parse()?).build()?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:5000").await?;
+//! registry.serve(listener, async { let _ = tokio::signal::ctrl_c().await; }).await;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use registry_auth::tls::TlsConfig;
+use registry_auth::{Guard, GuardSettings};
+use registry_core::observe::ObservedStore;
+use registry_core::open::StorageLocation;
+use registry_core::{GcOptions, ObjectRegistry, Storage};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+use crate::server::{ConnectionSettings, Site, Sites};
+use crate::{router, ApiConfig, RegistryState};
+
+/// Why a registry cannot be built as configured.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The storage cannot be opened.
+    #[error(transparent)]
+    Storage(#[from] registry_core::Error),
+    /// The guard or the TLS files cannot be used.
+    #[error(transparent)]
+    Auth(#[from] registry_auth::Error),
+}
+
+/// Where the registry's metrics are served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricsExposure {
+    /// Not recorded at all.
+    Off,
+    /// Recorded and served at `GET /metrics` on the API (behind the guard).
+    OnApi,
+    /// Recorded only; serve [`crate::metrics::router`] where you like.
+    Recorded,
+}
+
+/// Builds a [`Registry`]; see the module documentation.
+#[derive(Debug)]
+pub struct RegistryBuilder {
+    location: StorageLocation,
+    api: ApiConfig,
+    guard: GuardSettings,
+    metrics: MetricsExposure,
+    request_log: bool,
+    upload_max_age: Duration,
+    gc_every: Option<Duration>,
+    gc: GcOptions,
+    tls: Option<registry_auth::tls::TlsFiles>,
+    connection: ConnectionSettings,
+}
+
+impl RegistryBuilder {
+    /// API settings (deletion, manifest size, page size, health timeout).
+    pub fn api(mut self, api: ApiConfig) -> Self {
+        self.api = api;
+        self
+    }
+
+    /// Guards (HTTP Basic, client certificates, allowlists, rules); none by default.
+    pub fn guard(mut self, guard: GuardSettings) -> Self {
+        self.guard = guard;
+        self
+    }
+
+    /// Where metrics go (default: served on the API at `/metrics`).
+    pub fn metrics(mut self, metrics: MetricsExposure) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Whether each request is logged through `tracing` (default: yes).
+    pub fn request_log(mut self, on: bool) -> Self {
+        self.request_log = on;
+        self
+    }
+
+    /// Upload sessions idle for longer are purged (default 24 h).
+    pub fn upload_max_age(mut self, max_age: Duration) -> Self {
+        self.upload_max_age = max_age;
+        self
+    }
+
+    /// Collects garbage every `every` with `options` while it serves (default: never).
+    pub fn collect_garbage(mut self, every: Duration, options: GcOptions) -> Self {
+        self.gc_every = Some(every).filter(|d| !d.is_zero());
+        self.gc = options;
+        self
+    }
+
+    /// Serves HTTPS with these files (reloaded when they change).
+    pub fn tls(mut self, files: registry_auth::tls::TlsFiles) -> Self {
+        self.tls = Some(files);
+        self
+    }
+
+    /// How connections are bounded when it serves (see [`ConnectionSettings`]).
+    pub fn connection(mut self, settings: ConnectionSettings) -> Self {
+        self.connection = settings;
+        self
+    }
+
+    /// Opens the storage, loads the guard's and TLS files and builds the app.
+    pub fn build(self) -> Result<Registry, BuildError> {
+        let metrics = (self.metrics != MetricsExposure::Off).then(|| Arc::new(Metrics::new()));
+        let mut opened = registry_core::open::open(&self.location)?;
+        if let Some(m) = &metrics {
+            opened = opened.map_stores(|store| Arc::new(ObservedStore::new(store, m.clone())));
+        }
+        let storage = opened.registry();
+        let guard = self.guard.build()?.map(Arc::new);
+        let mut state = RegistryState::new(Arc::new(storage.clone()), self.api);
+        if let Some(m) = &metrics {
+            state = state.with_metrics(m.clone());
+        }
+        if let Some(g) = &guard {
+            state = state.with_guard(g.clone());
+        }
+        let mut app = router(state);
+        if let (MetricsExposure::OnApi, Some(m)) = (self.metrics, &metrics) {
+            app = app.merge(crate::guarded(
+                crate::metrics::router(m.clone()),
+                guard.clone(),
+            ));
+        }
+        if self.request_log {
+            app = app.layer(axum::middleware::from_fn(crate::log::log_requests));
+        }
+        let tls = match self.tls {
+            Some(files) => Some(Arc::new(TlsConfig::load(files)?)),
+            None => None,
+        };
+        Ok(Registry {
+            app,
+            storage,
+            metrics,
+            guard,
+            tls,
+            trusted_proxies: self.guard.trusted_proxies,
+            connection: self.connection,
+            upload_max_age: self.upload_max_age,
+            gc: self.gc_every.map(|every| (every, self.gc)),
+        })
+    }
+}
+
+/// A registry ready to serve; see the module documentation.
+#[derive(Clone)]
+pub struct Registry {
+    app: Router,
+    storage: ObjectRegistry,
+    metrics: Option<Arc<Metrics>>,
+    guard: Option<Arc<Guard>>,
+    tls: Option<Arc<TlsConfig>>,
+    trusted_proxies: registry_auth::ip::IpRanges,
+    connection: ConnectionSettings,
+    upload_max_age: Duration,
+    gc: Option<(Duration, GcOptions)>,
+}
+
+impl Registry {
+    /// A builder for a registry on the storage at `location`.
+    pub fn builder(location: StorageLocation) -> RegistryBuilder {
+        RegistryBuilder {
+            location,
+            api: ApiConfig::default(),
+            guard: GuardSettings::default(),
+            metrics: MetricsExposure::OnApi,
+            request_log: true,
+            upload_max_age: Duration::from_secs(24 * 3600),
+            gc_every: None,
+            gc: GcOptions::default(),
+            tls: None,
+            connection: ConnectionSettings::default(),
+        }
+    }
+
+    /// The API (`/v2/…`, `/healthz`, and `/metrics` if so built) as an axum router.
+    pub fn router(&self) -> Router {
+        self.app.clone()
+    }
+
+    /// The storage it serves.
+    pub fn storage(&self) -> &ObjectRegistry {
+        &self.storage
+    }
+
+    /// Its metrics, if they are recorded.
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.metrics.as_ref()
+    }
+
+    /// Whether it serves HTTPS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Whether any guard is configured.
+    pub fn is_guarded(&self) -> bool {
+        self.guard.is_some()
+    }
+
+    /// The registry as one of the sites of a listener that serves several (told apart by
+    /// `hostname`, see [`crate::server`]).
+    pub fn site(&self, name: &str, hostname: Option<String>) -> Site {
+        Site {
+            name: name.to_owned(),
+            hostname,
+            app: self.app.clone(),
+            tls: self.tls.clone(),
+            connection: self.connection.clone(),
+            trusted_proxies: self.trusted_proxies.clone(),
+            metrics: self.metrics.as_ref().map(|m| m.connections().clone()),
+        }
+    }
+
+    /// Starts the upkeep in the background: abandoned upload sessions are purged, and garbage
+    /// is collected on the schedule, if one was set. The tasks run until the runtime stops.
+    pub fn start_upkeep(&self) {
+        let storage: Arc<dyn Storage> = Arc::new(self.storage.clone());
+        tokio::spawn(purge_uploads(storage, self.upload_max_age));
+        if let Some((every, options)) = &self.gc {
+            tokio::spawn(collect_garbage(
+                self.storage.clone(),
+                options.clone(),
+                *every,
+                self.metrics.clone(),
+            ));
+        }
+    }
+
+    /// Serves on `listener` (HTTPS if built with TLS) until `shutdown` resolves, then lets
+    /// in-flight requests finish within the shutdown timeout. Starts the upkeep.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        self.start_upkeep();
+        let sites = Arc::new(Sites::one(self.site("registry", None)));
+        let (stop, stopped) = watch::channel(false);
+        let server = crate::server::serve(listener, sites, stopped);
+        tokio::pin!(server);
+        tokio::select! {
+            () = &mut server => return,
+            () = shutdown => {}
+        }
+        let _ = stop.send(true);
+        server.await;
+    }
+
+    /// Serves on `addr` (port 0: any free port) in the background until the returned handle is
+    /// stopped or dropped.
+    pub async fn spawn(self, addr: &str) -> std::io::Result<Running> {
+        let listener = TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        let scheme = if self.is_tls() { "https" } else { "http" };
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(self.serve(listener, async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }));
+        Ok(Running {
+            addr: local,
+            url: format!("{scheme}://{local}"),
+            stop,
+            task: Some(task),
+        })
+    }
+}
+
+/// A registry serving in the background; stops (abruptly) when dropped.
+#[derive(Debug)]
+pub struct Running {
+    addr: SocketAddr,
+    url: String,
+    stop: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:<port>` (or `https://…`).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Stops accepting, lets in-flight requests finish (within the shutdown timeout) and
+    /// waits until it has stopped.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Purges idle upload sessions now and then, forever.
+async fn purge_uploads(storage: Arc<dyn Storage>, max_age: Duration) {
+    let every = (max_age / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        match storage.upload_purge(max_age).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(sessions = n, "purged abandoned upload sessions"),
+            Err(e) => tracing::warn!(error = %e, "purging upload sessions failed"),
+        }
+    }
+}
+
+/// Collects garbage every `every`, forever. With several nodes on one storage, whichever
+/// starts first collects; the others find it busy and skip that round.
+async fn collect_garbage(
+    registry: ObjectRegistry,
+    options: GcOptions,
+    every: Duration,
+    metrics: Option<Arc<Metrics>>,
+) {
+    let mut tick = tokio::time::interval(every);
+    // A collection longer than the interval delays the next instead of starting a burst.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // not at startup
+    loop {
+        tick.tick().await;
+        let started = std::time::Instant::now();
+        let record = |outcome, deleted: &[(&'static str, u64)], bytes| {
+            if let Some(m) = &metrics {
+                m.record_gc(outcome, deleted, bytes);
+            }
+        };
+        match registry.gc(&options, |_| {}).await {
+            Ok(s) => {
+                tracing::info!(
+                    manifests = s.manifests,
+                    links = s.links,
+                    blobs = s.blobs,
+                    bytes = s.bytes,
+                    uploads = s.uploads,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "garbage collected"
+                );
+                let deleted = [
+                    ("manifest", s.manifests),
+                    ("link", s.links),
+                    ("blob", s.blobs),
+                ];
+                record("ok", &deleted, s.bytes);
+            }
+            Err(e @ registry_core::Error::GcRunning { .. }) => {
+                tracing::info!("garbage collection skipped: {e}");
+                record("busy", &[], 0);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "garbage collection failed");
+                record("error", &[], 0);
+            }
+        }
+    }
+}
