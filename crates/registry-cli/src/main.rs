@@ -672,12 +672,18 @@ fn gc_command(
     run(async move {
         let registry = registry_core::open::open(&location)?.registry();
         let verb = if dry_run { "would delete" } else { "deleted" };
-        let summary = registry
+        let summary = match registry
             .gc(&options, |d| {
                 println!("{verb} {} {} ({} bytes)", d.kind, d.path, d.size)
             })
             .await
-            .context("gc stopped")?;
+        {
+            Ok(summary) => summary,
+            Err(e @ registry_core::Error::GcRunning { .. }) => {
+                anyhow::bail!("{e}; --break-lease takes it over")
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("gc stopped")),
+        };
         println!(
             "{verb}: {} manifests, {} links, {} blobs; {} bytes freed; {} upload sessions removed; {} kept because a push needed them",
             summary.manifests, summary.links, summary.blobs, summary.bytes, summary.uploads, summary.pinned
