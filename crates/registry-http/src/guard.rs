@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::connect_info::MockConnectInfo;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::Next;
@@ -114,12 +115,14 @@ async fn check(
     attribution: &mut Option<Attribution>,
 ) -> Result<(), ApiError> {
     let connection = request.extensions().get::<Connection>().cloned();
-    let peer = connection.as_ref().map(|c| c.peer).or_else(|| {
-        request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0)
-    });
+    // The server's connection, else axum's connect info (`into_make_service_with_connect_info`,
+    // or `MockConnectInfo` in tests).
+    let extensions = request.extensions();
+    let peer = connection
+        .as_ref()
+        .map(|c| c.peer)
+        .or_else(|| extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0))
+        .or_else(|| extensions.get::<MockConnectInfo<SocketAddr>>().map(|c| c.0));
     let headers = request.headers();
     let address = guard.admit(
         peer.map(|p| p.ip()),

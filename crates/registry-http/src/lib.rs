@@ -204,14 +204,6 @@ impl Req {
         self.header("content-length")
             .and_then(|v| v.trim().parse().ok())
     }
-
-    /// Whether the request has a body at all.
-    pub fn has_body(&self) -> bool {
-        match self.content_length() {
-            Some(n) => n > 0,
-            None => self.headers.contains_key("transfer-encoding"),
-        }
-    }
 }
 
 async fn dispatch(State(state): State<RegistryState>, request: axum::extract::Request) -> Response {

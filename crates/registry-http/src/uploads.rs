@@ -2,7 +2,7 @@
 //! (chunked with `Content-Range`, or streamed without), PUT (finish), GET (status), DELETE
 //! (cancel).
 
-use axum::body::Body;
+use axum::body::{Body, HttpBody as _};
 use axum::http::StatusCode;
 use axum::response::Response;
 use futures::{StreamExt, TryStreamExt};
@@ -93,7 +93,8 @@ pub(crate) async fn start(
             .await?;
         return Ok(created(&name, &digest));
     }
-    let up = if req.has_body() {
+    // HTTP/2 clients may send a body without Content-Length: the body itself says.
+    let up = if !body.is_end_stream() {
         let len = req.content_length();
         s.storage
             .upload_append(&name, &up.id, Some(0), len, stream(body))
@@ -166,7 +167,7 @@ pub(crate) async fn finish(
             "the digest query parameter is required",
         )
     })?;
-    let last = if req.has_body() {
+    let last = if !body.is_end_stream() {
         let (start, len) = chunk_bounds(req)?;
         if let Some(start) = start {
             let up = s.storage.upload_status(&name, &id).await?;
