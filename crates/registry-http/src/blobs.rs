@@ -1,101 +1,66 @@
 //! Blob GET/HEAD (with `Range`) and DELETE.
 
-use axum::body::Body;
-use axum::http::{Method, StatusCode};
-use axum::response::Response;
+use axum::http::{HeaderValue, Method};
 use registry_core::{Digest, RepoName};
 
 use crate::range::{if_range_holds, parse_range, RangeRequest};
-use crate::{respond, ApiError, ApiResult, ErrorCode, RegistryState, Req};
+use crate::responses::{BlobAnswer, Deleted};
+use crate::{ApiError, ApiResult, ErrorCode, RegistryState, Req};
 
-fn blob_headers(digest: &Digest, length: u64) -> Vec<(&'static str, String)> {
-    vec![
-        ("content-type", "application/octet-stream".into()),
-        ("content-length", length.to_string()),
-        ("docker-content-digest", digest.to_string()),
-        ("etag", format!("\"{digest}\"")),
-        ("accept-ranges", "bytes".into()),
-        ("cache-control", "max-age=31536000".into()),
-    ]
-}
-
+/// Serves a blob, as `GET` or `HEAD`: a redirect to where its bytes are (redirect mode, GET
+/// only; a `Range` goes along with the client's retry there), its headers alone, or its bytes,
+/// whole or the range asked for (RFC 9110: a `Range` under an `If-Range` that is not the
+/// blob's strong ETag gets the whole blob).
 pub(crate) async fn get(
     s: &RegistryState,
     req: &Req,
     name: RepoName,
     digest: Digest,
-) -> ApiResult<Response> {
-    let etag = format!("\"{digest}\"");
-    let range_header = req
-        .header("range")
-        .filter(|_| req.method == Method::GET && if_range_holds(req.header("if-range"), &etag));
-    if req.method == Method::GET {
-        // Redirect mode: the bytes flow from the object store (a Range goes along with the
-        // client's retry of the request there).
-        if let Some(url) = s.storage.blob_url(&name, &digest).await? {
-            return Ok(respond(
-                StatusCode::TEMPORARY_REDIRECT,
-                vec![
-                    ("location", url),
-                    ("docker-content-digest", digest.to_string()),
-                ],
-                Body::empty(),
-            ));
-        }
-    }
+) -> ApiResult<BlobAnswer> {
     if req.method == Method::HEAD {
         let size = s.storage.blob_size(&name, &digest).await?;
-        return Ok(respond(
-            StatusCode::OK,
-            blob_headers(&digest, size),
-            Body::empty(),
-        ));
+        return Ok(BlobAnswer::Head { digest, size });
     }
-    let range = match range_header {
+    if let Some(url) = s.storage.blob_url(&name, &digest).await? {
+        return Ok(BlobAnswer::Redirect { url, digest });
+    }
+    let etag = format!("\"{digest}\"");
+    let range = match req
+        .header("range")
+        .filter(|_| if_range_holds(req.header("if-range"), &etag))
+    {
         None => None,
         Some(h) => {
             let size = s.storage.blob_size(&name, &digest).await?;
             match parse_range(h, size) {
                 RangeRequest::Full => None,
                 RangeRequest::Partial(r) => Some(r),
-                RangeRequest::Unsatisfiable => {
-                    return Err(ApiError::new(
-                        ErrorCode::RangeInvalid,
-                        "requested range not satisfiable",
-                    )
-                    .with_header(
-                        "content-range",
-                        format!("bytes */{size}").parse().expect("ascii"),
-                    ));
-                }
+                RangeRequest::Unsatisfiable => return Err(unsatisfiable(size)),
             }
         }
     };
     let partial = range.is_some();
     let read = s.storage.blob_read(&name, &digest, range).await?;
-    let mut headers = blob_headers(&digest, read.range.end - read.range.start);
-    let status = if partial {
-        let last = read.range.end.saturating_sub(1);
-        headers.push((
-            "content-range",
-            format!("bytes {}-{}/{}", read.range.start, last, read.size),
-        ));
-        StatusCode::PARTIAL_CONTENT
-    } else {
-        StatusCode::OK
-    };
-    Ok(respond(status, headers, Body::from_stream(read.stream)))
+    Ok(BlobAnswer::Bytes {
+        digest,
+        read,
+        partial,
+    })
+}
+
+fn unsatisfiable(size: u64) -> ApiError {
+    let err = ApiError::new(ErrorCode::RangeInvalid, "requested range not satisfiable");
+    match HeaderValue::try_from(format!("bytes */{size}")) {
+        Ok(v) => err.with_header("content-range", v),
+        Err(_) => err,
+    }
 }
 
 pub(crate) async fn delete(
     s: &RegistryState,
     name: RepoName,
     digest: Digest,
-) -> ApiResult<Response> {
+) -> ApiResult<Deleted> {
     s.storage.blob_delete(&name, &digest).await?;
-    Ok(respond(
-        StatusCode::ACCEPTED,
-        vec![("content-length", "0".into())],
-        Body::empty(),
-    ))
+    Ok(Deleted)
 }

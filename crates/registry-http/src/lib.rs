@@ -29,6 +29,7 @@ mod manifests;
 pub mod metrics;
 pub mod range;
 mod registry;
+mod responses;
 pub mod server;
 mod uploads;
 
@@ -240,56 +241,59 @@ async fn route(
     }
     let s = state;
     use Endpoint as E;
-    match (&req.method, endpoint) {
-        (&Method::GET | &Method::HEAD, E::Base) => Ok(base()),
-        (&Method::GET, E::Catalog) => listing::catalog(s, &req).await,
-        (&Method::GET, E::Tags(name)) => listing::tags(s, &req, name).await,
-        (&Method::GET, E::Referrers(name, d)) => listing::referrers(s, &req, name, d).await,
-        (&Method::GET | &Method::HEAD, E::Blob(name, d)) => blobs::get(s, &req, name, d).await,
-        (&Method::DELETE, E::Blob(name, d)) => blobs::delete(s, name, d).await,
-        (&Method::POST, E::Uploads(name)) => uploads::start(s, &req, body, name).await,
-        (&Method::GET, E::Upload(name, id)) => uploads::status(s, name, id).await,
-        (&Method::PATCH, E::Upload(name, id)) => uploads::patch(s, &req, body, name, id).await,
-        (&Method::PUT, E::Upload(name, id)) => uploads::finish(s, &req, body, name, id).await,
-        (&Method::DELETE, E::Upload(name, id)) => uploads::cancel(s, name, id).await,
-        (&Method::GET | &Method::HEAD, E::Manifest(name, r)) => {
-            manifests::get(s, &req, name, r).await
+    let answer = match (&req.method, endpoint) {
+        (&Method::GET | &Method::HEAD, E::Base) => base(),
+        (&Method::GET, E::Catalog) => listing::catalog(s, &req).await?.into_response(),
+        (&Method::GET, E::Tags(name)) => listing::tags(s, &req, name).await?.into_response(),
+        (&Method::GET, E::Referrers(name, d)) => {
+            listing::referrers(s, &req, name, d).await?.into_response()
         }
-        (&Method::PUT, E::Manifest(name, r)) => manifests::put(s, &req, body, name, r).await,
-        (&Method::DELETE, E::Manifest(name, r)) => manifests::delete(s, name, r).await,
-        (&Method::GET | &Method::HEAD | &Method::DELETE, E::InvalidReference(..)) => Err(
-            ApiError::new(ErrorCode::ManifestUnknown, "no manifest has that reference"),
-        ),
+        (&Method::GET | &Method::HEAD, E::Blob(name, d)) => {
+            blobs::get(s, &req, name, d).await?.into_response()
+        }
+        (&Method::DELETE, E::Blob(name, d)) => blobs::delete(s, name, d).await?.into_response(),
+        (&Method::POST, E::Uploads(name)) => uploads::start(s, &req, body, name).await?,
+        (&Method::GET, E::Upload(name, id)) => uploads::status(s, name, id).await?.into_response(),
+        (&Method::PATCH, E::Upload(name, id)) => uploads::patch(s, &req, body, name, id)
+            .await?
+            .into_response(),
+        (&Method::PUT, E::Upload(name, id)) => uploads::finish(s, &req, body, name, id)
+            .await?
+            .into_response(),
+        (&Method::DELETE, E::Upload(name, id)) => {
+            uploads::cancel(s, name, id).await?.into_response()
+        }
+        (&Method::GET | &Method::HEAD, E::Manifest(name, r)) => {
+            manifests::get(s, &req, name, r).await?.into_response()
+        }
+        (&Method::PUT, E::Manifest(name, r)) => manifests::put(s, &req, body, name, r)
+            .await?
+            .into_response(),
+        (&Method::DELETE, E::Manifest(name, r)) => {
+            manifests::delete(s, name, r).await?.into_response()
+        }
+        (&Method::GET | &Method::HEAD | &Method::DELETE, E::InvalidReference(..)) => {
+            return Err(ApiError::new(
+                ErrorCode::ManifestUnknown,
+                "no manifest has that reference",
+            ))
+        }
         (&Method::PUT, E::InvalidReference(_, text)) => {
-            Err(match text.parse::<registry_core::Reference>() {
+            return Err(match text.parse::<registry_core::Reference>() {
                 Err(e) => e.into(),
                 Ok(_) => ApiError::new(ErrorCode::TagInvalid, "invalid manifest reference"),
             })
         }
-        (m, _) => Err(ApiError::new(
-            ErrorCode::Unsupported,
-            format!("method {m} is not supported here"),
-        )),
-    }
+        (m, _) => {
+            return Err(ApiError::new(
+                ErrorCode::Unsupported,
+                format!("method {m} is not supported here"),
+            ))
+        }
+    };
+    Ok(answer)
 }
 
 fn base() -> Response {
     ([("content-type", "application/json")], "{}").into_response()
-}
-
-/// Builds a response with a status, headers and a body.
-pub(crate) fn respond(
-    status: StatusCode,
-    headers: Vec<(&'static str, String)>,
-    body: Body,
-) -> Response {
-    let mut response = Response::new(body);
-    *response.status_mut() = status;
-    let h = response.headers_mut();
-    for (name, value) in headers {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            h.append(name, v);
-        }
-    }
-    response
 }

@@ -1,13 +1,11 @@
 //! Paginated listings: tags, the catalog, and referrers.
 
-use axum::body::Body;
-use axum::http::StatusCode;
-use axum::response::Response;
 use registry_core::manifest::OCI_INDEX;
 use registry_core::{Digest, Page, RepoName};
 use serde_json::json;
 
-use crate::{respond, Access, ApiError, ApiResult, ErrorCode, RegistryState, Req};
+use crate::responses::JsonPage;
+use crate::{Access, ApiError, ApiResult, ErrorCode, RegistryState, Req};
 
 /// `n` and `last` of a paginated request; `n` is capped at the configured page size.
 fn page_params(s: &RegistryState, req: &Req) -> ApiResult<(Option<usize>, Option<String>)> {
@@ -26,24 +24,32 @@ fn page_params(s: &RegistryState, req: &Req) -> ApiResult<(Option<usize>, Option
     Ok((n, req.query("last").filter(|l| !l.is_empty())))
 }
 
+/// A page of a listing, with a `Link` to the next page when there is one.
 fn paged<T: ToString>(
     path: &str,
     n: Option<usize>,
     page: &Page<T>,
     body: serde_json::Value,
-) -> Response {
-    let mut headers = vec![("content-type", "application/json".to_owned())];
-    if let (true, Some(n), Some(last)) = (page.more, n, page.items.last()) {
-        let query: String = form_urlencoded::Serializer::new(String::new())
-            .append_pair("n", &n.to_string())
-            .append_pair("last", &last.to_string())
-            .finish();
-        headers.push(("link", format!("<{path}?{query}>; rel=\"next\"")));
+) -> JsonPage {
+    let next = match (page.more, n, page.items.last()) {
+        (true, Some(n), Some(last)) => {
+            let query: String = form_urlencoded::Serializer::new(String::new())
+                .append_pair("n", &n.to_string())
+                .append_pair("last", &last.to_string())
+                .finish();
+            Some(format!("{path}?{query}"))
+        }
+        _ => None,
+    };
+    JsonPage {
+        content_type: "application/json",
+        body,
+        next,
+        filters: None,
     }
-    respond(StatusCode::OK, headers, Body::from(body.to_string()))
 }
 
-pub(crate) async fn tags(s: &RegistryState, req: &Req, name: RepoName) -> ApiResult<Response> {
+pub(crate) async fn tags(s: &RegistryState, req: &Req, name: RepoName) -> ApiResult<JsonPage> {
     let (n, last) = page_params(s, req)?;
     let page = s.storage.tags(&name, last.as_deref(), n).await?;
     let tags: Vec<&str> = page.items.iter().map(|t| t.as_str()).collect();
@@ -51,7 +57,7 @@ pub(crate) async fn tags(s: &RegistryState, req: &Req, name: RepoName) -> ApiRes
     Ok(paged(&format!("/v2/{name}/tags/list"), n, &page, body))
 }
 
-pub(crate) async fn catalog(s: &RegistryState, req: &Req) -> ApiResult<Response> {
+pub(crate) async fn catalog(s: &RegistryState, req: &Req) -> ApiResult<JsonPage> {
     let (n, last) = page_params(s, req)?;
     let page = match req.caller.as_ref().filter(|c| c.is_restricted()) {
         None => s.storage.repositories(last.as_deref(), n).await?,
@@ -102,17 +108,16 @@ pub(crate) async fn referrers(
     req: &Req,
     name: RepoName,
     subject: Digest,
-) -> ApiResult<Response> {
+) -> ApiResult<JsonPage> {
     let mut found = s.storage.referrers(&name, &subject).await?;
-    let mut headers = vec![("content-type", OCI_INDEX.to_owned())];
-    if let Some(filter) = req.query("artifactType") {
+    let filter = req.query("artifactType");
+    if let Some(filter) = &filter {
         found.retain(|d| d.artifact_type.as_deref() == Some(filter.as_str()));
-        headers.push(("oci-filters-applied", "artifactType".to_owned()));
     }
-    let body = json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": found });
-    Ok(respond(
-        StatusCode::OK,
-        headers,
-        Body::from(body.to_string()),
-    ))
+    Ok(JsonPage {
+        content_type: OCI_INDEX,
+        body: json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": found }),
+        next: None,
+        filters: filter.map(|_| "artifactType"),
+    })
 }

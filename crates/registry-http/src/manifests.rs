@@ -1,21 +1,12 @@
 //! Manifest GET/HEAD (with `Accept` negotiation), PUT and DELETE.
 
 use axum::body::Body;
-use axum::http::{Method, StatusCode};
-use axum::response::Response;
+use axum::http::Method;
 use registry_core::manifest::{essence, MANIFEST_TYPES};
-use registry_core::{ManifestInfo, Reference, RepoName, Tag};
+use registry_core::{Reference, RepoName, Tag};
 
-use crate::{respond, ApiError, ApiResult, ErrorCode, RegistryState, Req};
-
-fn manifest_headers(info: &ManifestInfo) -> Vec<(&'static str, String)> {
-    vec![
-        ("content-type", info.media_type.clone()),
-        ("content-length", info.size.to_string()),
-        ("docker-content-digest", info.digest.to_string()),
-        ("etag", format!("\"{}\"", info.digest)),
-    ]
-}
+use crate::responses::{Created, Deleted, ManifestAnswer};
+use crate::{ApiError, ApiResult, ErrorCode, RegistryState, Req};
 
 /// Whether the client's `Accept` headers admit `media_type`. The stored manifest is served
 /// unless the client lists only manifest types and not this one; it is never converted.
@@ -39,15 +30,13 @@ pub(crate) async fn get(
     req: &Req,
     name: RepoName,
     reference: Reference,
-) -> ApiResult<Response> {
-    let (info, body) = if req.method == Method::HEAD {
-        (
-            s.storage.manifest_info(&name, &reference).await?,
-            Body::empty(),
-        )
-    } else {
-        let (info, bytes) = s.storage.manifest_get(&name, &reference).await?;
-        (info, Body::from(bytes))
+) -> ApiResult<ManifestAnswer> {
+    let (info, bytes) = match req.method == Method::HEAD {
+        true => (s.storage.manifest_info(&name, &reference).await?, None),
+        false => {
+            let (info, bytes) = s.storage.manifest_get(&name, &reference).await?;
+            (info, Some(bytes))
+        }
     };
     if !acceptable(req, &info.media_type) {
         return Err(ApiError::new(
@@ -58,7 +47,7 @@ pub(crate) async fn get(
             ),
         ));
     }
-    Ok(respond(StatusCode::OK, manifest_headers(&info), body))
+    Ok(ManifestAnswer { info, bytes })
 }
 
 pub(crate) async fn put(
@@ -67,7 +56,7 @@ pub(crate) async fn put(
     body: Body,
     name: RepoName,
     reference: Reference,
-) -> ApiResult<Response> {
+) -> ApiResult<Created> {
     let limit = s.config.manifest_max_bytes;
     let too_large = || {
         ApiError::new(
@@ -100,29 +89,14 @@ pub(crate) async fn put(
         .storage
         .manifest_put(&name, &reference, content_type.as_deref(), bytes, &tags)
         .await?;
-    let mut headers = vec![
-        ("location", format!("/v2/{name}/manifests/{}", put.digest)),
-        ("docker-content-digest", put.digest.to_string()),
-        ("content-length", "0".into()),
-    ];
-    if let Some(subject) = put.subject {
-        headers.push(("oci-subject", subject.to_string()));
-    }
-    for t in tags {
-        headers.push(("oci-tag", t.to_string()));
-    }
-    Ok(respond(StatusCode::CREATED, headers, Body::empty()))
+    Ok(Created::manifest(&name, put, tags))
 }
 
 pub(crate) async fn delete(
     s: &RegistryState,
     name: RepoName,
     reference: Reference,
-) -> ApiResult<Response> {
+) -> ApiResult<Deleted> {
     s.storage.manifest_delete(&name, &reference).await?;
-    Ok(respond(
-        StatusCode::ACCEPTED,
-        vec![("content-length", "0".into())],
-        Body::empty(),
-    ))
+    Ok(Deleted)
 }

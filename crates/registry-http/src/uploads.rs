@@ -3,52 +3,19 @@
 //! (cancel).
 
 use axum::body::{Body, HttpBody as _};
-use axum::http::StatusCode;
-use axum::response::Response;
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
 use futures::{StreamExt, TryStreamExt};
-use registry_core::{Algorithm, ByteStream, Digest, RepoName, UploadStatus};
+use registry_core::{Algorithm, ByteStream, Digest, RepoName};
 
 use crate::range::parse_content_range;
-use crate::{respond, Access, ApiError, ApiResult, ErrorCode, RegistryState, Req};
+use crate::responses::{upload_range, Cancelled, Created, UploadProgress};
+use crate::{Access, ApiError, ApiResult, ErrorCode, RegistryState, Req};
 
 fn stream(body: Body) -> ByteStream {
     body.into_data_stream()
         .map_err(std::io::Error::other)
         .boxed()
-}
-
-fn upload_location(name: &RepoName, id: &str) -> String {
-    format!("/v2/{name}/blobs/uploads/{id}")
-}
-
-/// The `Range` value for an upload holding `size` bytes (the Docker client parses `%d-%d`).
-fn range_value(size: u64) -> String {
-    format!("0-{}", size.saturating_sub(1))
-}
-
-fn in_progress(status: StatusCode, name: &RepoName, up: &UploadStatus) -> Response {
-    respond(
-        status,
-        vec![
-            ("location", upload_location(name, &up.id)),
-            ("range", range_value(up.size)),
-            ("docker-upload-uuid", up.id.clone()),
-            ("content-length", "0".into()),
-        ],
-        Body::empty(),
-    )
-}
-
-fn created(name: &RepoName, digest: &Digest) -> Response {
-    respond(
-        StatusCode::CREATED,
-        vec![
-            ("location", format!("/v2/{name}/blobs/{digest}")),
-            ("docker-content-digest", digest.to_string()),
-            ("content-length", "0".into()),
-        ],
-        Body::empty(),
-    )
 }
 
 fn digest_param(req: &Req) -> ApiResult<Option<Digest>> {
@@ -74,7 +41,7 @@ pub(crate) async fn start(
                 .as_ref()
                 .is_none_or(|c| c.may(Access::Pull, from.as_str()));
             if may_read && s.storage.blob_mount(&name, &from, &digest).await?.is_some() {
-                return Ok(created(&name, &digest));
+                return Ok(Created::blob(&name, digest).into_response());
             }
         }
         // Unknown source or blob: fall back to a regular upload session (202).
@@ -91,7 +58,7 @@ pub(crate) async fn start(
         s.storage
             .upload_finish(&name, &up.id, &digest, Some((len, stream(body))))
             .await?;
-        return Ok(created(&name, &digest));
+        return Ok(Created::blob(&name, digest).into_response());
     }
     // HTTP/2 clients may send a body without Content-Length: the body itself says.
     let up = if !body.is_end_stream() {
@@ -102,7 +69,7 @@ pub(crate) async fn start(
     } else {
         up
     };
-    Ok(in_progress(StatusCode::ACCEPTED, &name, &up))
+    Ok(UploadProgress::accepted(&name, up).into_response())
 }
 
 /// The chunk's start and length from `Content-Range` (if any) and `Content-Length`.
@@ -137,21 +104,23 @@ pub(crate) async fn patch(
     body: Body,
     name: RepoName,
     id: String,
-) -> ApiResult<Response> {
+) -> ApiResult<UploadProgress> {
     let (start, len) = match chunk_bounds(req) {
         Ok(b) => b,
         Err(e) => {
             // A 416 tells the client where the upload stands, so it can resume.
             let up = s.storage.upload_status(&name, &id).await?;
-            let range = range_value(up.size).parse().expect("ascii");
-            return Err(e.with_header("range", range));
+            return Err(match HeaderValue::try_from(upload_range(up.size)) {
+                Ok(range) => e.with_header("range", range),
+                Err(_) => e,
+            });
         }
     };
     let up = s
         .storage
         .upload_append(&name, &id, start, len, stream(body))
         .await?;
-    Ok(in_progress(StatusCode::ACCEPTED, &name, &up))
+    Ok(UploadProgress::accepted(&name, up))
 }
 
 pub(crate) async fn finish(
@@ -160,7 +129,7 @@ pub(crate) async fn finish(
     body: Body,
     name: RepoName,
     id: String,
-) -> ApiResult<Response> {
+) -> ApiResult<Created> {
     let digest = digest_param(req)?.ok_or_else(|| {
         ApiError::new(
             ErrorCode::DigestInvalid,
@@ -184,15 +153,19 @@ pub(crate) async fn finish(
         None
     };
     s.storage.upload_finish(&name, &id, &digest, last).await?;
-    Ok(created(&name, &digest))
+    Ok(Created::blob(&name, digest))
 }
 
-pub(crate) async fn status(s: &RegistryState, name: RepoName, id: String) -> ApiResult<Response> {
+pub(crate) async fn status(
+    s: &RegistryState,
+    name: RepoName,
+    id: String,
+) -> ApiResult<UploadProgress> {
     let up = s.storage.upload_status(&name, &id).await?;
-    Ok(in_progress(StatusCode::NO_CONTENT, &name, &up))
+    Ok(UploadProgress::status(&name, up))
 }
 
-pub(crate) async fn cancel(s: &RegistryState, name: RepoName, id: String) -> ApiResult<Response> {
+pub(crate) async fn cancel(s: &RegistryState, name: RepoName, id: String) -> ApiResult<Cancelled> {
     s.storage.upload_cancel(&name, &id).await?;
-    Ok(respond(StatusCode::NO_CONTENT, vec![], Body::empty()))
+    Ok(Cancelled)
 }

@@ -1,0 +1,313 @@
+//! The registry's answers as typed values. Each builds its status and headers from validated
+//! types (digests, repository names, tags, upload ids), so a header cannot be misspelt,
+//! forgotten or silently dropped; a value that cannot be a header (which these types rule out)
+//! makes the answer a 500 rather than a quiet omission.
+
+use axum::body::Body;
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use registry_core::{BlobRead, Digest, ManifestInfo, PutManifest, RepoName, Tag, UploadStatus};
+
+use crate::{ApiError, ErrorCode};
+
+const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
+
+/// Headers being put together for an answer.
+#[derive(Default)]
+struct Headers {
+    map: HeaderMap,
+    invalid: Option<HeaderName>,
+}
+
+impl Headers {
+    fn set(mut self, name: HeaderName, value: impl ToString) -> Self {
+        match HeaderValue::try_from(value.to_string()) {
+            Ok(v) => {
+                self.map.append(name, v);
+            }
+            Err(_) => self.invalid = Some(name),
+        }
+        self
+    }
+
+    fn answer(self, status: StatusCode, body: Body) -> Response {
+        if let Some(name) = self.invalid {
+            return ApiError::new(
+                ErrorCode::Unknown,
+                format!("the answer's {name} header could not be written"),
+            )
+            .into_response();
+        }
+        let mut response = Response::new(body);
+        *response.status_mut() = status;
+        *response.headers_mut() = self.map;
+        response
+    }
+}
+
+/// 201 for a blob or manifest that is stored: its URL and digest (and for a manifest, its
+/// subject and the extra tags it was given).
+pub(crate) struct Created {
+    location: String,
+    digest: Digest,
+    subject: Option<Digest>,
+    tags: Vec<Tag>,
+}
+
+impl Created {
+    pub(crate) fn blob(name: &RepoName, digest: Digest) -> Created {
+        Created {
+            location: format!("/v2/{name}/blobs/{digest}"),
+            digest,
+            subject: None,
+            tags: Vec::new(),
+        }
+    }
+
+    pub(crate) fn manifest(name: &RepoName, put: PutManifest, tags: Vec<Tag>) -> Created {
+        Created {
+            location: format!("/v2/{name}/manifests/{}", put.digest),
+            digest: put.digest,
+            subject: put.subject,
+            tags,
+        }
+    }
+}
+
+impl IntoResponse for Created {
+    fn into_response(self) -> Response {
+        let mut headers = Headers::default()
+            .set(LOCATION, self.location)
+            .set(DOCKER_CONTENT_DIGEST, &self.digest)
+            .set(CONTENT_LENGTH, 0);
+        if let Some(subject) = self.subject {
+            headers = headers.set(HeaderName::from_static("oci-subject"), subject);
+        }
+        for tag in self.tags {
+            headers = headers.set(HeaderName::from_static("oci-tag"), tag);
+        }
+        headers.answer(StatusCode::CREATED, Body::empty())
+    }
+}
+
+/// Where an upload session stands: 202 after POST and PATCH, 204 for GET.
+pub(crate) struct UploadProgress {
+    status: StatusCode,
+    location: String,
+    upload: UploadStatus,
+}
+
+impl UploadProgress {
+    pub(crate) fn accepted(name: &RepoName, upload: UploadStatus) -> UploadProgress {
+        UploadProgress {
+            status: StatusCode::ACCEPTED,
+            location: format!("/v2/{name}/blobs/uploads/{}", upload.id),
+            upload,
+        }
+    }
+
+    pub(crate) fn status(name: &RepoName, upload: UploadStatus) -> UploadProgress {
+        UploadProgress {
+            status: StatusCode::NO_CONTENT,
+            ..UploadProgress::accepted(name, upload)
+        }
+    }
+}
+
+/// The `Range` value for an upload holding `size` bytes (the Docker client parses `%d-%d`).
+pub(crate) fn upload_range(size: u64) -> String {
+    format!("0-{}", size.saturating_sub(1))
+}
+
+impl IntoResponse for UploadProgress {
+    fn into_response(self) -> Response {
+        Headers::default()
+            .set(LOCATION, self.location)
+            .set(
+                HeaderName::from_static("range"),
+                upload_range(self.upload.size),
+            )
+            .set(
+                HeaderName::from_static("docker-upload-uuid"),
+                self.upload.id,
+            )
+            .set(CONTENT_LENGTH, 0)
+            .answer(self.status, Body::empty())
+    }
+}
+
+/// 202 with no body: a deletion was done.
+pub(crate) struct Deleted;
+
+impl IntoResponse for Deleted {
+    fn into_response(self) -> Response {
+        Headers::default()
+            .set(CONTENT_LENGTH, 0)
+            .answer(StatusCode::ACCEPTED, Body::empty())
+    }
+}
+
+/// 204 with no body: an upload was cancelled.
+pub(crate) struct Cancelled;
+
+impl IntoResponse for Cancelled {
+    fn into_response(self) -> Response {
+        Headers::default().answer(StatusCode::NO_CONTENT, Body::empty())
+    }
+}
+
+/// A blob as served: a redirect to where its bytes are, its headers alone (HEAD), or its bytes,
+/// whole or a range of them.
+pub(crate) enum BlobAnswer {
+    Redirect {
+        url: String,
+        digest: Digest,
+    },
+    Head {
+        digest: Digest,
+        size: u64,
+    },
+    Bytes {
+        digest: Digest,
+        read: BlobRead,
+        partial: bool,
+    },
+}
+
+fn blob_headers(digest: &Digest, length: u64) -> Headers {
+    Headers::default()
+        .set(CONTENT_TYPE, "application/octet-stream")
+        .set(CONTENT_LENGTH, length)
+        .set(DOCKER_CONTENT_DIGEST, digest)
+        .set(HeaderName::from_static("etag"), format!("\"{digest}\""))
+        .set(HeaderName::from_static("accept-ranges"), "bytes")
+        .set(HeaderName::from_static("cache-control"), "max-age=31536000")
+}
+
+impl IntoResponse for BlobAnswer {
+    fn into_response(self) -> Response {
+        match self {
+            BlobAnswer::Redirect { url, digest } => Headers::default()
+                .set(LOCATION, url)
+                .set(DOCKER_CONTENT_DIGEST, digest)
+                .answer(StatusCode::TEMPORARY_REDIRECT, Body::empty()),
+            BlobAnswer::Head { digest, size } => {
+                blob_headers(&digest, size).answer(StatusCode::OK, Body::empty())
+            }
+            BlobAnswer::Bytes {
+                digest,
+                read,
+                partial,
+            } => {
+                let (start, end) = (read.range.start, read.range.end);
+                let headers = blob_headers(&digest, end - start);
+                let (status, headers) = match partial {
+                    false => (StatusCode::OK, headers),
+                    true => (
+                        StatusCode::PARTIAL_CONTENT,
+                        headers.set(
+                            HeaderName::from_static("content-range"),
+                            format!("bytes {start}-{}/{}", end.saturating_sub(1), read.size),
+                        ),
+                    ),
+                };
+                headers.answer(status, Body::from_stream(read.stream))
+            }
+        }
+    }
+}
+
+/// A manifest: its stored media type, length and digest, and its exact bytes (none for HEAD).
+pub(crate) struct ManifestAnswer {
+    pub(crate) info: ManifestInfo,
+    pub(crate) bytes: Option<Bytes>,
+}
+
+impl IntoResponse for ManifestAnswer {
+    fn into_response(self) -> Response {
+        let info = &self.info;
+        Headers::default()
+            .set(CONTENT_TYPE, &info.media_type)
+            .set(CONTENT_LENGTH, info.size)
+            .set(DOCKER_CONTENT_DIGEST, &info.digest)
+            .set(
+                HeaderName::from_static("etag"),
+                format!("\"{}\"", info.digest),
+            )
+            .answer(
+                StatusCode::OK,
+                self.bytes.map_or_else(Body::empty, Body::from),
+            )
+    }
+}
+
+/// A JSON document (a listing), with a `Link` to the next page if there is one.
+pub(crate) struct JsonPage {
+    pub(crate) content_type: &'static str,
+    pub(crate) body: serde_json::Value,
+    pub(crate) next: Option<String>,
+    /// `OCI-Filters-Applied`, for filtered referrers.
+    pub(crate) filters: Option<&'static str>,
+}
+
+impl IntoResponse for JsonPage {
+    fn into_response(self) -> Response {
+        let mut headers = Headers::default().set(CONTENT_TYPE, self.content_type);
+        if let Some(next) = self.next {
+            headers = headers.set(
+                HeaderName::from_static("link"),
+                format!("<{next}>; rel=\"next\""),
+            );
+        }
+        if let Some(filters) = self.filters {
+            headers = headers.set(HeaderName::from_static("oci-filters-applied"), filters);
+        }
+        headers.answer(StatusCode::OK, Body::from(self.body.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use registry_core::Algorithm;
+
+    #[test]
+    fn answers_carry_their_headers() {
+        let name: RepoName = "team/app".parse().unwrap();
+        let digest = Digest::of(Algorithm::Sha256, b"x");
+        let r = Created::blob(&name, digest.clone()).into_response();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        assert_eq!(
+            r.headers()["location"],
+            format!("/v2/team/app/blobs/{digest}")
+        );
+        assert_eq!(r.headers()["docker-content-digest"], digest.to_string());
+        let put = PutManifest {
+            digest: digest.clone(),
+            subject: Some(digest.clone()),
+        };
+        let tags = vec!["a".parse().unwrap(), "b".parse().unwrap()];
+        let r = Created::manifest(&name, put, tags).into_response();
+        assert_eq!(r.headers().get_all("oci-tag").iter().count(), 2);
+        assert_eq!(r.headers()["oci-subject"], digest.to_string());
+        let upload = UploadStatus {
+            id: "0b4e4a6c-4a5e-4c55-9a3c-2f1b6d8e9a10".into(),
+            size: 0,
+        };
+        let r = UploadProgress::status(&name, upload).into_response();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        assert_eq!(r.headers()["range"], "0-0");
+    }
+
+    #[test]
+    fn a_value_that_cannot_be_a_header_is_a_500_not_an_omission() {
+        let r = BlobAnswer::Redirect {
+            url: "https://s3.example.com/\nx".into(),
+            digest: Digest::of(Algorithm::Sha256, b"x"),
+        }
+        .into_response();
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}
