@@ -1,0 +1,230 @@
+//! `registry reconfigure KEY=VALUE`: the keys it knows, each mapped to its place in
+//! registry.toml; comments are kept, and the result is validated before it is written.
+
+use anyhow::bail;
+use toml_edit::value;
+
+use crate::config::parse_hostname;
+use crate::instance::{set_key, Instance};
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Text,
+    Bool,
+    List,
+}
+
+/// The keys `reconfigure` knows: name, TOML table, TOML key, kind, what it is.
+const KEYS: &[(&str, &str, &str, Kind, &str)] = &[
+    (
+        "hostname",
+        "instance",
+        "hostname",
+        Kind::Text,
+        "the host name clients use",
+    ),
+    (
+        "protected",
+        "instance",
+        "protected",
+        Kind::Bool,
+        "refuse remove/uninstall without --force",
+    ),
+    (
+        "listen",
+        "server",
+        "listen",
+        Kind::Text,
+        "IP:PORT to listen on",
+    ),
+    (
+        "storage",
+        "storage",
+        "url",
+        Kind::Text,
+        "a directory or s3://bucket/prefix",
+    ),
+    (
+        "s3_endpoint",
+        "storage.s3",
+        "endpoint",
+        Kind::Text,
+        "S3 endpoint URL",
+    ),
+    (
+        "s3_region",
+        "storage.s3",
+        "region",
+        Kind::Text,
+        "S3 region (auto for R2)",
+    ),
+    (
+        "s3_access_key_id",
+        "storage.s3",
+        "access_key_id",
+        Kind::Text,
+        "S3 access key id",
+    ),
+    (
+        "s3_secret_access_key",
+        "storage.s3",
+        "secret_access_key",
+        Kind::Text,
+        "S3 secret key",
+    ),
+    (
+        "s3_allow_http",
+        "storage.s3",
+        "allow_http",
+        Kind::Bool,
+        "plain HTTP to a remote S3",
+    ),
+    (
+        "s3_virtual_hosted",
+        "storage.s3",
+        "virtual_hosted",
+        Kind::Bool,
+        "bucket.endpoint addressing",
+    ),
+    (
+        "s3_redirect",
+        "storage.s3",
+        "redirect",
+        Kind::Bool,
+        "blob GETs redirect to S3",
+    ),
+    ("delete", "api", "delete", Kind::Bool, "allow DELETE"),
+    (
+        "upload_max_age",
+        "uploads",
+        "max_age",
+        Kind::Text,
+        "purge idle uploads after (24h)",
+    ),
+    (
+        "metrics",
+        "metrics",
+        "enabled",
+        Kind::Bool,
+        "Prometheus metrics at /metrics",
+    ),
+    (
+        "tls_cert",
+        "tls",
+        "cert",
+        Kind::Text,
+        "PEM certificate chain",
+    ),
+    ("tls_key", "tls", "key", Kind::Text, "PEM private key"),
+    (
+        "client_ca",
+        "tls",
+        "client_ca",
+        Kind::Text,
+        "CA of client certificates (mTLS)",
+    ),
+    (
+        "client_auth",
+        "tls",
+        "client_auth",
+        Kind::Text,
+        "required or optional",
+    ),
+    (
+        "client_names",
+        "tls",
+        "client_names",
+        Kind::List,
+        "authorized client names, * = one label",
+    ),
+    (
+        "plain_listen",
+        "tls",
+        "plain_listen",
+        Kind::Text,
+        "also plain HTTP on IP:PORT",
+    ),
+    (
+        "htpasswd",
+        "auth",
+        "htpasswd",
+        Kind::Text,
+        "htpasswd file of Basic users",
+    ),
+    ("realm", "auth", "realm", Kind::Text, "Basic realm"),
+    (
+        "public_read",
+        "auth",
+        "public_read",
+        Kind::Bool,
+        "anonymous pull",
+    ),
+    (
+        "ip_allowlist",
+        "network",
+        "allow",
+        Kind::List,
+        "CIDRs that may connect",
+    ),
+    (
+        "trusted_proxies",
+        "network",
+        "trusted_proxies",
+        Kind::List,
+        "proxies whose X-Forwarded-For counts",
+    ),
+];
+
+/// The valid keys, for messages and `--help`.
+pub fn reconfigure_keys() -> String {
+    KEYS.iter()
+        .map(|(k, _, _, _, what)| format!("  {k:<22} {what}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn parse_bool(key: &str, v: &str) -> anyhow::Result<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" => Ok(true),
+        "false" | "no" | "off" | "0" => Ok(false),
+        _ => bail!("{key}={v:?}: expected true or false"),
+    }
+}
+
+/// Applies `KEY=VALUE` settings to an instance's registry.toml (comments kept); an empty
+/// value removes the setting (its default applies). The result is validated as a whole before
+/// it is written: a bad value changes nothing.
+pub fn reconfigure(i: &Instance, settings: &[String]) -> anyhow::Result<()> {
+    if settings.is_empty() {
+        bail!(
+            "name at least one KEY=VALUE; valid keys:\n{}",
+            reconfigure_keys()
+        );
+    }
+    let mut doc = i.document()?;
+    for setting in settings {
+        let Some((key, v)) = setting.split_once('=') else {
+            bail!("{setting:?} is not KEY=VALUE");
+        };
+        let Some(&(_, table, name, kind, _)) = KEYS.iter().find(|k| k.0 == key) else {
+            let names: Vec<_> = KEYS.iter().map(|k| k.0).collect();
+            bail!("unknown key {key:?}; valid keys: {}", names.join(", "));
+        };
+        let item = match kind {
+            _ if v.is_empty() => None,
+            Kind::Text if key == "hostname" => Some(value(parse_hostname(v)?)),
+            Kind::Text => Some(value(v)),
+            Kind::Bool => Some(value(parse_bool(key, v)?)),
+            Kind::List => {
+                let items: toml_edit::Array = v
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                Some(value(items))
+            }
+        };
+        set_key(&mut doc, table, name, item);
+    }
+    i.save(&doc)
+}
