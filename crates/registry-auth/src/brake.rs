@@ -273,9 +273,10 @@ impl Attempt<'_> {
     /// Ends the attempt; `Err(pause)` when this failure engaged a brake (the failure itself is
     /// answered as any other; the brake refuses the logins after it).
     pub fn finish(mut self, success: bool) -> Result<(), Duration> {
-        match std::mem::replace(&mut self.open, false) {
-            true => self.brake.settle(&self.keys, Some(success)),
-            false => Ok(()),
+        if std::mem::replace(&mut self.open, false) {
+            self.brake.settle(&self.keys, Some(success))
+        } else {
+            Ok(())
         }
     }
 }
@@ -404,7 +405,7 @@ mod tests {
     fn attempts_in_flight_count() {
         let brake = Brake::new(settings(3, 100));
         let a = ip("192.0.2.1");
-        let mut flying: Vec<Attempt> = (0..3).map(|_| brake.begin(a, "ann").unwrap()).collect();
+        let mut flying: Vec<Attempt<'_>> = (0..3).map(|_| brake.begin(a, "ann").unwrap()).collect();
         assert!(
             brake.begin(a, "ann").is_err(),
             "a fourth parallel guess waits"

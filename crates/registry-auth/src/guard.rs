@@ -38,6 +38,20 @@ pub enum Refusal {
 
 /// An instance's guards as settings (what a configuration file says); [`GuardSettings::build`]
 /// makes the [`Guard`].
+///
+/// ```
+/// use registry_auth::ip::IpRanges;
+/// use registry_auth::GuardSettings;
+///
+/// let settings = GuardSettings {
+///     allow: IpRanges::parse(&["10.0.0.0/8"])?,
+///     public_read: true,
+///     ..GuardSettings::default()
+/// };
+/// assert!(settings.build()?.is_some());
+/// assert!(GuardSettings::default().build()?.is_none(), "nothing guarded, no guard");
+/// # Ok::<(), registry_auth::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct GuardSettings {
     /// HTTP Basic against this htpasswd file.
@@ -91,10 +105,10 @@ impl GuardSettings {
         if !self.is_guarded() {
             return Ok(None);
         }
-        let anonymous = match self.public_read {
-            true => Anonymous::Pull,
-            // Lowered to Deny by the guard when authentication is configured.
-            false => Anonymous::Everything,
+        let anonymous = if self.public_read {
+            Anonymous::Pull
+        } else {
+            Anonymous::Everything
         };
         let mut guard = Guard::open()
             .with_allowed_addresses(self.allow.clone())
@@ -204,9 +218,10 @@ impl Guard {
         let everything = self.allow.is_everything();
         let unknown = || Refusal::Denied("the client address is unknown".into());
         let Some(peer) = peer else {
-            return match everything {
-                true => Ok(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
-                false => Err(unknown()),
+            return if everything {
+                Ok(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+            } else {
+                Err(unknown())
             };
         };
         match client_address(peer, forwarded, x_forwarded_for, &self.trusted_proxies) {

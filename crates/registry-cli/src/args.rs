@@ -11,7 +11,7 @@ use crate::wizard;
 /// A fast, self-contained OCI container image registry.
 #[derive(Parser)]
 #[command(name = "registry", version, about, propagate_version = true)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Where instances live [default: /etc/registry for root, else ~/.config/registry].
     #[arg(long, global = true, env = "REGISTRY_CONFIG_DIR", value_name = "DIR")]
     pub config_dir: Option<PathBuf>,
@@ -20,7 +20,7 @@ pub struct Cli {
 }
 
 #[derive(Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Serve the registry API.
     ///
     /// Examples:

@@ -15,7 +15,7 @@ use rcgen::{
 use crate::instance::{write_file, write_private};
 
 /// The CA's files in an instance directory.
-pub fn ca_paths(instance_dir: &Path) -> (PathBuf, PathBuf) {
+pub(crate) fn ca_paths(instance_dir: &Path) -> (PathBuf, PathBuf) {
     let tls = instance_dir.join("tls");
     (tls.join("ca.pem"), tls.join("ca-key.pem"))
 }
@@ -43,7 +43,12 @@ fn validity(params: &mut CertificateParams, days: u32) -> anyhow::Result<()> {
 
 /// Creates the instance's CA; refuses to replace one unless `force` (every certificate it
 /// signed would stop being trusted).
-pub fn init_ca(instance_dir: &Path, name: &str, days: u32, force: bool) -> anyhow::Result<PathBuf> {
+pub(crate) fn init_ca(
+    instance_dir: &Path,
+    name: &str,
+    days: u32,
+    force: bool,
+) -> anyhow::Result<PathBuf> {
     let (cert_path, key_path) = ca_paths(instance_dir);
     if cert_path.exists() && !force {
         bail!(
@@ -89,7 +94,7 @@ fn load_ca(instance_dir: &Path) -> anyhow::Result<(Issuer<'static, KeyPair>, Str
 
 /// Signs a server certificate for `hosts` (DNS names or IP addresses); returns the paths of
 /// the certificate (with the CA appended, as a chain) and its key in the instance's `tls/`.
-pub fn server(
+pub(crate) fn server(
     instance_dir: &Path,
     hosts: &[String],
     days: u32,
@@ -122,7 +127,7 @@ pub fn server(
 
 /// Signs a client certificate for `name` (its DNS name and common name) and writes Docker's
 /// `certs.d` layout into `out`: `ca.crt`, `client.cert`, `client.key` (0600).
-pub fn client(instance_dir: &Path, name: &str, out: &Path, days: u32) -> anyhow::Result<()> {
+pub(crate) fn client(instance_dir: &Path, name: &str, out: &Path, days: u32) -> anyhow::Result<()> {
     registry_auth::pattern::NamePattern::parse(name)
         .ok()
         .filter(|_| !name.contains('*'))

@@ -16,7 +16,7 @@ use crate::instance::write_private;
 
 /// Where and how to reach a registry.
 #[derive(Args, Debug, Clone)]
-pub struct Target {
+pub(crate) struct Target {
     /// The registry: host[:port], as in image names (registry.example.com/app:tag).
     pub host: String,
     /// Speak plain HTTP instead of HTTPS.
@@ -28,7 +28,7 @@ pub struct Target {
 }
 
 /// Docker's client configuration file: `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`.
-pub fn docker_config_path() -> PathBuf {
+pub(crate) fn docker_config_path() -> PathBuf {
     match std::env::var_os("DOCKER_CONFIG") {
         Some(d) if !d.is_empty() => PathBuf::from(d).join("config.json"),
         _ => {
@@ -51,7 +51,7 @@ fn read_docker_config(path: &Path) -> anyhow::Result<serde_json::Map<String, ser
 }
 
 /// The stored credentials for `host`, if any.
-pub fn stored_credentials(host: &str) -> anyhow::Result<Option<(String, String)>> {
+pub(crate) fn stored_credentials(host: &str) -> anyhow::Result<Option<(String, String)>> {
     let config = read_docker_config(&docker_config_path())?;
     let Some(auth) = config
         .get("auths")
@@ -158,7 +158,7 @@ async fn check(r: reqwest::Response, what: &str) -> anyhow::Result<reqwest::Resp
 
 /// Checks `user`/`password` against the registry, then stores them in Docker's config.json
 /// (other entries kept; mode 0600). Returns the file written.
-pub async fn login(t: &Target, user: &str, password: &str) -> anyhow::Result<PathBuf> {
+pub(crate) async fn login(t: &Target, user: &str, password: &str) -> anyhow::Result<PathBuf> {
     let http = t.client()?;
     let url = format!("{}/v2/", t.base());
     let r = http
@@ -191,7 +191,7 @@ pub async fn login(t: &Target, user: &str, password: &str) -> anyhow::Result<Pat
 }
 
 /// Every `repo:tag` of the registry, sorted.
-pub async fn list_tags(t: &Target) -> anyhow::Result<Vec<(String, String)>> {
+pub(crate) async fn list_tags(t: &Target) -> anyhow::Result<Vec<(String, String)>> {
     let s = Session::open(t)?;
     let mut repos = Vec::new();
     s.pages("/v2/_catalog?n=1000".into(), |page| {
@@ -219,7 +219,7 @@ pub async fn list_tags(t: &Target) -> anyhow::Result<Vec<(String, String)>> {
 
 /// Deletes the manifests `refs` (`repo:tag`) point at, by digest (which removes every tag of
 /// that manifest, as the registry API defines). Returns (reference, digest) per deletion.
-pub async fn delete_tags(
+pub(crate) async fn delete_tags(
     t: &Target,
     refs: &[(String, String)],
 ) -> anyhow::Result<Vec<(String, String)>> {
@@ -258,7 +258,7 @@ pub async fn delete_tags(
 }
 
 /// Parses `repo:tag`.
-pub fn parse_ref(s: &str) -> anyhow::Result<(String, String)> {
+pub(crate) fn parse_ref(s: &str) -> anyhow::Result<(String, String)> {
     match s.rsplit_once(':') {
         Some((repo, tag)) if !repo.is_empty() && !tag.contains('/') && !tag.is_empty() => {
             Ok((repo.to_owned(), tag.to_owned()))
@@ -268,7 +268,7 @@ pub fn parse_ref(s: &str) -> anyhow::Result<(String, String)> {
 }
 
 /// Lets a person pick among `all` and confirm; `None` when they cancel.
-pub fn pick(all: &[(String, String)]) -> anyhow::Result<Option<Vec<(String, String)>>> {
+pub(crate) fn pick(all: &[(String, String)]) -> anyhow::Result<Option<Vec<(String, String)>>> {
     if !std::io::stderr().is_terminal() {
         bail!("pick images on a terminal, or name them (repository:tag ...) with --yes");
     }

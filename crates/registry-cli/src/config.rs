@@ -83,7 +83,7 @@ use registry_auth::ip::IpRanges;
 use registry_auth::pattern::NamePattern;
 use registry_auth::tls::{ClientAuth, TlsFiles};
 use registry_auth::{GuardSettings, Rule};
-pub use registry_core::open::{S3Location, StorageLocation};
+pub(crate) use registry_core::open::{S3Location, StorageLocation};
 
 use registry_http::server::ConnectionSettings;
 use serde::Deserialize;
@@ -91,7 +91,7 @@ use serde::Deserialize;
 /// The file as written; every field optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawConfig {
+pub(crate) struct RawConfig {
     #[serde(default)]
     pub instance: RawInstance,
     #[serde(default)]
@@ -118,14 +118,14 @@ pub struct RawConfig {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawInstance {
+pub(crate) struct RawInstance {
     pub hostname: Option<String>,
     pub protected: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawTls {
+pub(crate) struct RawTls {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
     pub client_ca: Option<PathBuf>,
@@ -136,7 +136,7 @@ pub struct RawTls {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAuth {
+pub(crate) struct RawAuth {
     pub htpasswd: Option<PathBuf>,
     pub realm: Option<String>,
     pub public_read: Option<bool>,
@@ -147,7 +147,7 @@ pub struct RawAuth {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawBrake {
+pub(crate) struct RawBrake {
     pub attempts: Option<u32>,
     pub address_attempts: Option<u32>,
     pub window: Option<String>,
@@ -156,14 +156,14 @@ pub struct RawBrake {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawNetwork {
+pub(crate) struct RawNetwork {
     pub allow: Option<Vec<String>>,
     pub trusted_proxies: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRule {
+pub(crate) struct RawRule {
     #[serde(default)]
     pub users: Vec<String>,
     #[serde(default)]
@@ -176,7 +176,7 @@ pub struct RawRule {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawServer {
+pub(crate) struct RawServer {
     pub listen: Option<String>,
     pub handshake_timeout: Option<String>,
     pub idle_timeout: Option<String>,
@@ -233,21 +233,21 @@ impl RawServer {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawStorage {
+pub(crate) struct RawStorage {
     pub url: Option<String>,
     pub s3: Option<S3Location>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawApi {
+pub(crate) struct RawApi {
     pub delete: Option<bool>,
     pub manifest_max_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawGc {
+pub(crate) struct RawGc {
     pub interval: Option<String>,
     pub grace: Option<String>,
     pub delete_untagged: Option<bool>,
@@ -255,7 +255,7 @@ pub struct RawGc {
 
 /// Garbage collection inside `serve`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GcSettings {
+pub(crate) struct GcSettings {
     /// `None`: never scheduled.
     pub interval: Option<Duration>,
     pub grace: Duration,
@@ -264,20 +264,20 @@ pub struct GcSettings {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawUploads {
+pub(crate) struct RawUploads {
     pub max_age: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawMetrics {
+pub(crate) struct RawMetrics {
     pub enabled: Option<bool>,
     pub listen: Option<String>,
 }
 
 /// Where `/metrics` is served.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MetricsSettings {
+pub(crate) enum MetricsSettings {
     /// Not recorded, not served.
     Off,
     /// On the API listener.
@@ -288,7 +288,7 @@ pub enum MetricsSettings {
 
 /// Validated settings.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// The name requests must carry (Host, SNI) when several instances share an address.
     pub hostname: Option<String>,
     pub protected: bool,
@@ -308,14 +308,14 @@ pub struct Settings {
 
 impl RawConfig {
     /// Reads a TOML file.
-    pub fn load(path: &Path) -> anyhow::Result<RawConfig> {
+    pub(crate) fn load(path: &Path) -> anyhow::Result<RawConfig> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
     }
 
     /// Makes the relative paths in the file relative to `dir` (an instance's directory).
-    pub fn resolve_paths(&mut self, dir: &Path) {
+    pub(crate) fn resolve_paths(&mut self, dir: &Path) {
         let fix = |p: &mut Option<PathBuf>| {
             if let Some(p) = p.as_mut().filter(|p| p.is_relative()) {
                 *p = dir.join(&*p);
@@ -334,7 +334,7 @@ impl RawConfig {
     }
 
     /// Validates into settings, applying defaults.
-    pub fn validate(self) -> anyhow::Result<Settings> {
+    pub(crate) fn validate(self) -> anyhow::Result<Settings> {
         let hostname = match &self.instance.hostname {
             Some(h) => Some(parse_hostname(h).context("instance.hostname")?),
             None => None,
@@ -498,13 +498,13 @@ fn validate_guard(
 }
 
 /// Parses a storage location: a path, `file://` URL, `s3://bucket/prefix` or `memory://`.
-pub fn parse_storage(s: &str) -> anyhow::Result<StorageLocation> {
+pub(crate) fn parse_storage(s: &str) -> anyhow::Result<StorageLocation> {
     Ok(s.parse()?)
 }
 
 /// Validates a host name a registry is reached by (a DNS name or an IP address), lowercased
 /// and without a trailing dot.
-pub fn parse_hostname(s: &str) -> anyhow::Result<String> {
+pub(crate) fn parse_hostname(s: &str) -> anyhow::Result<String> {
     let h = s.trim_end_matches('.').to_ascii_lowercase();
     if h.parse::<std::net::IpAddr>().is_ok() {
         return Ok(h);
@@ -523,12 +523,12 @@ pub fn parse_hostname(s: &str) -> anyhow::Result<String> {
 }
 
 /// Parses `500ms`, `90s`, `30m`, `24h`, `7d` or a plain number of seconds.
-pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+pub(crate) fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     Ok(registry_core::units::parse_duration(s)?)
 }
 
 /// Parses a byte count: `1048576`, `512KiB`, `32MiB`, `2GiB`.
-pub fn parse_size(s: &str) -> anyhow::Result<u64> {
+pub(crate) fn parse_size(s: &str) -> anyhow::Result<u64> {
     Ok(registry_core::units::parse_size(s)?)
 }
 

@@ -12,10 +12,10 @@ use crate::config::StorageLocation;
 use crate::instance::{write_file, Instance};
 
 /// The service (and system user) name.
-pub const SERVICE: &str = "registry";
+pub(crate) const SERVICE: &str = "registry";
 
 /// What `install` needs to know.
-pub struct Plan {
+pub(crate) struct Plan {
     pub binary: PathBuf,
     pub home: PathBuf,
     pub user: String,
@@ -24,7 +24,7 @@ pub struct Plan {
 
 impl Plan {
     /// The plan for the instances under `home`.
-    pub fn new(home: &Path, user: &str) -> anyhow::Result<Plan> {
+    pub(crate) fn new(home: &Path, user: &str) -> anyhow::Result<Plan> {
         let instances = Instance::all(home)?;
         if instances.is_empty() {
             bail!(
@@ -52,12 +52,13 @@ impl Plan {
     }
 
     /// The systemd unit.
-    pub fn unit(&self) -> String {
+    pub(crate) fn unit(&self) -> String {
         let quote = |p: &Path| {
             let s = p.display().to_string();
-            match s.contains([' ', '"', '\\']) {
-                true => format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"")),
-                false => s,
+            if s.contains([' ', '"', '\\']) {
+                format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+            } else {
+                s
             }
         };
         let writable: Vec<String> = self.writable.iter().map(|p| quote(p)).collect();
@@ -116,7 +117,7 @@ WantedBy=multi-user.target
     }
 
     /// The commands that create the user and hand it the files.
-    pub fn commands(&self, unit_dir: &Path) -> Vec<Vec<String>> {
+    pub(crate) fn commands(&self, unit_dir: &Path) -> Vec<Vec<String>> {
         let mut cmds = vec![vec![
             "useradd".into(),
             "--system".into(),
@@ -147,7 +148,7 @@ WantedBy=multi-user.target
 }
 
 /// Where units are installed by default.
-pub const SYSTEMD_DIR: &str = "/etc/systemd/system";
+pub(crate) const SYSTEMD_DIR: &str = "/etc/systemd/system";
 
 fn unit_path(unit_dir: &Path) -> PathBuf {
     unit_dir.join(format!("{SERVICE}.service"))
@@ -172,7 +173,12 @@ fn run(cmd: &[String]) -> anyhow::Result<()> {
 
 /// Installs (or, with `dry_run`, describes) the service. `unit_dir` other than systemd's
 /// writes only the unit file there (for packaging and tests).
-pub fn install(home: &Path, user: &str, unit_dir: &Path, dry_run: bool) -> anyhow::Result<String> {
+pub(crate) fn install(
+    home: &Path,
+    user: &str,
+    unit_dir: &Path,
+    dry_run: bool,
+) -> anyhow::Result<String> {
     let plan = Plan::new(home, user)?;
     let unit = plan.unit();
     let path = unit_path(unit_dir);
@@ -207,7 +213,7 @@ pub fn install(home: &Path, user: &str, unit_dir: &Path, dry_run: bool) -> anyho
 }
 
 /// Removes the service; refuses while a protected instance exists, unless `force`.
-pub fn uninstall(
+pub(crate) fn uninstall(
     home: &Path,
     unit_dir: &Path,
     force: bool,

@@ -11,14 +11,14 @@ use toml_edit::DocumentMut;
 use crate::config::{RawConfig, Settings};
 
 /// The instance used when none is named.
-pub const DEFAULT: &str = "default";
+pub(crate) const DEFAULT: &str = "default";
 
 /// The file name of an instance's configuration.
-pub const CONFIG_FILE: &str = "registry.toml";
+pub(crate) const CONFIG_FILE: &str = "registry.toml";
 
 /// The config home: the flag or `REGISTRY_CONFIG_DIR` if given, else `/etc/registry` for root
 /// and `$XDG_CONFIG_HOME/registry` (or `~/.config/registry`) for anyone else.
-pub fn config_home(given: Option<PathBuf>) -> PathBuf {
+pub(crate) fn config_home(given: Option<PathBuf>) -> PathBuf {
     if let Some(dir) = given {
         return dir;
     }
@@ -49,7 +49,7 @@ fn is_root() -> bool {
 
 /// Checks an instance name: lowercase letters, digits and `-`, at most 63, starting with a
 /// letter or digit (it names a directory and appears in unit names).
-pub fn check_name(name: &str) -> anyhow::Result<()> {
+pub(crate) fn check_name(name: &str) -> anyhow::Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && !name.starts_with('-')
@@ -64,14 +64,14 @@ pub fn check_name(name: &str) -> anyhow::Result<()> {
 
 /// One instance's directory.
 #[derive(Debug, Clone)]
-pub struct Instance {
+pub(crate) struct Instance {
     pub name: String,
     pub dir: PathBuf,
 }
 
 impl Instance {
     /// The instance `name` under `home` (which need not exist yet).
-    pub fn at(home: &Path, name: &str) -> anyhow::Result<Instance> {
+    pub(crate) fn at(home: &Path, name: &str) -> anyhow::Result<Instance> {
         check_name(name)?;
         Ok(Instance {
             name: name.to_owned(),
@@ -80,7 +80,7 @@ impl Instance {
     }
 
     /// The instance `name` under `home`, which must exist.
-    pub fn open(home: &Path, name: &str) -> anyhow::Result<Instance> {
+    pub(crate) fn open(home: &Path, name: &str) -> anyhow::Result<Instance> {
         let i = Instance::at(home, name)?;
         if !i.config_path().is_file() {
             bail!(
@@ -92,7 +92,7 @@ impl Instance {
     }
 
     /// Every instance under `home`, by name.
-    pub fn all(home: &Path) -> anyhow::Result<Vec<Instance>> {
+    pub(crate) fn all(home: &Path) -> anyhow::Result<Vec<Instance>> {
         let dir = home.join("instances");
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
@@ -111,31 +111,31 @@ impl Instance {
         Ok(all)
     }
 
-    pub fn config_path(&self) -> PathBuf {
+    pub(crate) fn config_path(&self) -> PathBuf {
         self.dir.join(CONFIG_FILE)
     }
 
     /// The htpasswd file an instance's users live in, by default.
-    pub fn htpasswd_path(&self) -> PathBuf {
+    pub(crate) fn htpasswd_path(&self) -> PathBuf {
         self.dir.join("htpasswd")
     }
 
     /// The configuration as written, with paths made relative to the instance directory.
-    pub fn raw(&self) -> anyhow::Result<RawConfig> {
+    pub(crate) fn raw(&self) -> anyhow::Result<RawConfig> {
         let mut raw = RawConfig::load(&self.config_path())?;
         raw.resolve_paths(&self.dir);
         Ok(raw)
     }
 
     /// The validated settings; errors name the file.
-    pub fn settings(&self) -> anyhow::Result<Settings> {
+    pub(crate) fn settings(&self) -> anyhow::Result<Settings> {
         self.raw()?
             .validate()
             .with_context(|| format!("{}", self.config_path().display()))
     }
 
     /// The configuration document, for editing with comments kept.
-    pub fn document(&self) -> anyhow::Result<DocumentMut> {
+    pub(crate) fn document(&self) -> anyhow::Result<DocumentMut> {
         let path = self.config_path();
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;
@@ -144,7 +144,7 @@ impl Instance {
     }
 
     /// Validates `doc` as this instance's configuration and writes it.
-    pub fn save(&self, doc: &DocumentMut) -> anyhow::Result<()> {
+    pub(crate) fn save(&self, doc: &DocumentMut) -> anyhow::Result<()> {
         let text = doc.to_string();
         let mut raw: RawConfig = toml::from_str(&text)
             .with_context(|| format!("the new {} would be invalid", CONFIG_FILE))?;
@@ -157,7 +157,12 @@ impl Instance {
 
 /// Sets `table.key` (a dotted table path) in a config document to `item`, creating the tables
 /// it needs, or removes the key for `None`.
-pub fn set_key(doc: &mut DocumentMut, table: &str, key: &str, item: Option<toml_edit::Item>) {
+pub(crate) fn set_key(
+    doc: &mut DocumentMut,
+    table: &str,
+    key: &str,
+    item: Option<toml_edit::Item>,
+) {
     let mut t = doc.as_table_mut();
     for part in table.split('.') {
         if !t.contains_table(part) {
@@ -180,7 +185,7 @@ pub fn set_key(doc: &mut DocumentMut, table: &str, key: &str, item: Option<toml_
 }
 
 /// Creates `dir` and its parents, the last ones 0700.
-pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
@@ -192,12 +197,12 @@ pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
 
 /// Writes `bytes` to `path` through a temporary file in the same directory (mode 0600) and a
 /// rename: readers see the old file or the new one, never a part.
-pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     write_whole(path, bytes, 0o600)
 }
 
 /// Like [`write_private`], for files anyone may read (certificates): mode 0644.
-pub fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     write_whole(path, bytes, 0o644)
 }
 

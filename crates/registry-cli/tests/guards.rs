@@ -60,9 +60,10 @@ async fn expect_error(r: Response, status: StatusCode, code: &str) -> Response {
     let headers = r.headers().clone();
     let url = r.url().clone();
     let bytes = r.bytes().await.unwrap();
-    let body: Value = match bytes.is_empty() {
-        true => Value::Null, // a HEAD request: the status says it all
-        false => serde_json::from_slice(&bytes).unwrap(),
+    let body: Value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
     };
     if !bytes.is_empty() {
         assert_eq!(body["errors"][0]["code"], code, "{url}: {body}");

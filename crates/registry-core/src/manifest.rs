@@ -122,7 +122,7 @@ pub fn parse(content_type: Option<&str>, bytes: &[u8]) -> Result<ParsedManifest>
         return Err(Error::ManifestInvalid("schemaVersion must be 2".into()));
     }
     let media_type = match (declared, raw.media_type.as_deref()) {
-        (Some("application/json"), Some(body)) | (None, Some(body)) => body.to_owned(),
+        (Some("application/json") | None, Some(body)) => body.to_owned(),
         (Some(header), Some(body)) if header != body => {
             return Err(Error::ManifestInvalid(format!(
                 "mediaType {body:?} does not match Content-Type {header:?}"

@@ -99,12 +99,11 @@ impl ObjectStore for TimeoutStore {
         payload: PutPayload,
         opts: PutOptions,
     ) -> Result<PutResult> {
-        match payload.content_length() <= SMALL_PUT {
-            true => {
-                let put = self.inner.put_opts(location, payload, opts);
-                self.bounded("a put", put).await
-            }
-            false => self.inner.put_opts(location, payload, opts).await,
+        if payload.content_length() <= SMALL_PUT {
+            let put = self.inner.put_opts(location, payload, opts);
+            self.bounded("a put", put).await
+        } else {
+            self.inner.put_opts(location, payload, opts).await
         }
     }
 

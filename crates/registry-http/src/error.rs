@@ -65,7 +65,13 @@ pub enum ErrorCode {
 impl ErrorCode {
     /// The code string and HTTP status.
     pub fn parts(self) -> (&'static str, StatusCode) {
-        use ErrorCode::*;
+        use ErrorCode::{
+            BadRequest, BlobUnknown, BlobUploadInvalid, BlobUploadUnknown, Denied, DigestInvalid,
+            HeadersTooLarge, ManifestBlobUnknown, ManifestInvalid, ManifestUnknown, NameInvalid,
+            NameUnknown, NotFound, PaginationNumberInvalid, RangeInvalid, RequestTimeout,
+            SizeInvalid, TagInvalid, TooLarge, TooManyRequests, Unauthorized, Unavailable, Unknown,
+            Unsupported, UriTooLong,
+        };
         match self {
             BlobUnknown => ("BLOB_UNKNOWN", StatusCode::NOT_FOUND),
             BlobUploadInvalid => ("BLOB_UPLOAD_INVALID", StatusCode::BAD_REQUEST),

@@ -1,8 +1,11 @@
-//! `registry-http`: the OCI Distribution v1.1 / Docker Registry v2 API as an axum [`Router`].
+//! `registry-http`: the OCI Distribution v1.1 / Docker Registry v2 API as an axum [`Router`],
+//! the [`server`] that serves it (connections, TLS with SNI, bounds), and [`Registry`], which
+//! builds a whole registry as `registry serve` runs one (start there to embed a registry).
 //!
 //! One catch-all route under `/v2/` is parsed into an [`Endpoint`]; handlers are thin calls into
-//! a [`registry_core::Storage`]. Bodies stream in and out; every response carries
-//! `Docker-Distribution-API-Version: registry/2.0`.
+//! a [`registry_core::Storage`] returning typed answers. Bodies stream in and out; every
+//! response carries `Docker-Distribution-API-Version: registry/2.0`. The router alone, over any
+//! storage:
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -183,7 +186,7 @@ pub(crate) struct Req {
 
 impl Req {
     /// All values of a query parameter, decoded.
-    pub fn query_all(&self, key: &str) -> Vec<String> {
+    pub(crate) fn query_all(&self, key: &str) -> Vec<String> {
         form_urlencoded::parse(self.uri.query().unwrap_or("").as_bytes())
             .filter(|(k, _)| k == key)
             .map(|(_, v)| v.into_owned())
@@ -191,17 +194,17 @@ impl Req {
     }
 
     /// The first value of a query parameter.
-    pub fn query(&self, key: &str) -> Option<String> {
+    pub(crate) fn query(&self, key: &str) -> Option<String> {
         self.query_all(key).into_iter().next()
     }
 
     /// A header as a string, if present and visible ASCII.
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
     /// The declared `Content-Length`.
-    pub fn content_length(&self) -> Option<u64> {
+    pub(crate) fn content_length(&self) -> Option<u64> {
         self.header("content-length")
             .and_then(|v| v.trim().parse().ok())
     }

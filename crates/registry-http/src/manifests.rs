@@ -31,12 +31,11 @@ pub(crate) async fn get(
     name: RepoName,
     reference: Reference,
 ) -> ApiResult<ManifestAnswer> {
-    let (info, bytes) = match req.method == Method::HEAD {
-        true => (s.storage.manifest_info(&name, &reference).await?, None),
-        false => {
-            let (info, bytes) = s.storage.manifest_get(&name, &reference).await?;
-            (info, Some(bytes))
-        }
+    let (info, bytes) = if req.method == Method::HEAD {
+        (s.storage.manifest_info(&name, &reference).await?, None)
+    } else {
+        let (info, bytes) = s.storage.manifest_get(&name, &reference).await?;
+        (info, Some(bytes))
     };
     if !acceptable(req, &info.media_type) {
         return Err(ApiError::new(

@@ -277,7 +277,7 @@ fn endpoint_kind(path: &str) -> &'static str {
         Ok(Endpoint::Tags(_)) => "tags",
         Ok(Endpoint::Manifest(..) | Endpoint::InvalidReference(..)) => "manifest",
         Ok(Endpoint::Blob(..)) => "blob",
-        Ok(Endpoint::Uploads(_)) | Ok(Endpoint::Upload(..)) => "upload",
+        Ok(Endpoint::Uploads(_) | Endpoint::Upload(..)) => "upload",
         Ok(Endpoint::Referrers(..)) => "referrers",
         Err(_) if path == "/healthz" || path == "/metrics" => "ops",
         Err(_) => "invalid",

@@ -268,7 +268,20 @@ impl Registry {
     }
 
     /// Serves on `addr` (port 0: any free port) in the background until the returned handle is
-    /// stopped or dropped.
+    /// stopped or dropped: a registry for the integration tests of tools that talk to one.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let registry = registry_http::Registry::builder("memory://".parse()?)
+    ///     .build()?
+    ///     .spawn("127.0.0.1:0")
+    ///     .await?;
+    /// assert!(registry.url().starts_with("http://127.0.0.1:"));
+    /// registry.stop().await;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn spawn(self, addr: &str) -> std::io::Result<Running> {
         let listener = TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;

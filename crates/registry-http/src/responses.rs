@@ -203,15 +203,16 @@ impl IntoResponse for BlobAnswer {
             } => {
                 let (start, end) = (read.range.start, read.range.end);
                 let headers = blob_headers(&digest, end - start);
-                let (status, headers) = match partial {
-                    false => (StatusCode::OK, headers),
-                    true => (
+                let (status, headers) = if !partial {
+                    (StatusCode::OK, headers)
+                } else {
+                    (
                         StatusCode::PARTIAL_CONTENT,
                         headers.set(
                             HeaderName::from_static("content-range"),
                             format!("bytes {start}-{}/{}", end.saturating_sub(1), read.size),
                         ),
-                    ),
+                    )
                 };
                 headers.answer(status, Body::from_stream(read.stream))
             }

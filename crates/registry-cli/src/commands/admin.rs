@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use crate::{install, instance, manage, wizard};
 
 #[derive(Subcommand)]
-pub enum InstanceCommand {
+pub(crate) enum InstanceCommand {
     /// Create an instance (a directory with registry.toml under the config home).
     Create {
         name: String,
@@ -39,7 +39,7 @@ pub enum InstanceCommand {
 }
 
 #[derive(Subcommand)]
-pub enum CertCommand {
+pub(crate) enum CertCommand {
     /// Create the instance's CA (tls/ca.pem, tls/ca-key.pem with mode 0600).
     InitCa {
         #[arg(long, default_value = instance::DEFAULT)]
@@ -75,12 +75,12 @@ pub enum CertCommand {
     },
 }
 
-pub fn reconfigure_help() -> String {
+pub(crate) fn reconfigure_help() -> String {
     format!("Keys:\n{}", manage::reconfigure_keys())
 }
 
 #[derive(Subcommand)]
-pub enum UserCommand {
+pub(crate) enum UserCommand {
     /// Add a user; the password is generated and printed once, or read with --password-stdin.
     Add(UserArgs),
     /// Change a user's password (generated, or read with --password-stdin).
@@ -99,7 +99,7 @@ pub enum UserCommand {
 }
 
 #[derive(Args)]
-pub struct UserArgs {
+pub(crate) struct UserArgs {
     pub user: String,
     /// The instance [default: default].
     #[arg(long, default_value = instance::DEFAULT)]
@@ -111,7 +111,7 @@ pub struct UserArgs {
 
 /// The arguments of `registry reconfigure`.
 #[derive(Args)]
-pub struct ReconfigureArgs {
+pub(crate) struct ReconfigureArgs {
     /// KEY=VALUE settings.
     #[arg(value_name = "KEY=VALUE")]
     pub settings: Vec<String>,
@@ -121,7 +121,7 @@ pub struct ReconfigureArgs {
 
 /// The arguments of `registry install`.
 #[derive(Args)]
-pub struct InstallArgs {
+pub(crate) struct InstallArgs {
     /// Print what would be done.
     #[arg(long)]
     pub dry_run: bool,
@@ -135,7 +135,7 @@ pub struct InstallArgs {
 
 /// The arguments of `registry uninstall`.
 #[derive(Args)]
-pub struct UninstallArgs {
+pub(crate) struct UninstallArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Uninstall even with protected instances.
@@ -146,7 +146,7 @@ pub struct UninstallArgs {
 }
 
 /// `registry reconfigure`.
-pub fn reconfigure(home: &Path, args: ReconfigureArgs) -> anyhow::Result<()> {
+pub(crate) fn reconfigure(home: &Path, args: ReconfigureArgs) -> anyhow::Result<()> {
     let i = instance::Instance::open(home, &args.instance)?;
     manage::reconfigure(&i, &args.settings)?;
     println!(
@@ -157,27 +157,27 @@ pub fn reconfigure(home: &Path, args: ReconfigureArgs) -> anyhow::Result<()> {
 }
 
 /// `registry install`.
-pub fn install(home: &Path, args: InstallArgs) -> anyhow::Result<()> {
+pub(crate) fn install(home: &Path, args: InstallArgs) -> anyhow::Result<()> {
     let out = install::install(home, &args.user, &args.unit_dir, args.dry_run)?;
     print!("{out}");
     Ok(())
 }
 
 /// `registry uninstall`.
-pub fn uninstall(home: &Path, args: UninstallArgs) -> anyhow::Result<()> {
+pub(crate) fn uninstall(home: &Path, args: UninstallArgs) -> anyhow::Result<()> {
     let out = install::uninstall(home, &args.unit_dir, args.force, args.dry_run)?;
     print!("{out}");
     Ok(())
 }
 
 /// `registry check`.
-pub fn check(home: &Path) -> anyhow::Result<()> {
+pub(crate) fn check(home: &Path) -> anyhow::Result<()> {
     print!("{}", manage::check(home)?);
     Ok(())
 }
 
 /// `registry instance …`.
-pub fn instance(home: &Path, c: InstanceCommand) -> anyhow::Result<()> {
+pub(crate) fn instance(home: &Path, c: InstanceCommand) -> anyhow::Result<()> {
     match c {
         InstanceCommand::Create {
             name,
@@ -210,7 +210,7 @@ pub fn instance(home: &Path, c: InstanceCommand) -> anyhow::Result<()> {
 }
 
 /// `registry config`: the wizard, then what to do next.
-pub fn config(home: &Path, args: &wizard::ConfigArgs) -> anyhow::Result<()> {
+pub(crate) fn config(home: &Path, args: &wizard::ConfigArgs) -> anyhow::Result<()> {
     manage::ensure_home(home)?;
     let i = instance::Instance::at(home, &args.instance)?;
     let answers = wizard::gather(&i, args)?;
@@ -230,7 +230,7 @@ pub fn config(home: &Path, args: &wizard::ConfigArgs) -> anyhow::Result<()> {
 }
 
 /// `registry cert …`.
-pub fn cert(home: &Path, c: CertCommand) -> anyhow::Result<()> {
+pub(crate) fn cert(home: &Path, c: CertCommand) -> anyhow::Result<()> {
     match c {
         CertCommand::InitCa {
             instance,
@@ -287,7 +287,7 @@ pub fn cert(home: &Path, c: CertCommand) -> anyhow::Result<()> {
 }
 
 /// `registry user …`.
-pub fn user(home: &Path, c: UserCommand) -> anyhow::Result<()> {
+pub(crate) fn user(home: &Path, c: UserCommand) -> anyhow::Result<()> {
     match c {
         UserCommand::Add(a) => set_password(home, &a, false),
         UserCommand::Passwd(a) => set_password(home, &a, true),

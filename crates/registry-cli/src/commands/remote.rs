@@ -12,7 +12,7 @@ use crate::{client, instance, manage, wizard};
 
 /// The arguments of `registry login`.
 #[derive(Args)]
-pub struct LoginArgs {
+pub(crate) struct LoginArgs {
     #[command(flatten)]
     pub target: client::Target,
     #[arg(long, short)]
@@ -23,14 +23,14 @@ pub struct LoginArgs {
 
 /// The arguments of `registry list-tags`.
 #[derive(Args)]
-pub struct ListTagsArgs {
+pub(crate) struct ListTagsArgs {
     #[command(flatten)]
     pub target: client::Target,
 }
 
 /// The arguments of `registry delete-tags`.
 #[derive(Args)]
-pub struct DeleteTagsArgs {
+pub(crate) struct DeleteTagsArgs {
     #[command(flatten)]
     pub target: client::Target,
     /// repository:tag references to delete without asking (with --yes).
@@ -45,7 +45,7 @@ pub struct DeleteTagsArgs {
 }
 
 /// `registry list-tags`.
-pub async fn list_tags(args: ListTagsArgs) -> anyhow::Result<()> {
+pub(crate) async fn list_tags(args: ListTagsArgs) -> anyhow::Result<()> {
     for (repo, tag) in client::list_tags(&args.target).await? {
         println!("{repo}:{tag}");
     }
@@ -53,7 +53,7 @@ pub async fn list_tags(args: ListTagsArgs) -> anyhow::Result<()> {
 }
 
 /// `registry delete-tags`, then the offer to collect garbage.
-pub fn delete_tags(home: &Path, args: DeleteTagsArgs) -> anyhow::Result<()> {
+pub(crate) fn delete_tags(home: &Path, args: DeleteTagsArgs) -> anyhow::Result<()> {
     let DeleteTagsArgs {
         target,
         refs,
@@ -65,7 +65,7 @@ pub fn delete_tags(home: &Path, args: DeleteTagsArgs) -> anyhow::Result<()> {
 }
 
 /// `registry login`.
-pub async fn login(home: &Path, args: LoginArgs) -> anyhow::Result<()> {
+pub(crate) async fn login(home: &Path, args: LoginArgs) -> anyhow::Result<()> {
     let LoginArgs {
         target,
         username,
@@ -172,15 +172,14 @@ async fn delete_chosen(
             .collect::<anyhow::Result<Vec<_>>>()?
     } else {
         let all = client::list_tags(&target).await?;
-        let offered = match refs.is_empty() {
-            true => all,
-            false => {
-                let named = refs
-                    .iter()
-                    .map(|r| client::parse_ref(r))
-                    .collect::<anyhow::Result<Vec<_>>>()?;
-                all.into_iter().filter(|r| named.contains(r)).collect()
-            }
+        let offered = if refs.is_empty() {
+            all
+        } else {
+            let named = refs
+                .iter()
+                .map(|r| client::parse_ref(r))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            all.into_iter().filter(|r| named.contains(r)).collect()
         };
         if offered.is_empty() {
             println!("no images to delete");

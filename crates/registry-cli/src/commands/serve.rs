@@ -21,7 +21,7 @@ use crate::config::{MetricsSettings, RawConfig, Settings};
 use crate::{instance, manage};
 
 #[derive(Args)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// A TOML configuration file; flags given here override it.
     #[arg(long, env = "REGISTRY_CONFIG")]
     pub config: Option<PathBuf>,
@@ -68,7 +68,7 @@ pub struct ServeArgs {
 
 /// Whether client certificates are required or only accepted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ClientAuthArg {
+pub(crate) enum ClientAuthArg {
     /// Every client must present a certificate the client CA signed.
     Required,
     /// Clients without a certificate may log in otherwise.
@@ -149,7 +149,7 @@ impl ServeArgs {
 
 /// `registry serve`: the instances of the config home, or one registry given by `--config`,
 /// `--storage` and flags (also when no instance exists).
-pub fn run_serve(home: &Path, args: ServeArgs) -> anyhow::Result<()> {
+pub(crate) fn run_serve(home: &Path, args: ServeArgs) -> anyhow::Result<()> {
     let instances = instance::Instance::all(home)?;
     let ad_hoc = args.config.is_some() || args.storage.is_some() || instances.is_empty();
     let (config, storage) = (args.config.clone(), args.storage.clone());
@@ -284,7 +284,7 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 }
 
 /// The collection `settings` ask for.
-pub fn gc_options(settings: &Settings) -> GcOptions {
+pub(crate) fn gc_options(settings: &Settings) -> GcOptions {
     GcOptions {
         delete_untagged: settings.gc.delete_untagged,
         grace: settings.gc.grace,

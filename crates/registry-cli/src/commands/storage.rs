@@ -12,7 +12,7 @@ use crate::{config, instance};
 
 /// Which storage a maintenance command works on.
 #[derive(Args)]
-pub struct StoreArg {
+pub(crate) struct StoreArg {
     /// The instance whose storage to use [default: default].
     #[arg(long, conflicts_with = "storage")]
     pub instance: Option<String>,
@@ -36,7 +36,7 @@ impl StoreArg {
 
 /// The arguments of `registry gc`.
 #[derive(Args)]
-pub struct GcArgs {
+pub(crate) struct GcArgs {
     #[command(flatten)]
     pub store: StoreArg,
     /// Print what would be deleted; delete nothing.
@@ -58,7 +58,7 @@ pub struct GcArgs {
 
 /// The arguments of `registry fsck`.
 #[derive(Args)]
-pub struct FsckArgs {
+pub(crate) struct FsckArgs {
     #[command(flatten)]
     pub store: StoreArg,
     /// Fix what can be fixed (see above).
@@ -67,7 +67,7 @@ pub struct FsckArgs {
 }
 
 /// `registry gc`.
-pub fn gc(home: &Path, args: GcArgs) -> anyhow::Result<()> {
+pub(crate) fn gc(home: &Path, args: GcArgs) -> anyhow::Result<()> {
     let GcArgs {
         store,
         dry_run,
@@ -119,7 +119,7 @@ pub fn gc(home: &Path, args: GcArgs) -> anyhow::Result<()> {
 }
 
 /// `registry fsck`.
-pub fn fsck(home: &Path, args: FsckArgs) -> anyhow::Result<()> {
+pub(crate) fn fsck(home: &Path, args: FsckArgs) -> anyhow::Result<()> {
     let location = args.store.location(home)?;
     run(check_storage(location, args.repair))
 }

@@ -6,8 +6,8 @@
 mod reconfigure;
 mod users;
 
-pub use reconfigure::{reconfigure, reconfigure_keys};
-pub use users::{
+pub(crate) use reconfigure::{reconfigure, reconfigure_keys};
+pub(crate) use users::{
     check_user, expect_user, generate_password, hash_password, password_input, remove_user,
     set_user, users, write_user,
 };
@@ -22,7 +22,7 @@ use crate::config::{parse_hostname, parse_storage, Settings, StorageLocation};
 use crate::instance::{create_private_dir, set_key, Instance};
 
 /// What `instance create` is told.
-pub struct CreateOptions {
+pub(crate) struct CreateOptions {
     pub hostname: Option<String>,
     pub listen: Option<String>,
     pub storage: Option<String>,
@@ -30,7 +30,7 @@ pub struct CreateOptions {
 }
 
 /// Writes a new instance; refuses a name that exists.
-pub fn create(home: &Path, name: &str, o: &CreateOptions) -> anyhow::Result<Instance> {
+pub(crate) fn create(home: &Path, name: &str, o: &CreateOptions) -> anyhow::Result<Instance> {
     let i = Instance::at(home, name)?;
     if i.dir.exists() {
         bail!(
@@ -62,7 +62,7 @@ pub fn create(home: &Path, name: &str, o: &CreateOptions) -> anyhow::Result<Inst
 
 /// Removes an instance's directory (its config, users and certificates; never its stored
 /// images). Refuses a protected instance unless `force`.
-pub fn remove(home: &Path, name: &str, force: bool) -> anyhow::Result<()> {
+pub(crate) fn remove(home: &Path, name: &str, force: bool) -> anyhow::Result<()> {
     let i = Instance::open(home, name)?;
     let protected = i.settings().map(|s| s.protected).unwrap_or(true);
     if protected && !force {
@@ -72,7 +72,7 @@ pub fn remove(home: &Path, name: &str, force: bool) -> anyhow::Result<()> {
 }
 
 /// One line per instance: name, address, host name, storage.
-pub fn list(home: &Path) -> anyhow::Result<String> {
+pub(crate) fn list(home: &Path) -> anyhow::Result<String> {
     let mut out = String::new();
     for i in Instance::all(home)? {
         let line = match i.settings() {
@@ -114,7 +114,7 @@ fn describe_storage(s: &StorageLocation) -> String {
 }
 
 /// What an instance serves, for `instance show` and `check`; never a secret.
-pub fn describe(i: &Instance, s: &Settings) -> String {
+pub(crate) fn describe(i: &Instance, s: &Settings) -> String {
     let scheme = if s.tls.is_some() { "https" } else { "http" };
     let mut out = format!("{} ({})\n", i.name, i.config_path().display());
     out += &format!(
@@ -172,7 +172,7 @@ pub fn describe(i: &Instance, s: &Settings) -> String {
 }
 
 /// Validates every instance and how they share addresses; returns the report.
-pub fn check(home: &Path) -> anyhow::Result<String> {
+pub(crate) fn check(home: &Path) -> anyhow::Result<String> {
     let all = Instance::all(home)?;
     if all.is_empty() {
         bail!(
@@ -209,7 +209,7 @@ pub fn check(home: &Path) -> anyhow::Result<String> {
 }
 
 /// Instances sharing an address must all use TLS or none, and differ by host name.
-pub fn check_addresses(instances: &[(String, Settings)]) -> anyhow::Result<()> {
+pub(crate) fn check_addresses(instances: &[(String, Settings)]) -> anyhow::Result<()> {
     let mut by_address: std::collections::BTreeMap<_, Vec<_>> = Default::default();
     for (name, s) in instances {
         by_address
@@ -242,7 +242,7 @@ pub fn check_addresses(instances: &[(String, Settings)]) -> anyhow::Result<()> {
 }
 
 /// Makes sure the config home exists (0700).
-pub fn ensure_home(home: &Path) -> anyhow::Result<()> {
+pub(crate) fn ensure_home(home: &Path) -> anyhow::Result<()> {
     create_private_dir(home).with_context(|| {
         format!(
             "cannot use config directory {} (set --config-dir or REGISTRY_CONFIG_DIR)",

@@ -176,7 +176,7 @@ const KEYS: &[(&str, &str, &str, Kind, &str)] = &[
 ];
 
 /// The valid keys, for messages and `--help`.
-pub fn reconfigure_keys() -> String {
+pub(crate) fn reconfigure_keys() -> String {
     KEYS.iter()
         .map(|(k, _, _, _, what)| format!("  {k:<22} {what}"))
         .collect::<Vec<_>>()
@@ -194,7 +194,7 @@ fn parse_bool(key: &str, v: &str) -> anyhow::Result<bool> {
 /// Applies `KEY=VALUE` settings to an instance's registry.toml (comments kept); an empty
 /// value removes the setting (its default applies). The result is validated as a whole before
 /// it is written: a bad value changes nothing.
-pub fn reconfigure(i: &Instance, settings: &[String]) -> anyhow::Result<()> {
+pub(crate) fn reconfigure(i: &Instance, settings: &[String]) -> anyhow::Result<()> {
     if settings.is_empty() {
         bail!(
             "name at least one KEY=VALUE; valid keys:\n{}",

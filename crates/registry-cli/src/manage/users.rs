@@ -28,7 +28,7 @@ pub(super) fn read_htpasswd(path: &Path) -> anyhow::Result<Vec<String>> {
 }
 
 /// Checks a user name: what htpasswd and Basic authentication can carry.
-pub fn check_user(user: &str) -> anyhow::Result<()> {
+pub(crate) fn check_user(user: &str) -> anyhow::Result<()> {
     if user.is_empty()
         || user.len() > 128
         || user.contains(':')
@@ -60,12 +60,12 @@ fn htpasswd_of(i: &Instance, configure: bool) -> anyhow::Result<std::path::PathB
 }
 
 /// A bcrypt hash of `password`.
-pub fn hash_password(password: &str) -> anyhow::Result<String> {
+pub(crate) fn hash_password(password: &str) -> anyhow::Result<String> {
     bcrypt::hash(password, bcrypt::DEFAULT_COST).context("cannot hash the password")
 }
 
 /// A random password of 24 letters and digits (about 143 bits), safe in URLs and shells.
-pub fn generate_password() -> String {
+pub(crate) fn generate_password() -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut out = String::new();
     while out.len() < 24 {
@@ -81,7 +81,7 @@ pub fn generate_password() -> String {
 
 /// The password for `user add` / `passwd`: the first line of stdin with `--password-stdin`,
 /// else a generated one (returned so that it can be shown once).
-pub fn password_input(from_stdin: bool) -> anyhow::Result<(String, bool)> {
+pub(crate) fn password_input(from_stdin: bool) -> anyhow::Result<(String, bool)> {
     if !from_stdin {
         return Ok((generate_password(), true));
     }
@@ -99,7 +99,7 @@ pub fn password_input(from_stdin: bool) -> anyhow::Result<(String, bool)> {
 }
 
 /// Checks that `user` exists (`exists`) or does not (to be added).
-pub fn expect_user(i: &Instance, user: &str, exists: bool) -> anyhow::Result<()> {
+pub(crate) fn expect_user(i: &Instance, user: &str, exists: bool) -> anyhow::Result<()> {
     match (users(i)?.iter().any(|u| u == user), exists) {
         (true, false) => bail!(
             "user {user:?} exists in instance {:?}; change the password with `registry user passwd`",
@@ -111,7 +111,12 @@ pub fn expect_user(i: &Instance, user: &str, exists: bool) -> anyhow::Result<()>
 }
 
 /// Adds `user` (or, with `replace`, changes the password of an existing one).
-pub fn set_user(i: &Instance, user: &str, password: &str, replace: bool) -> anyhow::Result<()> {
+pub(crate) fn set_user(
+    i: &Instance,
+    user: &str,
+    password: &str,
+    replace: bool,
+) -> anyhow::Result<()> {
     check_user(user)?;
     let path = htpasswd_of(i, false)?;
     expect_user(i, user, replace)?;
@@ -122,7 +127,7 @@ pub fn set_user(i: &Instance, user: &str, password: &str, replace: bool) -> anyh
 
 /// Writes `user:hash` into the htpasswd file at `path`, replacing the user's line if there is
 /// one; other lines (comments, users with other hash formats) are kept as they are.
-pub fn write_user(path: &Path, user: &str, hash: &str) -> anyhow::Result<()> {
+pub(crate) fn write_user(path: &Path, user: &str, hash: &str) -> anyhow::Result<()> {
     check_user(user)?;
     let mut lines = read_htpasswd(path)?;
     let line = format!("{user}:{hash}");
@@ -134,7 +139,7 @@ pub fn write_user(path: &Path, user: &str, hash: &str) -> anyhow::Result<()> {
 }
 
 /// Removes `user`.
-pub fn remove_user(i: &Instance, user: &str) -> anyhow::Result<()> {
+pub(crate) fn remove_user(i: &Instance, user: &str) -> anyhow::Result<()> {
     let path = htpasswd_of(i, false)?;
     let mut lines = read_htpasswd(&path)?;
     let before = lines.len();
@@ -146,7 +151,7 @@ pub fn remove_user(i: &Instance, user: &str) -> anyhow::Result<()> {
 }
 
 /// The instance's users, in file order.
-pub fn users(i: &Instance) -> anyhow::Result<Vec<String>> {
+pub(crate) fn users(i: &Instance) -> anyhow::Result<Vec<String>> {
     let path = htpasswd_of(i, false)?;
     Ok(read_htpasswd(&path)?
         .iter()

@@ -28,18 +28,17 @@ fn url_userinfo(s: &str) -> String {
 
 /// Writes the instance: validates the new registry.toml first, then certificates, users, the
 /// password export, and the registry.toml last. Returns what to tell the person.
-pub fn apply(home: &Path, i: &Instance, answers: &Answers) -> anyhow::Result<String> {
+pub(crate) fn apply(home: &Path, i: &Instance, answers: &Answers) -> anyhow::Result<String> {
     let existed = i.config_path().exists();
-    let mut doc = match existed {
-        true => i.document()?,
-        false => {
-            let mut d = DocumentMut::new();
-            d.decor_mut().set_prefix(format!(
-                "# Registry instance {:?}, written by `registry config`; see `registry check`.\n",
-                i.name
-            ));
-            d
-        }
+    let mut doc = if existed {
+        i.document()?
+    } else {
+        let mut d = DocumentMut::new();
+        d.decor_mut().set_prefix(format!(
+            "# Registry instance {:?}, written by `registry config`; see `registry check`.\n",
+            i.name
+        ));
+        d
     };
     let a = answers;
     let old_domain = doc
@@ -113,11 +112,12 @@ pub fn apply(home: &Path, i: &Instance, answers: &Answers) -> anyhow::Result<Str
         }
     }
     set_key(&mut doc, "auth", "public_read", Some(value(a.public_read)));
-    let allow = match a.ip_allowlist.is_empty() {
-        true => None,
-        false => Some(value(
+    let allow = if a.ip_allowlist.is_empty() {
+        None
+    } else {
+        Some(value(
             a.ip_allowlist.iter().map(String::as_str).collect::<Array>(),
-        )),
+        ))
     };
     set_key(&mut doc, "network", "allow", allow);
     drop_empty_tables(&mut doc);
@@ -219,7 +219,7 @@ fn export_passwords(
 }
 
 /// The cleartext password of `user` for `host` from passwords.json, if exported.
-pub fn exported_password(
+pub(crate) fn exported_password(
     home: &Path,
     host: &str,
     user: Option<&str>,

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 
-pub use apply::{apply, exported_password};
+pub(crate) use apply::{apply, exported_password};
 use asker::Asker;
 
 use crate::config::{parse_hostname, parse_storage, RawConfig};
@@ -21,7 +21,7 @@ use crate::{cert, manage};
 
 /// The flags of `registry config`: one per question.
 #[derive(Args, Debug, Default)]
-pub struct ConfigArgs {
+pub(crate) struct ConfigArgs {
     /// The instance to configure [default: default].
     #[arg(long, default_value = crate::instance::DEFAULT)]
     pub instance: String,
@@ -83,7 +83,7 @@ pub struct ConfigArgs {
 
 /// `--auth`: who may use the registry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum AuthArg {
+pub(crate) enum AuthArg {
     /// Everyone who can reach it.
     None,
     /// HTTP Basic users.
@@ -94,7 +94,7 @@ pub enum AuthArg {
 
 /// `--tls`: how clients reach the registry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum TlsArg {
+pub(crate) enum TlsArg {
     /// HTTPS with a certificate from the instance's own CA.
     Ca,
     /// HTTPS with certificate files (--tls-cert, --tls-key).
@@ -105,7 +105,7 @@ pub enum TlsArg {
 
 /// How clients reach the instance over TLS.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TlsAnswer {
+pub(crate) enum TlsAnswer {
     None,
     /// A server certificate from the instance's CA (created when missing).
     OwnCa,
@@ -116,7 +116,7 @@ pub enum TlsAnswer {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AuthAnswer {
+pub(crate) enum AuthAnswer {
     None,
     /// Users to add or update, with their passwords.
     Basic(Vec<(String, String)>),
@@ -128,7 +128,7 @@ pub enum AuthAnswer {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct S3Answer {
+pub(crate) struct S3Answer {
     pub endpoint: Option<String>,
     pub region: Option<String>,
     pub access_key_id: Option<String>,
@@ -137,7 +137,7 @@ pub struct S3Answer {
 
 /// Everything the wizard asks.
 #[derive(Debug, Clone)]
-pub struct Answers {
+pub(crate) struct Answers {
     pub domain: String,
     pub listen: String,
     pub tls: TlsAnswer,
@@ -209,7 +209,7 @@ fn machine_hostname() -> String {
 }
 
 /// Asks (or takes from flags) every answer, one question after the other.
-pub fn gather(i: &Instance, a: &ConfigArgs) -> anyhow::Result<Answers> {
+pub(crate) fn gather(i: &Instance, a: &ConfigArgs) -> anyhow::Result<Answers> {
     let cur = current(i)?;
     let mut ask = Asker::new(a.non_interactive)?;
     let domain = ask_domain(&mut ask, a, &cur)?;
@@ -418,9 +418,10 @@ fn ask_tls(
 }
 
 fn is_file(s: &str) -> anyhow::Result<()> {
-    match Path::new(s).is_file() {
-        true => Ok(()),
-        false => bail!("{s} is not a file"),
+    if Path::new(s).is_file() {
+        Ok(())
+    } else {
+        bail!("{s} is not a file")
     }
 }
 
@@ -485,13 +486,12 @@ fn basic_users(
         loop {
             let user = ask.text("Username", "--user", None, manage::check_user)?;
             let password = ask.password("Passphrase (leave blank to generate a strong one)")?;
-            let password = match password.is_empty() {
-                true => {
-                    let p = manage::generate_password();
-                    ask.say(&format!("Generated passphrase: {p}"));
-                    p
-                }
-                false => password,
+            let password = if password.is_empty() {
+                let p = manage::generate_password();
+                ask.say(&format!("Generated passphrase: {p}"));
+                p
+            } else {
+                password
             };
             users.push((user, password));
             if !ask.confirm("Create another user (same rights)?", "--user", Some(false))? {
@@ -579,9 +579,10 @@ fn storage_answers(
         None if ask.interactive => {
             let s =
                 ask.password("S3 secret access key (blank to keep / use AWS_SECRET_ACCESS_KEY)")?;
-            match s.is_empty() {
-                true => old.secret_access_key.map(|s| s.0),
-                false => Some(s),
+            if s.is_empty() {
+                old.secret_access_key.map(|s| s.0)
+            } else {
+                Some(s)
             }
         }
         None => old.secret_access_key.map(|s| s.0),

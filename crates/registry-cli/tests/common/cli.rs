@@ -4,12 +4,12 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-pub fn registry(home: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+pub(crate) fn registry(home: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     registry_env(home, args, stdin, &[])
 }
 
 /// `registry --config-dir HOME ARGS…` with extra environment, stdin given; its output.
-pub fn registry_env(
+pub(crate) fn registry_env(
     home: &Path,
     args: &[&str],
     stdin: Option<&str>,
@@ -34,7 +34,7 @@ pub fn registry_env(
 }
 
 /// Runs a command that must succeed; returns its stdout.
-pub fn ok(home: &Path, args: &[&str], stdin: Option<&str>) -> String {
+pub(crate) fn ok(home: &Path, args: &[&str], stdin: Option<&str>) -> String {
     let out = registry(home, args, stdin);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "registry {args:?} failed: {stderr}");
@@ -42,7 +42,7 @@ pub fn ok(home: &Path, args: &[&str], stdin: Option<&str>) -> String {
 }
 
 /// Runs a command that must fail with one line on stderr; returns it.
-pub fn fails(home: &Path, args: &[&str]) -> String {
+pub(crate) fn fails(home: &Path, args: &[&str]) -> String {
     let out = registry(home, args, None);
     assert!(!out.status.success(), "registry {args:?} succeeded");
     let stderr = String::from_utf8(out.stderr).unwrap();
@@ -52,7 +52,7 @@ pub fn fails(home: &Path, args: &[&str]) -> String {
 }
 
 /// `registry instance create NAME --hostname HOST --listen ADDR`
-pub fn create(home: &Path, name: &str, host: &str, addr: &str) {
+pub(crate) fn create(home: &Path, name: &str, host: &str, addr: &str) {
     let args = [
         "instance",
         "create",
@@ -69,7 +69,7 @@ pub fn create(home: &Path, name: &str, host: &str, addr: &str) {
     );
 }
 
-pub struct Serving(Child);
+pub(crate) struct Serving(Child);
 
 impl Drop for Serving {
     fn drop(&mut self) {
@@ -78,7 +78,7 @@ impl Drop for Serving {
     }
 }
 
-pub fn serve(home: &Path, addr: &str) -> Serving {
+pub(crate) fn serve(home: &Path, addr: &str) -> Serving {
     let child = Command::new(env!("CARGO_BIN_EXE_registry"))
         .arg("--config-dir")
         .arg(home)

@@ -3,8 +3,8 @@
 
 #![allow(dead_code)]
 
-pub mod cli;
-pub mod pki;
+pub(crate) mod cli;
+pub(crate) mod pki;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest as _, Sha256};
 
 /// A running `registry serve`.
-pub struct Server {
+pub(crate) struct Server {
     pub child: Child,
     pub addr: String,
     pub dir: tempfile::TempDir,
@@ -28,7 +28,7 @@ pub struct Server {
 }
 
 /// A port that was free a moment ago.
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -38,12 +38,12 @@ pub fn free_port() -> u16 {
 
 impl Server {
     /// Starts a server on fresh storage.
-    pub fn start(extra: &[&str]) -> Server {
+    pub(crate) fn start(extra: &[&str]) -> Server {
         Server::start_on(None, Vec::new(), extra)
     }
 
     /// Starts a server on `storage` (e.g. `s3://bucket/prefix`) with extra environment.
-    pub fn start_on(
+    pub(crate) fn start_on(
         storage: Option<String>,
         env: Vec<(&'static str, String)>,
         extra: &[&str],
@@ -66,7 +66,7 @@ impl Server {
     }
 
     /// Starts a server on fresh storage whose log (`RUST_LOG=info`) is kept in a file.
-    pub fn start_logged(extra: &[&str]) -> Server {
+    pub(crate) fn start_logged(extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let addr = format!("127.0.0.1:{}", free_port());
@@ -87,18 +87,18 @@ impl Server {
     }
 
     /// What the server logged so far (for servers started by [`Server::start_logged`]).
-    pub fn logged(&self) -> String {
+    pub(crate) fn logged(&self) -> String {
         let path = self.log.as_ref().expect("started with start_logged");
         String::from_utf8_lossy(&std::fs::read(path).unwrap()).into_owned()
     }
 
     /// The storage directory.
-    pub fn data(&self) -> PathBuf {
+    pub(crate) fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }
 
     /// `http://addr`
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
@@ -114,7 +114,7 @@ impl Server {
     }
 
     /// Kills the server with SIGKILL and starts it again on the same port and storage.
-    pub fn kill_and_restart(&mut self) {
+    pub(crate) fn kill_and_restart(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
         let log = self.log.as_deref();
@@ -123,7 +123,7 @@ impl Server {
     }
 
     /// Sends SIGTERM and waits for the process to exit; returns whether it exited cleanly.
-    pub fn terminate(&mut self) -> bool {
+    pub(crate) fn terminate(&mut self) -> bool {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         self.child.wait().unwrap().success()
@@ -164,18 +164,18 @@ impl Drop for Server {
 }
 
 /// GETs `url` and parses the body as JSON (any status).
-pub async fn get_json(http: &reqwest::Client, url: String) -> serde_json::Value {
+pub(crate) async fn get_json(http: &reqwest::Client, url: String) -> serde_json::Value {
     http.get(url).send().await.unwrap().json().await.unwrap()
 }
 
 /// The text of `GET /metrics` on `base`.
-pub async fn metrics_text(http: &reqwest::Client, base: &str) -> String {
+pub(crate) async fn metrics_text(http: &reqwest::Client, base: &str) -> String {
     let r = http.get(format!("{base}/metrics")).send().await.unwrap();
     r.text().await.unwrap()
 }
 
 /// An OCI image manifest naming a config and uncompressed tar layers by (digest, size).
-pub fn oci_manifest(config: (&str, usize), layers: &[(&str, usize)]) -> Vec<u8> {
+pub(crate) fn oci_manifest(config: (&str, usize), layers: &[(&str, usize)]) -> Vec<u8> {
     let layers: Vec<serde_json::Value> = layers
         .iter()
         .map(|(d, n)| serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": n}))
@@ -190,12 +190,12 @@ pub fn oci_manifest(config: (&str, usize), layers: &[(&str, usize)]) -> Vec<u8> 
 }
 
 /// `sha256:<hex>` of bytes.
-pub fn sha256(bytes: &[u8]) -> String {
+pub(crate) fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
 /// Deterministic pseudo-random bytes.
-pub fn data(len: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn data(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed
         .wrapping_mul(6364136223846793005)
         .wrapping_add(1442695040888963407);
@@ -210,7 +210,7 @@ pub fn data(len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// Fails the test when a required external tool is missing: tests never skip silently.
-pub fn require_tool(name: &str) -> PathBuf {
+pub(crate) fn require_tool(name: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
     for dir in std::env::split_paths(&path) {
         let candidate = dir.join(name);
@@ -226,7 +226,7 @@ pub fn require_tool(name: &str) -> PathBuf {
 /// The Python of the test virtual environment (with `requests` and `oras`), which
 /// `scripts/install-test-deps.sh` creates at `$REGISTRY_TEST_VENV` (default
 /// `~/.cache/registry-test-venv`). Missing, it fails the test: tests never skip silently.
-pub fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     let venv = std::env::var_os("REGISTRY_TEST_VENV")
         .map(PathBuf::from)
         .or_else(|| {
@@ -243,14 +243,14 @@ pub fn python() -> PathBuf {
 }
 
 /// A script of `tests/clients/`.
-pub fn client_script(name: &str) -> PathBuf {
+pub(crate) fn client_script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/clients")
         .join(name)
 }
 
 /// A minimal uncompressed tar archive holding the given files.
-pub fn tar(files: &[(&str, &[u8])]) -> Vec<u8> {
+pub(crate) fn tar(files: &[(&str, &[u8])]) -> Vec<u8> {
     let mut out = Vec::new();
     for (name, content) in files {
         let mut header = [0u8; 512];
@@ -276,7 +276,7 @@ pub fn tar(files: &[(&str, &[u8])]) -> Vec<u8> {
 
 /// Writes an OCI image layout at `dir` holding one image tagged `tag`, with `layers` as
 /// uncompressed tar layers. Returns the manifest digest.
-pub fn write_oci_layout(dir: &Path, tag: &str, layers: &[Vec<u8>]) -> String {
+pub(crate) fn write_oci_layout(dir: &Path, tag: &str, layers: &[Vec<u8>]) -> String {
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).unwrap();
     let put = |bytes: &[u8]| -> String {
@@ -312,7 +312,7 @@ pub fn write_oci_layout(dir: &Path, tag: &str, layers: &[Vec<u8>]) -> String {
 }
 
 /// Opens an upload session on `base`; returns its absolute URL.
-pub async fn start_upload(http: &reqwest::Client, base: &str, repo: &str) -> String {
+pub(crate) async fn start_upload(http: &reqwest::Client, base: &str, repo: &str) -> String {
     let r = http
         .post(format!("{base}/v2/{repo}/blobs/uploads/"))
         .send()
@@ -324,7 +324,7 @@ pub async fn start_upload(http: &reqwest::Client, base: &str, repo: &str) -> Str
 
 /// Sends `bytes` as PATCH chunks of the given sizes, each to the next of `bases` in turn, and
 /// finishes on `finish_on`. Returns the digest.
-pub async fn chunked_push(
+pub(crate) async fn chunked_push(
     http: &reqwest::Client,
     bases: &[&str],
     finish_on: &str,
@@ -371,7 +371,7 @@ pub async fn chunked_push(
 
 /// `n` PATCH chunk sizes: mostly 1 to 997 bytes, with a chunk of `big` bytes (plus a little)
 /// every 2 500.
-pub fn mixed_chunk_sizes(n: usize, big: usize) -> Vec<usize> {
+pub(crate) fn mixed_chunk_sizes(n: usize, big: usize) -> Vec<usize> {
     (0..n)
         .map(|i| match i % 2500 {
             1250 => big + i,

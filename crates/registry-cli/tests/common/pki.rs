@@ -10,26 +10,26 @@ use rcgen::{
 
 /// When a certificate is valid.
 #[derive(Clone, Copy)]
-pub enum Validity {
+pub(crate) enum Validity {
     Now,
     Expired,
     NotYet,
 }
 
 /// A certificate authority.
-pub struct Ca {
+pub(crate) struct Ca {
     issuer: CertifiedIssuer<'static, KeyPair>,
 }
 
 /// A certificate and its key, PEM.
-pub struct Pair {
+pub(crate) struct Pair {
     pub cert: String,
     pub key: String,
 }
 
 impl Pair {
     /// Writes `<stem>.crt`-style files: returns (cert path, key path).
-    pub fn write(&self, dir: &Path, cert_name: &str, key_name: &str) -> (PathBuf, PathBuf) {
+    pub(crate) fn write(&self, dir: &Path, cert_name: &str, key_name: &str) -> (PathBuf, PathBuf) {
         let (c, k) = (dir.join(cert_name), dir.join(key_name));
         std::fs::write(&c, &self.cert).unwrap();
         std::fs::write(&k, &self.key).unwrap();
@@ -37,7 +37,7 @@ impl Pair {
     }
 
     /// Certificate and key in one PEM (what reqwest's Identity wants).
-    pub fn identity(&self) -> reqwest::Identity {
+    pub(crate) fn identity(&self) -> reqwest::Identity {
         reqwest::Identity::from_pem(format!("{}{}", self.cert, self.key).as_bytes()).unwrap()
     }
 }
@@ -53,7 +53,7 @@ fn validity(params: &mut CertificateParams, v: Validity) {
 }
 
 impl Ca {
-    pub fn new(name: &str) -> Ca {
+    pub(crate) fn new(name: &str) -> Ca {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.distinguished_name.push(DnType::CommonName, name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -70,17 +70,17 @@ impl Ca {
     }
 
     /// The CA certificate, PEM.
-    pub fn pem(&self) -> String {
+    pub(crate) fn pem(&self) -> String {
         self.issuer.pem()
     }
 
     /// A server certificate for 127.0.0.1 and localhost.
-    pub fn server(&self) -> Pair {
+    pub(crate) fn server(&self) -> Pair {
         self.server_for(&["localhost", "127.0.0.1"])
     }
 
     /// A server certificate for these names.
-    pub fn server_for(&self, names: &[&str]) -> Pair {
+    pub(crate) fn server_for(&self, names: &[&str]) -> Pair {
         let names = names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let mut params = CertificateParams::new(names).unwrap();
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -89,7 +89,7 @@ impl Ca {
     }
 
     /// A client certificate with these DNS SANs (none: `cn` is the only name).
-    pub fn client(&self, sans: &[&str], cn: &str, v: Validity) -> Pair {
+    pub(crate) fn client(&self, sans: &[&str], cn: &str, v: Validity) -> Pair {
         let mut params =
             CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
         params.distinguished_name.push(DnType::CommonName, cn);

@@ -117,9 +117,10 @@ impl BlobStore for ObjectRegistry {
         };
         // The new link depends on the stored bytes: safe against a concurrent collection.
         let verify = || async {
-            match self.exists(&layout::blob(digest)).await? {
-                true => Ok(()),
-                false => Err(Error::BlobUnknown(digest.clone())),
+            if self.exists(&layout::blob(digest)).await? {
+                Ok(())
+            } else {
+                Err(Error::BlobUnknown(digest.clone()))
             }
         };
         let commit = self.link_blob(repo, digest, size);

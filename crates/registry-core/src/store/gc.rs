@@ -66,15 +66,15 @@ use crate::manifest::{self, ManifestKind};
 use crate::names::RepoName;
 
 /// A lease expires this long after its last renewal.
-pub const LEASE_TTL: Duration = Duration::from_secs(60);
+pub(super) const LEASE_TTL: Duration = Duration::from_secs(60);
 /// How often a running collection renews its lease.
 const LEASE_RENEW: Duration = Duration::from_secs(15);
 /// How long a writer trusts what it saw of the lease.
-pub const LEASE_CACHE: Duration = Duration::from_secs(1);
+pub(super) const LEASE_CACHE: Duration = Duration::from_secs(1);
 /// A writer whose check of the lease is older than this re-checks before committing.
-pub const RECHECK_AFTER: Duration = Duration::from_secs(2);
+pub(super) const RECHECK_AFTER: Duration = Duration::from_secs(2);
 /// How long a collection waits after writing its lease before it marks.
-pub const SETTLE: Duration = Duration::from_secs(5);
+pub(super) const SETTLE: Duration = Duration::from_secs(5);
 
 /// How a collection runs.
 #[derive(Debug, Clone)]
@@ -276,12 +276,11 @@ impl ObjectRegistry {
             // The storage's own clock (unix microseconds): object times are compared with it.
             // (S3 gives the lease's time in whole seconds and listings in milliseconds: the
             // truncation only makes more objects young, never fewer.)
-            let now = match options.dry_run {
-                true => unix_now() * 1_000_000,
-                false => {
-                    tokio::time::sleep(options.settle).await;
-                    stamp(&self.store.head(&lease_path).await?)
-                }
+            let now = if options.dry_run {
+                unix_now() * 1_000_000
+            } else {
+                tokio::time::sleep(options.settle).await;
+                stamp(&self.store.head(&lease_path).await?)
             };
             let cutoff = now.saturating_sub(options.grace.as_micros() as u64);
             let mut renewed = Instant::now();
@@ -718,9 +717,10 @@ mod tests {
                 s.delete_quiet(&layout::blob(&d)).await?;
                 tokio::time::sleep(RECHECK_AFTER + Duration::from_millis(100)).await;
             }
-            match exists {
-                true => Ok(()),
-                false => Err(Error::BlobUnknown(d.clone())),
+            if exists {
+                Ok(())
+            } else {
+                Err(Error::BlobUnknown(d.clone()))
             }
         };
         let committed = std::sync::atomic::AtomicBool::new(false);

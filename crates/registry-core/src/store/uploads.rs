@@ -308,9 +308,10 @@ impl ObjectRegistry {
         // With a scratch store, only the first chunk is durable and hashed as it streams; later
         // chunks are hashed by the concatenation that publishes them.
         let scratch = self.scratch.is_some() && !state.parts.is_empty();
-        let mut hasher = match scratch {
-            true => None,
-            false => state.hasher.as_ref().and_then(Hasher::restore),
+        let mut hasher = if scratch {
+            None
+        } else {
+            state.hasher.as_ref().and_then(Hasher::restore)
         };
         // A small last chunk in the same store is rewritten together with this one, so that
         // many small chunks end up as a few objects.
@@ -519,12 +520,13 @@ impl ObjectRegistry {
                 });
             }
             let actual = hasher.finish();
-            match &actual == digest {
-                true => Ok(()),
-                false => Err(Error::DigestMismatch {
+            if &actual == digest {
+                Ok(())
+            } else {
+                Err(Error::DigestMismatch {
                     expected: digest.clone(),
                     actual,
-                }),
+                })
             }
         });
         let Some((target, mut w)) = writer else {

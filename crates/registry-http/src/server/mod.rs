@@ -169,9 +169,10 @@ impl Sites {
         // Every name the request gives, and the TLS handshake's, must lead to one site.
         let hosts = request_hosts(r);
         let named = hosts.iter().flatten().map(|h| self.find(Some(h)));
-        let site = match hosts.iter().all(Option::is_none) {
-            true => self.find(None),
-            false => named.reduce(|a, b| if a == b { a } else { None }).flatten(),
+        let site = if hosts.iter().all(Option::is_none) {
+            self.find(None)
+        } else {
+            named.reduce(|a, b| if a == b { a } else { None }).flatten()
         };
         match (site, fixed) {
             (Some(s), None) => Ok(self.sites[s].app.clone()),
@@ -287,9 +288,10 @@ impl Connecting {
         let settings = &self.sites.connection;
         let sites = self.sites.clone();
         let tls = sites.sites.iter().any(|s| s.tls.is_some());
-        let (io, certificate, fixed): (Box<dyn Io>, _, _) = match tls {
-            false => (Box::new(tcp), None, None),
-            true => match handshake(&sites, tcp, settings.handshake_timeout).await {
+        let (io, certificate, fixed): (Box<dyn Io>, _, _) = if !tls {
+            (Box::new(tcp), None, None)
+        } else {
+            match handshake(&sites, tcp, settings.handshake_timeout).await {
                 Ok((stream, certificate, site)) => (Box::new(stream), certificate, Some(site)),
                 Err(Handshake::TimedOut) => {
                     let why = Expiry::Handshake.label();
@@ -301,7 +303,7 @@ impl Connecting {
                     tracing::info!(%peer, error = %e, "TLS handshake failed");
                     return;
                 }
-            },
+            }
         };
         let activity = Activity::new();
         let connection = Connection { peer, certificate };
@@ -320,9 +322,10 @@ impl Connecting {
                         Ok(app) => app.oneshot(request).await?,
                         Err(hosts) => misdirected(&hosts),
                     };
-                    let response = match end.exchange().timed_out() {
-                        true => request_timeout(),
-                        false => response,
+                    let response = if end.exchange().timed_out() {
+                        request_timeout()
+                    } else {
+                        response
                     };
                     Ok::<_, std::convert::Infallible>(response.map(|b| ResponseBody::new(b, end)))
                 }
