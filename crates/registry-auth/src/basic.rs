@@ -57,6 +57,11 @@ impl BasicAuth {
         self.file.get().len()
     }
 
+    /// Whether the file has `user` (for refresh tokens, which outlive passwords but not users).
+    pub fn has_user(&self, user: &str) -> bool {
+        self.file.get().get(user).is_some()
+    }
+
     /// Whether `user` with `password` was verified within the cache lifetime (and the file has
     /// not changed since).
     pub fn cached(&self, user: &str, password: &str) -> bool {

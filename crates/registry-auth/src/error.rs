@@ -44,6 +44,25 @@ pub enum Error {
     /// A password hash in a format that is not supported or not well-formed.
     #[error("{0}")]
     Hash(String),
+    /// A token signing key cannot be made or used.
+    #[error("token key: {0}")]
+    Key(String),
+    /// A token is refused: why, in words a client may see.
+    #[error("{0}")]
+    InvalidToken(String),
+    /// A remote service (an identity provider, a JWKS) could not be asked.
+    #[error("cannot reach {what} at {url}: {reason}")]
+    Unreachable {
+        /// What it is.
+        what: &'static str,
+        /// Where.
+        url: String,
+        /// Why not.
+        reason: String,
+    },
+    /// Where token records are kept could not be read or written.
+    #[error("token records: {0}")]
+    Records(String),
     /// The operating system gave no randomness.
     #[error("no randomness: {0}")]
     Random(#[from] getrandom::Error),

@@ -15,13 +15,15 @@ pub mod ip;
 pub mod pattern;
 pub mod rules;
 pub mod tls;
+pub mod token;
 pub mod watch;
 
 use std::fmt;
+use std::sync::Arc;
 
 pub use error::Error;
 pub use escape::Escaped;
-pub use guard::{Guard, GuardSettings, Refusal};
+pub use guard::{BearerError, Challenge, Guard, GuardSettings, Refusal, TokenKeys, TokenSettings};
 pub use rules::{Action, Anonymous, Policy, Rule};
 
 /// Who a request comes from, once authenticated.
@@ -34,6 +36,31 @@ pub enum Identity {
     User(String),
     /// A client authenticated by a TLS certificate, named by its subject.
     Certificate(String),
+    /// A Bearer token: whom it was issued for and what it grants.
+    Token(Arc<Grant>),
+    /// A scoped token used as a password: its name and what it may be granted.
+    Machine(Arc<token::records::MachineToken>),
+}
+
+/// What a verified Bearer token grants.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Grant {
+    /// Whom it was issued for.
+    pub subject: String,
+    /// What it grants.
+    pub access: Vec<token::Scope>,
+}
+
+impl Identity {
+    /// The name a token issued to this identity is for (`sub`).
+    pub fn subject(&self) -> &str {
+        match self {
+            Identity::Anonymous => "",
+            Identity::User(u) | Identity::Certificate(u) => u,
+            Identity::Token(g) => &g.subject,
+            Identity::Machine(t) => &t.name,
+        }
+    }
 }
 
 impl fmt::Display for Identity {
@@ -42,6 +69,8 @@ impl fmt::Display for Identity {
             Identity::Anonymous => f.write_str("anonymous"),
             Identity::User(u) => write!(f, "user {}", Escaped(u)),
             Identity::Certificate(c) => write!(f, "certificate {}", Escaped(c)),
+            Identity::Token(g) => write!(f, "a token of {}", Escaped(&g.subject)),
+            Identity::Machine(t) => write!(f, "token {}", Escaped(&t.name)),
         }
     }
 }

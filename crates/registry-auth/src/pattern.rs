@@ -60,7 +60,7 @@ impl fmt::Display for NamePattern {
 }
 
 /// A repository glob: `*` matches within one path component, `**` any number of components.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct RepoGlob(String);
 
 impl RepoGlob {

@@ -85,7 +85,8 @@ impl Rule {
         match id {
             Identity::User(u) => self.users.iter().any(|x| x == "*" || x == u),
             Identity::Certificate(c) => self.certificates.iter().any(|p| p.matches(c)),
-            Identity::Anonymous => false,
+            // Tokens carry their own rights (what was granted, or their scopes).
+            Identity::Anonymous | Identity::Token(_) | Identity::Machine(_) => false,
         }
     }
 

@@ -494,6 +494,7 @@ fn validate_guard(
             "network.trusted_proxies",
         )?,
         rules,
+        token: None,
     })
 }
 

@@ -20,6 +20,8 @@
 //! gc/lease                                         a running garbage collection (see store::gc)
 //! gc/pins/<id>                                     digests a writer is about to depend on
 //! gc/doomed/<alg>/<hex>                            a digest a collection is deleting
+//! auth/tokens/<name>                               a scoped token: its name, the SHA-256 of its
+//!                                                  secret, scopes, expiry, owner (never the secret)
 //! ```
 //!
 //! Repository path components never start with `_` (the name grammar forbids it), so the `_…`
@@ -190,6 +192,16 @@ pub fn gc_doomed_root() -> Path {
 /// The mark of a digest a collection is deleting.
 pub fn gc_doomed(d: &Digest) -> Path {
     join(&["gc", "doomed", d.algorithm().as_str(), d.hex()])
+}
+
+/// The root of stored scoped tokens (see `registry_auth::token::records`).
+pub fn auth_tokens_root() -> Path {
+    Path::from("auth/tokens")
+}
+
+/// One stored scoped token; `name` is a token name (no `/`, not starting with `.`).
+pub fn auth_token(name: &str) -> Path {
+    auth_tokens_root().join(name)
 }
 
 /// A key that is never written; reading it proves the backend answers.

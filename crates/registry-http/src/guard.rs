@@ -1,7 +1,9 @@
 //! The guard in front of the API, as middleware: the client's address is admitted first, then
 //! the caller is authenticated, then the parsed endpoint is authorized, so a denied address never
 //! reaches authentication and an unauthenticated request never reaches storage. `/healthz` only
-//! needs an admitted address.
+//! needs an admitted address. A refusal asks for credentials the way the guard takes them: a
+//! Basic challenge, or a Bearer challenge naming the scope the request needed (the Docker token
+//! specification), so that clients ask the token service for exactly that.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -9,11 +11,11 @@ use std::time::Duration;
 
 use axum::extract::connect_info::MockConnectInfo;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::{HeaderMap, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use registry_auth::tls::ClientCertificate;
-use registry_auth::{Action, Guard, Identity, Refusal};
+use registry_auth::{Action, BearerError, Challenge, Guard, Identity, Refusal};
 
 use crate::{ApiError, Endpoint, ErrorCode};
 
@@ -51,26 +53,108 @@ impl Caller {
 
 impl From<Refusal> for ApiError {
     fn from(r: Refusal) -> ApiError {
-        match r {
-            Refusal::Denied(message) => ApiError::new(ErrorCode::Denied, message),
-            Refusal::Unauthenticated { realm } => {
-                let challenge = format!("Basic realm=\"{}\"", realm.replace(['"', '\\'], ""));
-                let err = ApiError::new(ErrorCode::Unauthorized, "authentication required");
-                match HeaderValue::from_str(&challenge) {
-                    Ok(v) => err.with_header("www-authenticate", v),
-                    Err(_) => err,
+        refused(r, None)
+    }
+}
+
+/// A value inside a quoted challenge parameter: no quotes, backslashes or control characters.
+fn quotable(text: &str) -> String {
+    text.chars()
+        .filter(|c| !matches!(c, '"' | '\\') && !c.is_control())
+        .collect()
+}
+
+/// The `WWW-Authenticate` value of a challenge; `scope` is what the request needed.
+pub fn challenge_header(challenge: &Challenge, scope: Option<&str>) -> String {
+    match challenge {
+        Challenge::Basic { realm } => format!("Basic realm=\"{}\"", quotable(realm)),
+        Challenge::Bearer {
+            realm,
+            service,
+            error,
+        } => {
+            let mut header = format!(
+                "Bearer realm=\"{}\",service=\"{}\"",
+                quotable(realm),
+                quotable(service)
+            );
+            if let Some(scope) = scope {
+                header.push_str(&format!(",scope=\"{}\"", quotable(scope)));
+            }
+            match error {
+                None => {}
+                Some(BearerError::InsufficientScope) => {
+                    header.push_str(",error=\"insufficient_scope\"");
                 }
+                Some(BearerError::InvalidToken(why)) => header.push_str(&format!(
+                    ",error=\"invalid_token\",error_description=\"{}\"",
+                    quotable(why)
+                )),
             }
-            Refusal::TooManyAttempts { retry_after } => {
-                let secs = retry_after.max(Duration::from_secs(1)).as_secs_f64().ceil();
-                ApiError::new(
-                    ErrorCode::TooManyRequests,
-                    "too many failed logins; try again later",
-                )
-                .with_header("retry-after", HeaderValue::from(secs as u64))
-            }
+            header
         }
     }
+}
+
+/// The API error of a refusal, with the challenge for `scope` when it asks for credentials.
+pub(crate) fn refused(r: Refusal, scope: Option<&str>) -> ApiError {
+    match r {
+        Refusal::Denied(message) => ApiError::new(ErrorCode::Denied, message),
+        Refusal::Unauthenticated { challenge } => {
+            let message = match &challenge {
+                Challenge::Bearer {
+                    error: Some(BearerError::InvalidToken(why)),
+                    ..
+                } => format!("authentication required: {why}"),
+                Challenge::Bearer {
+                    error: Some(BearerError::InsufficientScope),
+                    ..
+                } => "the token does not grant this".to_owned(),
+                _ => "authentication required".to_owned(),
+            };
+            let err = ApiError::new(ErrorCode::Unauthorized, message);
+            match HeaderValue::from_str(&challenge_header(&challenge, scope)) {
+                Ok(v) => err.with_header("www-authenticate", v),
+                Err(_) => err,
+            }
+        }
+        Refusal::TooManyAttempts { retry_after } => {
+            let secs = retry_after.max(Duration::from_secs(1)).as_secs_f64().ceil();
+            ApiError::new(
+                ErrorCode::TooManyRequests,
+                "too many failed logins; try again later",
+            )
+            .with_header("retry-after", HeaderValue::from(secs as u64))
+        }
+    }
+}
+
+/// The token scope a request on `endpoint` needs (the Docker token specification's form):
+/// `repository:<name>:pull` to read, `…:pull,push` to write (clients read back what they push),
+/// `…:delete` to delete, plus `repository:<source>:pull` for a cross-repository mount;
+/// `registry:catalog:*` for the catalog; nothing for `/v2/`.
+pub fn needed_scope(endpoint: &Endpoint, method: &Method, query: Option<&str>) -> Option<String> {
+    let repository = match endpoint {
+        Endpoint::Base => return None,
+        Endpoint::Catalog => return Some("registry:catalog:*".to_owned()),
+        other => other.repository()?,
+    };
+    let actions = match endpoint.access(method) {
+        Action::Pull => "pull",
+        Action::Push => "pull,push",
+        Action::Delete => "delete",
+    };
+    let mut scope = format!("repository:{repository}:{actions}");
+    if let (Endpoint::Uploads(_), &Method::POST) = (endpoint, method) {
+        let from = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+            .find(|(k, _)| k == "from")
+            .map(|(_, v)| v.into_owned());
+        // Only a valid name goes into a header.
+        if let Some(from) = from.filter(|f| f.parse::<registry_core::RepoName>().is_ok()) {
+            scope.push_str(&format!(" repository:{from}:pull"));
+        }
+    }
+    Some(scope)
 }
 
 fn joined(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -109,26 +193,30 @@ pub async fn guard_requests(
     response
 }
 
+/// The client's address, if `guard` admits it (after trusted proxies), from the server's
+/// connection or axum's connect info (`into_make_service_with_connect_info`, or
+/// `MockConnectInfo` in tests).
+pub(crate) fn admitted(guard: &Guard, request: &Request) -> Result<IpAddr, Refusal> {
+    let extensions = request.extensions();
+    let peer = extensions
+        .get::<Connection>()
+        .map(|c| c.peer)
+        .or_else(|| extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0))
+        .or_else(|| extensions.get::<MockConnectInfo<SocketAddr>>().map(|c| c.0));
+    let headers = request.headers();
+    guard.admit(
+        peer.map(|p| p.ip()),
+        joined(headers, "forwarded").as_deref(),
+        joined(headers, "x-forwarded-for").as_deref(),
+    )
+}
+
 async fn check(
     guard: &Arc<Guard>,
     request: &mut Request,
     attribution: &mut Option<Attribution>,
 ) -> Result<(), ApiError> {
-    let connection = request.extensions().get::<Connection>().cloned();
-    // The server's connection, else axum's connect info (`into_make_service_with_connect_info`,
-    // or `MockConnectInfo` in tests).
-    let extensions = request.extensions();
-    let peer = connection
-        .as_ref()
-        .map(|c| c.peer)
-        .or_else(|| extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0))
-        .or_else(|| extensions.get::<MockConnectInfo<SocketAddr>>().map(|c| c.0));
-    let headers = request.headers();
-    let address = guard.admit(
-        peer.map(|p| p.ip()),
-        joined(headers, "forwarded").as_deref(),
-        joined(headers, "x-forwarded-for").as_deref(),
-    )?;
+    let address = admitted(guard, request)?;
     *attribution = Some(Attribution {
         address,
         identity: None,
@@ -137,30 +225,58 @@ async fn check(
     if path == "/healthz" {
         return Ok(());
     }
-    let certificate = connection.as_ref().and_then(|c| c.certificate.as_deref());
-    let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
+    let api = path == "/v2" || path.starts_with("/v2/");
+    let endpoint = api.then(|| Endpoint::parse(path));
+    let scope = match &endpoint {
+        Some(Ok(e)) => needed_scope(e, request.method(), request.uri().query()),
+        _ => None,
+    };
+    let refuse = |r: Refusal| refused(r, scope.as_deref());
+    let certificate = request
+        .extensions()
+        .get::<Connection>()
+        .and_then(|c| c.certificate.clone());
+    let authorization = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
     let identity = guard
-        .authenticate(address, certificate, authorization)
-        .await?;
+        .authenticate(address, certificate.as_deref(), authorization)
+        .await
+        .map_err(refuse)?;
     *attribution = Some(Attribution {
         address,
         identity: Some(identity.clone()),
     });
-    if path == "/v2" || path.starts_with("/v2/") {
-        match Endpoint::parse(path) {
-            Ok(endpoint) => {
-                let action = endpoint.access(request.method());
-                let repository = endpoint.repository().map(|r| r.as_str());
-                guard.authorize(&identity, action, repository)?;
-                request.extensions_mut().insert(endpoint);
-            }
-            Err(e) => {
-                guard.authorize(&identity, Action::Pull, None)?;
-                return Err(e);
-            }
+    match endpoint {
+        Some(Ok(Endpoint::Catalog)) => {
+            guard.authorize_catalog(&identity).map_err(refuse)?;
+            request.extensions_mut().insert(Endpoint::Catalog);
+            // Listed: what this identity may pull (for a token, see `catalog_identity`).
+            request.extensions_mut().insert(Caller {
+                identity: guard.catalog_identity(&identity).await,
+                address,
+                guard: guard.clone(),
+            });
+            return Ok(());
         }
-    } else {
-        guard.authorize(&identity, Action::Pull, None)?;
+        Some(Ok(endpoint)) => {
+            let action = endpoint.access(request.method());
+            let repository = endpoint.repository().map(|r| r.as_str());
+            guard
+                .authorize(&identity, action, repository)
+                .map_err(refuse)?;
+            request.extensions_mut().insert(endpoint);
+        }
+        Some(Err(e)) => {
+            guard
+                .authorize(&identity, Action::Pull, None)
+                .map_err(refuse)?;
+            return Err(e);
+        }
+        None => guard
+            .authorize(&identity, Action::Pull, None)
+            .map_err(refuse)?,
     }
     request.extensions_mut().insert(Caller {
         identity,

@@ -22,6 +22,7 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
 mod blobs;
 pub mod endpoint;
 pub mod error;

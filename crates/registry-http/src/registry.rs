@@ -30,6 +30,8 @@ use registry_core::{GcOptions, ObjectRegistry, Storage};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::auth::records::StoredTokens;
+use crate::auth::TokenService;
 use crate::metrics::Metrics;
 use crate::server::{ConnectionSettings, Site, Sites};
 use crate::{router, ApiConfig, RegistryState};
@@ -130,7 +132,15 @@ impl RegistryBuilder {
             opened = opened.map_stores(|store| Arc::new(ObservedStore::new(store, m.clone())));
         }
         let storage = opened.registry();
-        let guard = self.guard.build()?.map(Arc::new);
+        let keys = self.guard.keys()?;
+        let guard = match self.guard.build_with(keys.as_ref())? {
+            // Scoped tokens are passwords wherever passwords or tokens are taken.
+            Some(g) if self.guard.htpasswd.is_some() || self.guard.token.is_some() => Some(
+                g.with_token_records(Arc::new(StoredTokens::new(storage.object_store().clone()))),
+            ),
+            other => other,
+        }
+        .map(Arc::new);
         let mut state = RegistryState::new(Arc::new(storage.clone()), self.api);
         if let Some(m) = &metrics {
             state = state.with_metrics(m.clone());
@@ -144,6 +154,20 @@ impl RegistryBuilder {
                 crate::metrics::router(m.clone()),
                 guard.clone(),
             ));
+        }
+        let service = match (&self.guard.token, &keys, &guard) {
+            (Some(token), Some(keys), Some(guard)) => token.issuer(keys).map(|issuer| {
+                Arc::new(TokenService::new(
+                    issuer,
+                    guard.clone(),
+                    &token.service,
+                    &self.guard.realm,
+                ))
+            }),
+            _ => None,
+        };
+        if let Some(service) = &service {
+            app = app.merge(service.clone().router());
         }
         if self.request_log {
             app = app.layer(axum::middleware::from_fn(crate::log::log_requests));
