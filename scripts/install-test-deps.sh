@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Installs what the end-to-end tests and benchmark scripts drive: skopeo, podman, curl (Debian
-# packages), Garage, the real S3 server of the storage tests (`cargo install`, about 10
+# Installs what the end-to-end tests and benchmark scripts drive: skopeo, podman, curl, docker
+# (docker.io: dockerd and the client) and containerd (containerd, ctr) as Debian packages (the
+# tests start private daemons of their own), Garage, the real S3 server of the storage tests (`cargo install`, about 10
 # minutes the first time; an installed one is reused), and a Python virtual environment with
 # the `requests` and `oras` clients from PyPI at $REGISTRY_TEST_VENV (default
 # ~/.cache/registry-test-venv). Idempotent.
 set -euo pipefail
+# tool:package
+tools="skopeo:skopeo podman:podman curl:curl dockerd:docker.io docker:docker.io containerd:containerd ctr:containerd"
 missing=()
-for tool in skopeo podman curl; do
-  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+for pair in $tools; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
@@ -16,9 +19,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq "${missing[@]}" >/dev/null
+  apt-get install -y -qq $(printf '%s\n' "${missing[@]}" | sort -u) >/dev/null
 fi
-for tool in skopeo podman curl; do
+for pair in $tools; do
+  tool="${pair%%:*}"
   command -v "$tool" >/dev/null 2>&1 || { echo "install-test-deps: $tool still missing" >&2; exit 1; }
 done
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{admin, remote, serve, storage};
+use crate::commands::{admin, remote, serve, storage, token};
 use crate::wizard;
 
 /// A fast, self-contained OCI container image registry.
@@ -84,6 +84,17 @@ pub(crate) enum Command {
     ///   registry cert client ci.example.com --out /etc/docker/certs.d/registry.example.com
     #[command(verbatim_doc_comment, subcommand)]
     Cert(admin::CertCommand),
+    /// Token authentication (OAuth2): the instance's signing keys, and scoped tokens for CI
+    /// that can push one repository and nothing else.
+    ///
+    /// Examples:
+    ///   registry token init                       (a signing key; auth.mode = "token")
+    ///   registry token create --name ci-app --scope 'repository:app/*:pull,push' --expires 90d
+    ///   registry token list
+    ///   registry token revoke ci-app
+    ///   registry token rotate-key
+    #[command(verbatim_doc_comment, subcommand)]
+    Token(token::TokenCommand),
     /// Log in to a registry: check the credentials, then store them in Docker's config.json.
     ///
     /// The password comes from --password-stdin, else from passwords.json (exported by

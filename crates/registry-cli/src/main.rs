@@ -14,7 +14,7 @@ mod wizard;
 use clap::Parser;
 
 use args::{Cli, Command};
-use commands::{admin, remote, run, serve, storage};
+use commands::{admin, remote, run, serve, storage, token};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -35,6 +35,7 @@ fn main() -> std::process::ExitCode {
         Command::User(c) => admin::user(&home, c),
         Command::Reconfigure(args) => admin::reconfigure(&home, args),
         Command::Cert(c) => admin::cert(&home, c),
+        Command::Token(c) => token::token(&home, c),
         Command::Check => admin::check(&home),
         Command::Install(args) => admin::install(&home, args),
         Command::Uninstall(args) => admin::uninstall(&home, args),

@@ -4,27 +4,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-use common::{data, require_tool, tar, write_oci_layout, Server};
-
-fn run(mut cmd: Command) -> Output {
-    let out = cmd.output().expect("run tool");
-    assert!(
-        out.status.success(),
-        "{:?} failed: {}\n{}",
-        cmd,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn skopeo(args: &[&str]) -> Command {
-    let mut c = Command::new(require_tool("skopeo"));
-    c.arg("--insecure-policy").args(args);
-    c
-}
+use common::tools::{json, podman, podman_root, run, skopeo};
+use common::{data, tar, write_oci_layout, Server};
 
 /// Writes `dir/htpasswd` with one bcrypt user; returns its path.
 fn bcrypt_user(dir: &Path, user: &str, password: &str) -> std::path::PathBuf {
@@ -32,10 +14,6 @@ fn bcrypt_user(dir: &Path, user: &str, password: &str) -> std::path::PathBuf {
     let hash = bcrypt::hash(password, 4).unwrap();
     std::fs::write(&path, format!("{user}:{hash}\n")).unwrap();
     path
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).expect("tool printed JSON")
 }
 
 #[test]
@@ -155,47 +133,6 @@ fn skopeo_round_trip(server: &Server) {
     );
     // The other repository is untouched.
     run(skopeo(&["inspect", "--tls-verify=false", &other]));
-}
-
-/// podman with a private vfs storage, so it needs no daemon and touches nothing of the host.
-fn podman(root: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(require_tool("podman"));
-    c.env("CONTAINERS_CONF", root.join("containers.conf"))
-        .env("CONTAINERS_STORAGE_CONF", root.join("storage.conf"))
-        .env("REGISTRY_AUTH_FILE", root.join("auth.json"))
-        .env("XDG_RUNTIME_DIR", root.join("xdg"))
-        .args(["--root", &root.join("graph").display().to_string()])
-        .args(["--runroot", &root.join("run").display().to_string()])
-        .args([
-            "--storage-driver",
-            "vfs",
-            "--cgroup-manager",
-            "cgroupfs",
-            "--events-backend",
-            "file",
-        ])
-        .args(args);
-    c
-}
-
-/// Writes podman's private configuration under `root`.
-fn podman_root(root: &Path) {
-    std::fs::create_dir_all(root.join("xdg")).unwrap();
-    std::fs::write(
-        root.join("containers.conf"),
-        "[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n[network]\n",
-    )
-    .unwrap();
-    std::fs::write(
-        root.join("storage.conf"),
-        format!(
-            "[storage]\ndriver = \"vfs\"\nrunroot = \"{}\"\ngraphroot = \"{}\"\n",
-            root.join("run").display(),
-            root.join("graph").display()
-        ),
-    )
-    .unwrap();
-    std::fs::write(root.join("auth.json"), "{}").unwrap();
 }
 
 #[test]

@@ -56,7 +56,7 @@ pub struct GuardSettings {
 
 /// Token authentication: where clients get tokens, whom they are for, and the keys that sign
 /// (our own service) or verify (an external issuer's) them.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenSettings {
     /// The token endpoint clients are sent to (`https://<host>/auth/token` for our own).
     pub realm: String,
@@ -69,7 +69,7 @@ pub struct TokenSettings {
 }
 
 /// Whose keys sign tokens.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenKeys {
     /// Our own token service, with the keys in this directory (see
     /// [`crate::token::keys`]); tokens live `lifetime`.

@@ -4,6 +4,7 @@ pub(crate) mod admin;
 pub(crate) mod remote;
 pub(crate) mod serve;
 pub(crate) mod storage;
+pub(crate) mod token;
 
 /// Runs async work on a fresh runtime.
 pub(crate) fn run<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {

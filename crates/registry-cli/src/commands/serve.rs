@@ -186,6 +186,7 @@ async fn serve(instances: Vec<(String, Settings)>) -> anyhow::Result<()> {
     let mut by_address: BTreeMap<SocketAddr, Vec<Site>> = BTreeMap::new();
     let mut built = Vec::new();
     for (name, settings) in &instances {
+        crate::manage::tokens::check(settings).with_context(|| format!("instance {name}"))?;
         let registry = build(settings)
             .await
             .with_context(|| format!("instance {name}"))?;

@@ -4,6 +4,7 @@
 //! changes nothing.
 
 mod reconfigure;
+pub(crate) mod tokens;
 mod users;
 
 pub(crate) use reconfigure::{reconfigure, reconfigure_keys};
@@ -141,7 +142,10 @@ pub(crate) fn describe(i: &Instance, s: &Settings) -> String {
                     .to_string()
             })
             .unwrap_or_else(|_| "unreadable".into());
-        guards.push(format!("HTTP Basic ({users} users in {})", h.display()));
+        guards.push(match s.guard.token {
+            Some(_) => format!("{users} users in {} (they log in for tokens)", h.display()),
+            None => format!("HTTP Basic ({users} users in {})", h.display()),
+        });
     }
     if let Some(ca) = s.tls.as_ref().and_then(|t| t.client_ca.as_ref()) {
         let names = match &s.guard.client_names {
@@ -156,6 +160,9 @@ pub(crate) fn describe(i: &Instance, s: &Settings) -> String {
     }
     if !s.guard.allow.is_everything() {
         guards.push(format!("IP allowlist {}", s.guard.allow));
+    }
+    if let Some(t) = &s.guard.token {
+        guards.push(tokens::describe(t));
     }
     if s.guard.public_read {
         guards.push("anonymous pull".into());
@@ -201,6 +208,7 @@ pub(crate) fn check(home: &Path) -> anyhow::Result<String> {
         if let Some(h) = &s.guard.htpasswd {
             read_htpasswd(h).with_context(|| format!("{}", i.config_path().display()))?;
         }
+        tokens::check(&s).with_context(|| format!("{}", i.config_path().display()))?;
         out += &describe(i, &s);
         settings.push((i.name.clone(), s));
     }

@@ -5,6 +5,7 @@
 
 pub(crate) mod cli;
 pub(crate) mod pki;
+pub(crate) mod tools;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

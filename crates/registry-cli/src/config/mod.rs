@@ -56,11 +56,24 @@
 //! plain_listen = "127.0.0.1:5080"               # optional: plain HTTP as well
 //!
 //! [auth]
+//! mode = "basic"          # or "token": Bearer tokens (OAuth2, the Docker token protocol)
 //! htpasswd = "/etc/registry/htpasswd"   # bcrypt, $apr1$, {SHA}, $5$, $6$
 //! realm = "Registry"
 //! public_read = false     # anonymous pull
 //! cache = "2m"            # how long a verified password is remembered
 //! brake = { attempts = 10, address_attempts = 100, window = "1m", pause = "5m" }
+//!
+//! [auth.token]            # with mode = "token"; users log in at the token service with the
+//!                         # htpasswd users' passwords or scoped tokens (`registry token create`)
+//! lifetime = "5m"         # of an access token
+//! keys = "tokens"         # signing-key.pem (0600) and previous-key.pem: `registry token init`
+//! service = "registry.example.com"   # tokens' audience [default: instance.hostname]
+//! realm = "https://registry.example.com/auth/token"  # [default: from hostname and listen]
+//! issuer = "registry.example.com"    # tokens' iss [default: the service]
+//! # An external token server instead (docker_auth, GitLab, Harbor…), as Distribution's
+//! # auth.token: realm, service and issuer are then required, and one of
+//! rootcertbundle = "/etc/registry/token-ca.pem"   # roots of the x5c chains in its tokens
+//! jwks = "https://auth.example.com/jwks.json"      # or its keys (URL or file)
 //!
 //! [network]
 //! allow = ["10.0.0.0/8", "2001:db8::/32"]   # default: everything
@@ -78,15 +91,16 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use registry_auth::brake::BrakeSettings;
-use registry_auth::ip::IpRanges;
-use registry_auth::pattern::NamePattern;
 use registry_auth::tls::{ClientAuth, TlsFiles};
-use registry_auth::{GuardSettings, Rule};
+use registry_auth::GuardSettings;
 pub(crate) use registry_core::open::{S3Location, StorageLocation};
 
 use registry_http::server::ConnectionSettings;
 use serde::Deserialize;
+
+mod auth;
+
+pub(crate) use auth::{RawAuth, RawNetwork, RawRule, TOKEN_KEYS};
 
 /// The file as written; every field optional.
 #[derive(Debug, Default, Deserialize)]
@@ -132,46 +146,6 @@ pub(crate) struct RawTls {
     pub client_auth: Option<String>,
     pub client_names: Option<Vec<String>>,
     pub plain_listen: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawAuth {
-    pub htpasswd: Option<PathBuf>,
-    pub realm: Option<String>,
-    pub public_read: Option<bool>,
-    pub cache: Option<String>,
-    #[serde(default)]
-    pub brake: RawBrake,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawBrake {
-    pub attempts: Option<u32>,
-    pub address_attempts: Option<u32>,
-    pub window: Option<String>,
-    pub pause: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawNetwork {
-    pub allow: Option<Vec<String>>,
-    pub trusted_proxies: Option<Vec<String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawRule {
-    #[serde(default)]
-    pub users: Vec<String>,
-    #[serde(default)]
-    pub certificates: Vec<String>,
-    #[serde(default)]
-    pub repositories: Vec<String>,
-    #[serde(default)]
-    pub actions: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -322,6 +296,17 @@ impl RawConfig {
             }
         };
         fix(&mut self.auth.htpasswd);
+        fix(&mut self.auth.token.keys);
+        fix(&mut self.auth.token.rootcertbundle);
+        if self.auth.mode.as_deref() == Some("token") && self.auth.token.keys.is_none() {
+            self.auth.token.keys = Some(dir.join(auth::TOKEN_KEYS));
+        }
+        if let Some(jwks) = self.auth.token.jwks.as_mut() {
+            let file = !jwks.contains("://") && Path::new(jwks.as_str()).is_relative();
+            if file {
+                *jwks = dir.join(&*jwks).to_string_lossy().into_owned();
+            }
+        }
         fix(&mut self.tls.cert);
         fix(&mut self.tls.key);
         fix(&mut self.tls.client_ca);
@@ -390,14 +375,21 @@ impl RawConfig {
                     .with_context(|| format!("tls.plain_listen {a:?} is not IP:PORT"))?,
             ),
         };
-        let guard = validate_guard(&self.auth, &self.network, &self.tls, &self.access)?;
+        let site = auth::Site {
+            hostname: hostname.as_deref(),
+            listen,
+            https: tls.is_some(),
+        };
+        let guard =
+            auth::validate_guard(&self.auth, &self.network, &self.tls, &self.access, &site)?;
         if guard.client_names.is_some() && tls.as_ref().is_none_or(|t| t.client_ca.is_none()) {
             bail!("tls.client_names needs tls.client_ca (the CA that signs client certificates)");
         }
-        let authenticates =
-            guard.htpasswd.is_some() || tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        let authenticates = guard.htpasswd.is_some()
+            || guard.token.is_some()
+            || tls.as_ref().is_some_and(|t| t.client_ca.is_some());
         if !guard.rules.is_empty() && !authenticates {
-            bail!("access rules need authentication: set auth.htpasswd or tls.client_ca");
+            bail!("access rules need authentication: set auth.htpasswd, auth.mode = \"token\" or tls.client_ca");
         }
         Ok(Settings {
             hostname,
@@ -436,66 +428,6 @@ fn validate_tls(raw: &RawTls) -> anyhow::Result<Option<TlsFiles>> {
         (None, None) => Ok(None),
         _ => bail!("TLS needs both tls.cert and tls.key"),
     }
-}
-
-fn validate_guard(
-    auth: &RawAuth,
-    network: &RawNetwork,
-    tls: &RawTls,
-    access: &[RawRule],
-) -> anyhow::Result<GuardSettings> {
-    let d = BrakeSettings::default();
-    let brake = BrakeSettings {
-        attempts: auth.brake.attempts.unwrap_or(d.attempts),
-        address_attempts: auth.brake.address_attempts.unwrap_or(d.address_attempts),
-        window: match &auth.brake.window {
-            Some(w) => parse_duration(w).context("auth.brake.window")?,
-            None => d.window,
-        },
-        pause: match &auth.brake.pause {
-            Some(p) => parse_duration(p).context("auth.brake.pause")?,
-            None => d.pause,
-        },
-    };
-    let client_names = match &tls.client_names {
-        None => None,
-        Some(names) => Some(
-            names
-                .iter()
-                .map(|n| NamePattern::parse(n))
-                .collect::<Result<Vec<_>, _>>()
-                .context("tls.client_names")?,
-        ),
-    };
-    let ranges = |list: &Option<Vec<String>>, default: IpRanges, what: &str| match list {
-        None => Ok(default),
-        Some(l) => IpRanges::parse(l).context(what.to_owned()),
-    };
-    let rules = access
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            Rule::new(&r.users, &r.certificates, &r.repositories, &r.actions)
-                .with_context(|| format!("access rule {}", i + 1))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(GuardSettings {
-        htpasswd: auth.htpasswd.clone(),
-        realm: auth.realm.clone().unwrap_or_else(|| "Registry".into()),
-        public_read: auth.public_read.unwrap_or(false),
-        cache: parse_duration(auth.cache.as_deref().unwrap_or("2m")).context("auth.cache")?,
-        brake,
-        client_certificates: tls.client_ca.is_some(),
-        client_names,
-        allow: ranges(&network.allow, IpRanges::all(), "network.allow")?,
-        trusted_proxies: ranges(
-            &network.trusted_proxies,
-            IpRanges::none(),
-            "network.trusted_proxies",
-        )?,
-        rules,
-        token: None,
-    })
 }
 
 /// Parses a storage location: a path, `file://` URL, `s3://bucket/prefix` or `memory://`.
