@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end tests and benchmark scripts drive: skopeo, podman, curl, docker
 # (docker.io: dockerd and the client) and containerd (containerd, ctr) as Debian packages (the
-# tests start private daemons of their own), Garage, the real S3 server of the storage tests (`cargo install`, about 10
+# tests start private daemons of their own), the npm package oidc-provider (the sign-in tests'
+# OpenID Connect provider), Garage, the real S3 server of the storage tests (`cargo install`, about 10
 # minutes the first time; an installed one is reused), and a Python virtual environment with
 # the `requests` and `oras` clients from PyPI at $REGISTRY_TEST_VENV (default
 # ~/.cache/registry-test-venv). Idempotent.
@@ -46,3 +47,13 @@ if ! "$venv/bin/python" -c 'import requests, oras' >/dev/null 2>&1; then
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check requests==2.34.2 oras==0.2.43
 fi
 "$venv/bin/python" -c 'import requests, oras' || { echo "install-test-deps: the Python clients still missing in $venv" >&2; exit 1; }
+
+# The OpenID Connect provider of the sign-in tests (the `oidc-provider` npm package, pinned by
+# its package-lock.json), run with the machine's Node.js.
+command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { echo "install-test-deps: node and npm are required (Node.js 20)" >&2; exit 1; }
+oidc="$(cd "$(dirname "$0")/.." && pwd)/crates/registry-cli/tests/fixtures/oidc-provider"
+if ! (cd "$oidc" && node -e 'import("oidc-provider")' >/dev/null 2>&1); then
+  echo "install-test-deps: installing the OpenID Connect test provider (npm ci)" >&2
+  (cd "$oidc" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+fi
+(cd "$oidc" && node -e 'import("oidc-provider")') || { echo "install-test-deps: oidc-provider still missing in $oidc" >&2; exit 1; }

@@ -60,6 +60,9 @@ pub enum Error {
         /// Why not.
         reason: String,
     },
+    /// A sign-in with OpenID Connect failed: why, in words the person may see.
+    #[error("{0}")]
+    SignIn(String),
     /// Where token records are kept could not be read or written.
     #[error("token records: {0}")]
     Records(String),

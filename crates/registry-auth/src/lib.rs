@@ -1,7 +1,8 @@
 //! `registry-auth`: who a request comes from and what it may do. This crate knows nothing of
 //! storage or HTTP frameworks: [`Guard`] admits addresses ([`ip`]), authenticates client
-//! certificates ([`tls`]) and Basic credentials ([`basic`], [`htpasswd`], with the [`brake`]),
-//! and authorizes actions ([`rules`]).
+//! certificates ([`tls`]), Basic credentials ([`basic`], [`htpasswd`], with the [`brake`]) and
+//! Bearer tokens ([`token`]), signs people in with OpenID Connect ([`oidc`]), and authorizes
+//! actions ([`rules`]).
 
 #![warn(missing_docs)]
 
@@ -12,6 +13,7 @@ pub mod escape;
 pub mod guard;
 pub mod htpasswd;
 pub mod ip;
+pub mod oidc;
 pub mod pattern;
 pub mod rules;
 pub mod tls;
@@ -40,6 +42,21 @@ pub enum Identity {
     Token(Arc<Grant>),
     /// A scoped token used as a password: its name and what it may be granted.
     Machine(Arc<token::records::MachineToken>),
+    /// A person who signed in with OpenID Connect, by a personal access token.
+    Person(Arc<Person>),
+}
+
+/// A person who signed in with OpenID Connect: what the provider said of them at sign-in.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Person {
+    /// Their name in rules and logs: the verified email address, else the provider's subject.
+    pub name: String,
+    /// Their verified email address, if the provider gave one.
+    pub email: Option<String>,
+    /// Their groups (for `[[access]]` rules naming groups).
+    pub groups: Vec<String>,
+    /// The personal access token they came with.
+    pub token: String,
 }
 
 /// What a verified Bearer token grants.
@@ -59,6 +76,16 @@ impl Identity {
             Identity::User(u) | Identity::Certificate(u) => u,
             Identity::Token(g) => &g.subject,
             Identity::Machine(t) => &t.name,
+            Identity::Person(p) => &p.name,
+        }
+    }
+
+    /// The name this identity logs in with (what a refresh token stands for): the user, the
+    /// scoped token, or a person's personal access token.
+    pub fn login_name(&self) -> &str {
+        match self {
+            Identity::Person(p) => &p.token,
+            other => other.subject(),
         }
     }
 }
@@ -71,6 +98,7 @@ impl fmt::Display for Identity {
             Identity::Certificate(c) => write!(f, "certificate {}", Escaped(c)),
             Identity::Token(g) => write!(f, "a token of {}", Escaped(&g.subject)),
             Identity::Machine(t) => write!(f, "token {}", Escaped(&t.name)),
+            Identity::Person(p) => write!(f, "{} by {}", Escaped(&p.name), Escaped(&p.token)),
         }
     }
 }

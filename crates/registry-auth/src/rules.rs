@@ -41,10 +41,12 @@ impl fmt::Display for Action {
     }
 }
 
-/// One rule: any of `users` or `certificates`, on any of `repositories`, may do `actions`.
+/// One rule: any of `users`, `groups` (of people who signed in with OpenID Connect) or
+/// `certificates`, on any of `repositories`, may do `actions`.
 #[derive(Clone, Debug)]
 pub struct Rule {
     users: Vec<String>,
+    groups: Vec<String>,
     certificates: Vec<NamePattern>,
     repositories: Vec<RepoGlob>,
     actions: Vec<Action>,
@@ -58,14 +60,26 @@ impl Rule {
         repositories: &[S],
         actions: &[S],
     ) -> Result<Rule, Error> {
-        if users.is_empty() && certificates.is_empty() {
-            return Err(Error::Rule("users or certificates"));
+        Rule::with_groups(users, &[] as &[&str], certificates, repositories, actions)
+    }
+
+    /// [`Rule::new`], also naming groups of people (users match a person's name too).
+    pub fn with_groups<S: AsRef<str>, G: AsRef<str>>(
+        users: &[S],
+        groups: &[G],
+        certificates: &[S],
+        repositories: &[S],
+        actions: &[S],
+    ) -> Result<Rule, Error> {
+        if users.is_empty() && groups.is_empty() && certificates.is_empty() {
+            return Err(Error::Rule("users, groups or certificates"));
         }
         if repositories.is_empty() || actions.is_empty() {
             return Err(Error::Rule("repositories and actions"));
         }
         Ok(Rule {
             users: users.iter().map(|u| u.as_ref().to_owned()).collect(),
+            groups: groups.iter().map(|g| g.as_ref().to_owned()).collect(),
             certificates: certificates
                 .iter()
                 .map(|c| NamePattern::parse(c.as_ref()))
@@ -85,6 +99,10 @@ impl Rule {
         match id {
             Identity::User(u) => self.users.iter().any(|x| x == "*" || x == u),
             Identity::Certificate(c) => self.certificates.iter().any(|p| p.matches(c)),
+            Identity::Person(p) => {
+                self.users.iter().any(|x| x == "*" || *x == p.name)
+                    || self.groups.iter().any(|g| p.groups.contains(g))
+            }
             // Tokens carry their own rights (what was granted, or their scopes).
             Identity::Anonymous | Identity::Token(_) | Identity::Machine(_) => false,
         }
@@ -165,8 +183,26 @@ mod tests {
                 &["pull", "push"],
             )
             .unwrap(),
+            Rule::with_groups(
+                &[] as &[&str],
+                &["devs"],
+                &[],
+                &["devs/**"],
+                &["pull", "push"],
+            )
+            .unwrap(),
         ];
         let p = Policy::new(Anonymous::Deny, rules);
+        let person = |name: &str, groups: &[&str]| {
+            Identity::Person(std::sync::Arc::new(crate::Person {
+                name: name.into(),
+                email: None,
+                groups: groups.iter().map(|g| g.to_string()).collect(),
+                token: "pat-1".into(),
+            }))
+        };
+        let dev = person("dev@example.com", &["devs"]);
+        let ann_person = person("ann", &[]);
         let ann = Identity::User("ann".into());
         let bob = Identity::User("bob".into());
         let ci = Identity::Certificate("eu.ci.example.com".into());
@@ -188,6 +224,11 @@ mod tests {
             (&ann_cert, Pull, Some("team-a/app"), false), // a certificate is not the user
             (&Identity::Anonymous, Pull, Some("public/base"), false),
             (&Identity::Anonymous, Pull, None, false),
+            (&dev, Push, Some("devs/app"), true),
+            (&dev, Delete, Some("devs/app"), false),
+            (&dev, Pull, Some("team-a/app"), false),
+            (&dev, Pull, Some("public/base"), true),
+            (&ann_person, Push, Some("team-a/app"), true), // users name people too
         ];
         for (id, action, repo, expected) in cases {
             assert_eq!(

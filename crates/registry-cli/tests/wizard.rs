@@ -263,3 +263,124 @@ fn non_interactive_names_what_is_missing() {
     let err = fails(home, &["config"]);
     assert!(err.contains("--non-interactive"), "{err}");
 }
+
+/// The fourth answer, "Yes, with OAuth2", typed: an OpenID Connect provider, who may enter,
+/// and no password users; the same as flags gives the same registry.toml, the client secret is
+/// in a 0600 file (not in registry.toml), a signing key is made, and `check` describes it.
+#[test]
+fn wizard_sets_up_oauth2_with_a_provider() {
+    let work = tempfile::tempdir().unwrap();
+    let home = work.path().join("home");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut p = wizard(&home, &["--listen", &listen]);
+    answer(&mut p, "domain name", "registry.test");
+    p.exp_string("sentry authorization").unwrap();
+    keys(&mut p, DOWN);
+    keys(&mut p, DOWN);
+    keys(&mut p, DOWN);
+    keys(&mut p, "\r");
+    answer(
+        &mut p,
+        "Sign people in with an OpenID Connect provider",
+        "y",
+    );
+    answer(&mut p, "issuer URL", "https://id.example.com/realms/main");
+    answer(&mut p, "Client id", "registry");
+    answer(&mut p, "Client secret", "provider-issued-secret");
+    answer(&mut p, "email addresses", "ann@example.com");
+    answer(&mut p, "email domains", "");
+    answer(&mut p, "groups", "registry-users");
+    answer(&mut p, "Also create users who log in with a password", "");
+    enter_through_the_rest(&mut p);
+    p.exp_string("Created the token signing key").unwrap();
+    p.exp_string("register the redirect URI https://registry.test:")
+        .unwrap();
+    p.exp_eof().unwrap();
+
+    let dir = home.join("instances/default");
+    let config = std::fs::read_to_string(dir.join("registry.toml")).unwrap();
+    for line in [
+        "mode = \"token\"",
+        "[auth.oidc]",
+        "issuer = \"https://id.example.com/realms/main\"",
+        "client_secret_file = \"oidc-client-secret\"",
+        "allowed_emails = [\"ann@example.com\"]",
+        "allowed_groups = [\"registry-users\"]",
+    ] {
+        assert!(config.contains(line), "{line} in\n{config}");
+    }
+    assert!(!config.contains("provider-issued-secret"));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("oidc-client-secret")).unwrap(),
+        "provider-issued-secret"
+    );
+    assert!(dir.join("tokens/signing-key.pem").is_file());
+    let check = ok(&home, &["check"], None);
+    assert!(check.contains("OpenID Connect sign-in with https://id.example.com/realms/main"));
+    assert!(check.contains("who: emails ann@example.com; groups registry-users"));
+    assert!(!check.contains("provider-issued-secret"));
+
+    // The same answers as flags.
+    let twin = work.path().join("twin");
+    let out = common::cli::registry_env(
+        &twin,
+        &[
+            "config",
+            "--non-interactive",
+            "--domain",
+            "registry.test",
+            "--listen",
+            &listen,
+            "--auth",
+            "oauth2",
+            "--oidc-issuer",
+            "https://id.example.com/realms/main",
+            "--oidc-client-id",
+            "registry",
+            "--allowed-emails",
+            "ann@example.com",
+            "--allowed-domains",
+            "",
+            "--allowed-groups",
+            "registry-users",
+            "--storage",
+            "data",
+            "--public-read",
+            "false",
+            "--ip-allowlist",
+            "",
+            "--tls",
+            "ca",
+        ],
+        None,
+        &[(
+            "REGISTRY_OIDC_CLIENT_SECRET",
+            std::ffi::OsStr::new("provider-issued-secret"),
+        )],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let twin_config =
+        std::fs::read_to_string(twin.join("instances/default/registry.toml")).unwrap();
+    assert_eq!(twin_config, config);
+    // Without the secret, non-interactively: named.
+    let err = fails(
+        &work.path().join("third"),
+        &[
+            "config",
+            "--non-interactive",
+            "--domain",
+            "r.test",
+            "--auth",
+            "oauth2",
+            "--oidc-issuer",
+            "https://id.example.com",
+            "--oidc-client-id",
+            "registry",
+        ],
+    );
+    assert!(err.contains("--oidc-client-secret"), "{err}");
+}

@@ -30,11 +30,13 @@ use registry_core::{GcOptions, ObjectRegistry, Storage};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::auth::oidc::SignIn;
 use crate::auth::records::StoredTokens;
 use crate::auth::TokenService;
 use crate::metrics::Metrics;
 use crate::server::{ConnectionSettings, Site, Sites};
 use crate::{router, ApiConfig, RegistryState};
+use registry_auth::token::records::TokenRecords;
 
 /// Why a registry cannot be built as configured.
 #[derive(Debug, thiserror::Error)]
@@ -133,11 +135,13 @@ impl RegistryBuilder {
         }
         let storage = opened.registry();
         let keys = self.guard.keys()?;
+        let records: Arc<dyn TokenRecords> =
+            Arc::new(StoredTokens::new(storage.object_store().clone()));
         let guard = match self.guard.build_with(keys.as_ref())? {
             // Scoped tokens are passwords wherever passwords or tokens are taken.
-            Some(g) if self.guard.htpasswd.is_some() || self.guard.token.is_some() => Some(
-                g.with_token_records(Arc::new(StoredTokens::new(storage.object_store().clone()))),
-            ),
+            Some(g) if self.guard.htpasswd.is_some() || self.guard.token.is_some() => {
+                Some(g.with_token_records(records.clone()))
+            }
             other => other,
         }
         .map(Arc::new);
@@ -155,19 +159,28 @@ impl RegistryBuilder {
                 guard.clone(),
             ));
         }
-        let service = match (&self.guard.token, &keys, &guard) {
-            (Some(token), Some(keys), Some(guard)) => token.issuer(keys).map(|issuer| {
-                Arc::new(TokenService::new(
-                    issuer,
+        if let (Some(token), Some(keys), Some(guard)) = (&self.guard.token, &keys, &guard) {
+            if let Some(issuer) = token.issuer(keys).map(Arc::new) {
+                let service = TokenService::new(
+                    issuer.clone(),
                     guard.clone(),
                     &token.service,
                     &self.guard.realm,
-                ))
-            }),
-            _ => None,
-        };
-        if let Some(service) = &service {
-            app = app.merge(service.clone().router());
+                );
+                app = app.merge(Arc::new(service).router());
+                if let Some(oidc) = &self.guard.oidc {
+                    let provider = registry_auth::oidc::Provider::new(oidc.clone())?;
+                    let sign_in = SignIn::new(
+                        provider,
+                        issuer,
+                        records.clone(),
+                        guard.clone(),
+                        &token.realm,
+                        &token.service,
+                    );
+                    app = app.merge(Arc::new(sign_in).router());
+                }
+            }
         }
         if self.request_log {
             app = app.layer(axum::middleware::from_fn(crate::log::log_requests));

@@ -668,6 +668,8 @@ async fn scoped_tokens_are_passwords_with_limits() {
             created: 0,
             expires: None,
             owner: None,
+            groups: Vec::new(),
+            email: None,
         })
         .await
         .unwrap();
@@ -699,6 +701,8 @@ async fn scoped_tokens_are_passwords_with_limits() {
             created: 0,
             expires: Some(1),
             owner: None,
+            groups: Vec::new(),
+            email: None,
         })
         .await
         .unwrap();

@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::sync::OnceCell;
 
 use super::{Guard, Refusal};
+use crate::token::records::TokenRecord;
 use crate::{Escaped, Identity};
 
 /// What a shared verification found: the identity, or why it failed.
@@ -73,16 +74,33 @@ impl Guard {
         if self.basic.as_ref().is_some_and(|b| b.has_user(subject)) {
             return Some(Identity::User(subject.to_owned()));
         }
-        let records = self.records.as_ref()?;
-        match records.get(subject).await {
-            Ok(Some(record)) => record
-                .current(unix_now())
-                .map(|t| Identity::Machine(Arc::new(t))),
-            Ok(None) => None,
+        let record = self.record(subject).await?;
+        self.record_identity(&record)
+    }
+
+    async fn record(&self, name: &str) -> Option<TokenRecord> {
+        match self.records.as_ref()?.get(name).await {
+            Ok(record) => record,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read token records");
                 None
             }
+        }
+    }
+
+    /// Who a stored token stands for now: a machine with its scopes, or the person who made it
+    /// (only while OpenID Connect sign-in is on and still admits them).
+    fn record_identity(&self, record: &TokenRecord) -> Option<Identity> {
+        let now = unix_now();
+        if record.owner.is_none() {
+            return record.current(now).map(|t| Identity::Machine(Arc::new(t)));
+        }
+        let person = record.person(now)?;
+        match &self.people {
+            Some(admission) if admission.admits(&person) => {
+                Some(Identity::Person(Arc::new(person)))
+            }
+            _ => None,
         }
     }
 
@@ -93,16 +111,11 @@ impl Guard {
                 return Some(Identity::User(user.to_owned()));
             }
         }
-        let records = self.records.as_ref()?;
-        match records.get(user).await {
-            Ok(Some(record)) => record
-                .check(password, unix_now())
-                .map(|t| Identity::Machine(Arc::new(t))),
-            Ok(None) => None,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read token records");
-                None
-            }
+        let record = self.record(user).await?;
+        if record.matches(password) {
+            self.record_identity(&record)
+        } else {
+            None
         }
     }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use crate::basic::BasicAuth;
 use crate::brake::{Brake, BrakeSettings};
 use crate::ip::{client_address, IpRanges};
+use crate::oidc::Admission;
 use crate::pattern::NamePattern;
 use crate::rules::{Action, Anonymous, Policy};
 use crate::tls::ClientCertificate;
@@ -89,6 +90,7 @@ pub struct Guard {
     flights: login::Flights,
     tokens: Option<TokenMode>,
     records: Option<Arc<dyn TokenRecords>>,
+    people: Option<Admission>,
 }
 
 impl Default for Guard {
@@ -111,6 +113,7 @@ impl Guard {
             flights: login::Flights::default(),
             tokens: None,
             records: None,
+            people: None,
         }
     }
 
@@ -161,6 +164,13 @@ impl Guard {
     /// Scoped tokens from `records` log in like users (their secret is the password).
     pub fn with_token_records(mut self, records: Arc<dyn TokenRecords>) -> Guard {
         self.records = Some(records);
+        self
+    }
+
+    /// People who signed in with OpenID Connect log in with their personal access tokens, while
+    /// `admission` admits them.
+    pub fn with_people(mut self, admission: Admission) -> Guard {
+        self.people = Some(admission);
         self
     }
 

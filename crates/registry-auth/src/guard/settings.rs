@@ -52,6 +52,8 @@ pub struct GuardSettings {
     pub rules: Vec<crate::Rule>,
     /// Token authentication on the API (the Bearer flow), if on.
     pub token: Option<TokenSettings>,
+    /// OpenID Connect sign-in for people (with token authentication), if on.
+    pub oidc: Option<crate::oidc::OidcSettings>,
 }
 
 /// Token authentication: where clients get tokens, whom they are for, and the keys that sign
@@ -98,6 +100,7 @@ impl Default for GuardSettings {
             trusted_proxies: IpRanges::none(),
             rules: Vec::new(),
             token: None,
+            oidc: None,
         }
     }
 }
@@ -154,6 +157,9 @@ impl GuardSettings {
         }
         if let Some(token) = &self.token {
             guard = guard.with_tokens(Arc::new(token.verifier(keys)?), &token.realm);
+        }
+        if let Some(oidc) = &self.oidc {
+            guard = guard.with_people(oidc.admission.clone());
         }
         Ok(Some(guard))
     }

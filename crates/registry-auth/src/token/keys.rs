@@ -20,6 +20,9 @@ use crate::Error;
 /// A key tokens are signed with.
 pub struct SigningKey {
     kid: String,
+    /// The public point's coordinates, base64url.
+    x: String,
+    y: String,
     encoding: EncodingKey,
     verifying: VerifyingKey,
 }
@@ -92,6 +95,8 @@ impl SigningKey {
                 algorithms: vec![jsonwebtoken::Algorithm::ES256],
             },
             kid,
+            x,
+            y,
             encoding: EncodingKey::from_ec_der(der),
         })
     }
@@ -99,6 +104,14 @@ impl SigningKey {
     /// Its key id.
     pub fn kid(&self) -> &str {
         &self.kid
+    }
+
+    /// Its public key as a JWK (RFC 7517), for a JWKS others verify with.
+    pub fn jwk(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kty": "EC", "crv": "P-256", "x": self.x, "y": self.y,
+            "kid": self.kid, "alg": "ES256", "use": "sig",
+        })
     }
 
     /// What verifies what it signs.
@@ -209,6 +222,16 @@ impl KeyRing {
             .chain(set.previous.as_ref())
             .find(|k| k.kid == kid)
             .map(|k| k.verifying())
+    }
+
+    /// The public keys as a JWKS (`{"keys": [...]}`): what verifies this instance's tokens.
+    pub fn jwks(&self) -> serde_json::Value {
+        let set = self.set();
+        let keys: Vec<serde_json::Value> = std::iter::once(&set.current)
+            .chain(set.previous.as_ref())
+            .map(|k| k.jwk())
+            .collect();
+        serde_json::json!({ "keys": keys })
     }
 
     /// The ids of the current key and the previous one.

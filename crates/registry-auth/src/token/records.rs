@@ -30,9 +30,16 @@ pub struct TokenRecord {
     /// Unix seconds after which it is refused.
     #[serde(default)]
     pub expires: Option<u64>,
-    /// Whose it is (a person who signed in), if anyone's.
+    /// Whose it is (a person who signed in), if anyone's: then it stands for that person, with
+    /// the person's rights, instead of having scopes of its own.
     #[serde(default)]
     pub owner: Option<String>,
+    /// The owner's groups at sign-in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// The owner's verified email address at sign-in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
 }
 
 impl fmt::Debug for TokenRecord {
@@ -42,6 +49,7 @@ impl fmt::Debug for TokenRecord {
             .field("scopes", &self.scopes)
             .field("expires", &self.expires)
             .field("owner", &self.owner)
+            .field("groups", &self.groups)
             .finish_non_exhaustive()
     }
 }
@@ -156,12 +164,31 @@ impl TokenRecord {
     /// the secret matches (compared in constant time), the token has not expired, and its
     /// scopes parse.
     pub fn check(&self, secret: &str, now: u64) -> Option<MachineToken> {
-        let given = secret_hash(secret);
-        let matches: bool = given.as_bytes().ct_eq(self.secret_sha256.as_bytes()).into();
-        if !matches {
+        if !self.matches(secret) {
             return None;
         }
         self.current(now)
+    }
+
+    /// Whether `secret` is this token's (compared in constant time).
+    pub fn matches(&self, secret: &str) -> bool {
+        let given = secret_hash(secret);
+        given.as_bytes().ct_eq(self.secret_sha256.as_bytes()).into()
+    }
+
+    /// The person this token stands for, if it is a personal access token that has not
+    /// expired.
+    pub fn person(&self, now: u64) -> Option<crate::Person> {
+        let owner = self.owner.as_ref()?;
+        if self.expires.is_some_and(|e| e <= now) {
+            return None;
+        }
+        Some(crate::Person {
+            name: owner.clone(),
+            email: self.email.clone(),
+            groups: self.groups.clone(),
+            token: self.name.clone(),
+        })
     }
 
     /// The identity of this record now, without its secret (a refresh token stands for the
@@ -212,6 +239,8 @@ mod tests {
             created: 1,
             expires,
             owner: None,
+            groups: Vec::new(),
+            email: None,
         }
     }
 

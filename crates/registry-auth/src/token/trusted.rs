@@ -94,7 +94,7 @@ impl TrustedKeys {
     }
 
     /// The key that verifies a token with `header`.
-    pub(super) async fn key_for(&self, header: &Header) -> Result<VerifyingKey, Error> {
+    pub(crate) async fn key_for(&self, header: &Header) -> Result<VerifyingKey, Error> {
         let invalid = |why: &str| Error::InvalidToken(why.to_owned());
         if let Some(chain) = &header.x5c {
             return self

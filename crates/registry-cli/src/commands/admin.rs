@@ -223,8 +223,17 @@ pub(crate) fn config(home: &Path, args: &wizard::ConfigArgs) -> anyhow::Result<(
     println!(
         "Next: `registry check`, then `registry serve` (or `registry install` for a service)."
     );
-    if matches!(answers.auth, wizard::AuthAnswer::Basic(_)) {
-        println!("Then, from a client: docker login {}", answers.domain);
+    if !answers.auth.users().is_empty() {
+        // Clients name the port unless it is HTTPS's (a proxy in front listens on 443).
+        let port = answers
+            .listen
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok());
+        let host = match (port, &answers.tls) {
+            (_, wizard::TlsAnswer::None) | (Some(443) | None, _) => answers.domain.clone(),
+            (Some(p), _) => format!("{}:{p}", answers.domain),
+        };
+        println!("Then, from a client: docker login {host}");
     }
     Ok(())
 }

@@ -98,7 +98,6 @@ pub(crate) fn token(home: &Path, c: TokenCommand) -> anyhow::Result<()> {
                 name: name.clone(),
                 scopes,
                 expires,
-                owner: None,
             };
             let secret = run(async {
                 let records = tokens::records(&settings)?;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use registry_auth::brake::BrakeSettings;
 use registry_auth::ip::IpRanges;
+use registry_auth::oidc::{Admission, OidcSettings};
 use registry_auth::pattern::NamePattern;
 use registry_auth::token::TrustedSource;
 use registry_auth::{GuardSettings, Rule, TokenKeys, TokenSettings};
@@ -31,6 +32,25 @@ pub(crate) struct RawAuth {
     pub brake: RawBrake,
     #[serde(default)]
     pub token: RawToken,
+    pub oidc: Option<RawOidc>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOidc {
+    pub issuer: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub client_secret_file: Option<PathBuf>,
+    pub scopes: Option<Vec<String>>,
+    pub groups_claim: Option<String>,
+    #[serde(default)]
+    pub allowed_emails: Vec<String>,
+    #[serde(default)]
+    pub allowed_domains: Vec<String>,
+    #[serde(default)]
+    pub allowed_groups: Vec<String>,
+    pub token_lifetime: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -78,6 +98,8 @@ pub(crate) struct RawNetwork {
 pub(crate) struct RawRule {
     #[serde(default)]
     pub users: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
     #[serde(default)]
     pub certificates: Vec<String>,
     #[serde(default)]
@@ -131,11 +153,17 @@ pub(super) fn validate_guard(
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            Rule::new(&r.users, &r.certificates, &r.repositories, &r.actions)
-                .with_context(|| format!("access rule {}", i + 1))
+            Rule::with_groups(
+                &r.users,
+                &r.groups,
+                &r.certificates,
+                &r.repositories,
+                &r.actions,
+            )
+            .with_context(|| format!("access rule {}", i + 1))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(GuardSettings {
+    GuardSettings {
         htpasswd: auth.htpasswd.clone(),
         realm: auth.realm.clone().unwrap_or_else(|| "Registry".into()),
         public_read: auth.public_read.unwrap_or(false),
@@ -151,6 +179,109 @@ pub(super) fn validate_guard(
         )?,
         rules,
         token: validate_token(auth, site)?,
+        oidc: None,
+    }
+    .with_oidc(auth, access)
+}
+
+trait WithOidc: Sized {
+    fn with_oidc(self, auth: &RawAuth, access: &[RawRule]) -> anyhow::Result<Self>;
+}
+
+impl WithOidc for GuardSettings {
+    /// Adds `[auth.oidc]`, which needs the built-in token service.
+    fn with_oidc(mut self, auth: &RawAuth, access: &[RawRule]) -> anyhow::Result<GuardSettings> {
+        let Some(raw) = &auth.oidc else {
+            return Ok(self);
+        };
+        let own = matches!(
+            &self.token,
+            Some(TokenSettings {
+                keys: TokenKeys::Own { .. },
+                ..
+            })
+        );
+        if !own {
+            bail!("[auth.oidc] needs the built-in token service: auth.mode = \"token\" without an external issuer");
+        }
+        self.oidc = Some(validate_oidc(raw, access)?);
+        Ok(self)
+    }
+}
+
+/// `[auth.oidc]`: the provider, the client, and who may sign in.
+fn validate_oidc(raw: &RawOidc, access: &[RawRule]) -> anyhow::Result<OidcSettings> {
+    let issuer = raw
+        .issuer
+        .clone()
+        .context("auth.oidc.issuer is required (the provider's URL)")?;
+    let url = reqwest::Url::parse(&issuer)
+        .with_context(|| format!("auth.oidc.issuer {issuer:?} is not a URL"))?;
+    let host = url.host_str().unwrap_or("");
+    let loopback = host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
+        bail!("auth.oidc.issuer {issuer:?} must be an https:// URL (http:// only on loopback)");
+    }
+    let client_id = raw
+        .client_id
+        .clone()
+        .filter(|c| !c.trim().is_empty())
+        .context("auth.oidc.client_id is required")?;
+    let client_secret = match (&raw.client_secret, &raw.client_secret_file) {
+        (Some(_), Some(_)) => bail!("set auth.oidc.client_secret or client_secret_file, not both"),
+        (Some(secret), None) => secret.clone(),
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .with_context(|| {
+                format!(
+                    "cannot read auth.oidc.client_secret_file {}",
+                    file.display()
+                )
+            })?
+            .trim()
+            .to_owned(),
+        (None, None) => bail!("auth.oidc.client_secret_file (or client_secret) is required"),
+    };
+    if client_secret.is_empty() {
+        bail!("the OpenID Connect client secret is empty");
+    }
+    let groups_wanted =
+        !raw.allowed_groups.is_empty() || access.iter().any(|r| !r.groups.is_empty());
+    let scopes = match &raw.scopes {
+        Some(s) => s.clone(),
+        None => {
+            let mut s: Vec<String> = ["openid", "email", "profile"].map(str::to_owned).to_vec();
+            if groups_wanted {
+                s.push("groups".into());
+            }
+            s
+        }
+    };
+    let token_lifetime = parse_duration(raw.token_lifetime.as_deref().unwrap_or("90d"))
+        .context("auth.oidc.token_lifetime")?;
+    if token_lifetime < Duration::from_secs(60) {
+        bail!("auth.oidc.token_lifetime must be at least 1m");
+    }
+    for domain in &raw.allowed_domains {
+        if domain.contains('@') || domain.trim().is_empty() {
+            bail!("auth.oidc.allowed_domains: {domain:?} is not a domain (example.com)");
+        }
+    }
+    Ok(OidcSettings {
+        issuer: issuer.trim_end_matches('/').to_owned(),
+        client_id,
+        client_secret,
+        scopes,
+        groups_claim: raw.groups_claim.clone().unwrap_or_else(|| "groups".into()),
+        admission: Admission {
+            emails: raw.allowed_emails.clone(),
+            domains: raw.allowed_domains.clone(),
+            groups: raw.allowed_groups.clone(),
+        },
+        token_lifetime,
     })
 }
 

@@ -70,6 +70,18 @@
 //! service = "registry.example.com"   # tokens' audience [default: instance.hostname]
 //! realm = "https://registry.example.com/auth/token"  # [default: from hostname and listen]
 //! issuer = "registry.example.com"    # tokens' iss [default: the service]
+//!
+//! [auth.oidc]             # people sign in at https://<host>/auth/login (needs mode = "token")
+//! issuer = "https://accounts.example.com"         # its discovery document is used
+//! client_id = "registry"                          # redirect URI: https://<host>/auth/callback
+//! client_secret_file = "oidc-client-secret"       # 0600 (or client_secret = "…")
+//! allowed_emails = ["ann@example.com"]            # who may sign in (none listed: everyone the
+//! allowed_domains = ["example.com"]               # provider vouches for); verified addresses
+//! allowed_groups = ["registry-users"]             # only, or membership of a group
+//! groups_claim = "groups"
+//! scopes = ["openid", "email", "profile", "groups"]  # default: without groups unless used
+//! token_lifetime = "90d"  # of the personal access tokens made at sign-in
+//!
 //! # An external token server instead (docker_auth, GitLab, Harbor…), as Distribution's
 //! # auth.token: realm, service and issuer are then required, and one of
 //! rootcertbundle = "/etc/registry/token-ca.pem"   # roots of the x5c chains in its tokens
@@ -80,7 +92,8 @@
 //! trusted_proxies = ["127.0.0.1"]           # Forwarded / X-Forwarded-For believed from these
 //!
 //! [[access]]              # with rules, what no rule grants is denied
-//! users = ["ann"]
+//! users = ["ann"]         # htpasswd users, and people (by verified email) who signed in
+//! groups = ["devs"]       # people in these groups (OpenID Connect)
 //! certificates = ["*.ci.example.com"]
 //! repositories = ["team-a/**"]
 //! actions = ["pull", "push", "delete"]
@@ -298,6 +311,9 @@ impl RawConfig {
         fix(&mut self.auth.htpasswd);
         fix(&mut self.auth.token.keys);
         fix(&mut self.auth.token.rootcertbundle);
+        if let Some(oidc) = self.auth.oidc.as_mut() {
+            fix(&mut oidc.client_secret_file);
+        }
         if self.auth.mode.as_deref() == Some("token") && self.auth.token.keys.is_none() {
             self.auth.token.keys = Some(dir.join(auth::TOKEN_KEYS));
         }

@@ -164,6 +164,9 @@ pub(crate) fn describe(i: &Instance, s: &Settings) -> String {
     if let Some(t) = &s.guard.token {
         guards.push(tokens::describe(t));
     }
+    if let Some(o) = &s.guard.oidc {
+        guards.push(tokens::describe_oidc(o));
+    }
     if s.guard.public_read {
         guards.push("anonymous pull".into());
     }

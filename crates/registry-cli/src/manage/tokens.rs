@@ -20,6 +20,9 @@ use crate::instance::{create_private_dir, write_private, Instance};
 
 /// The key directory of an instance: the configured one, else `tokens` in its directory.
 pub(crate) fn key_dir(i: &Instance) -> anyhow::Result<PathBuf> {
+    if !i.config_path().exists() {
+        return Ok(i.dir.join(TOKEN_KEYS)); // a new instance, being configured
+    }
     let raw = i.raw()?;
     Ok(match raw.auth.token.keys {
         Some(p) if p.is_relative() => i.dir.join(p),
@@ -109,6 +112,33 @@ pub(crate) fn describe(t: &TokenSettings) -> String {
     }
 }
 
+/// What `check` says about OpenID Connect sign-in (never the client secret).
+pub(crate) fn describe_oidc(o: &registry_auth::oidc::OidcSettings) -> String {
+    let a = &o.admission;
+    let mut who = Vec::new();
+    for (what, list) in [
+        ("emails", &a.emails),
+        ("domains", &a.domains),
+        ("groups", &a.groups),
+    ] {
+        if !list.is_empty() {
+            who.push(format!("{what} {}", list.join(", ")));
+        }
+    }
+    let who = if who.is_empty() {
+        "anyone the provider signs in".to_owned()
+    } else {
+        who.join("; ")
+    };
+    format!(
+        "OpenID Connect sign-in with {} (client {:?}, scopes {}; who: {who}; personal tokens live {})",
+        o.issuer,
+        o.client_id,
+        o.scopes.join(" "),
+        humantime(o.token_lifetime)
+    )
+}
+
 /// Whether an instance's own token service can start (its key exists and loads).
 pub(crate) fn check(s: &Settings) -> anyhow::Result<()> {
     if let Some(TokenSettings {
@@ -147,7 +177,6 @@ pub(crate) struct NewToken {
     pub name: String,
     pub scopes: Vec<String>,
     pub expires: Option<Duration>,
-    pub owner: Option<String>,
 }
 
 fn unix_now() -> u64 {
@@ -178,7 +207,9 @@ pub(crate) async fn create(records: &dyn TokenRecords, t: &NewToken) -> anyhow::
             scopes: t.scopes.clone(),
             created: now,
             expires: t.expires.map(|d| now + d.as_secs()),
-            owner: t.owner.clone(),
+            owner: None,
+            groups: Vec::new(),
+            email: None,
         })
         .await?;
     Ok(secret)
@@ -249,7 +280,6 @@ mod tests {
             name: "ci-app".into(),
             scopes: vec!["repository:app/*:pull,push".into()],
             expires: Some(Duration::from_secs(90 * 86400)),
-            owner: None,
         };
         let secret = create(&records, &t).await.unwrap();
         assert!(create(&records, &t).await.is_err(), "the name is taken");
@@ -264,7 +294,6 @@ mod tests {
                 name: name.into(),
                 scopes: vec![scope.into()],
                 expires: None,
-                owner: None,
             };
             assert!(create(&records, &bad).await.is_err(), "{name} {scope}");
         }

@@ -101,6 +101,13 @@ pub(crate) fn apply(home: &Path, i: &Instance, answers: &Answers) -> anyhow::Res
             set_key(&mut doc, "tls", "client_ca", None);
             set_key(&mut doc, "tls", "client_names", None);
         }
+        AuthAnswer::OAuth2 { users, .. } => {
+            if !users.is_empty() || i.htpasswd_path().exists() {
+                set_key(&mut doc, "auth", "htpasswd", Some(value("htpasswd")));
+            }
+            set_key(&mut doc, "tls", "client_ca", None);
+            set_key(&mut doc, "tls", "client_names", None);
+        }
         AuthAnswer::Mtls { ca, names } => {
             set_key(&mut doc, "auth", "htpasswd", None);
             let ca = ca
@@ -111,6 +118,7 @@ pub(crate) fn apply(home: &Path, i: &Instance, answers: &Answers) -> anyhow::Res
             set_key(&mut doc, "tls", "client_names", Some(value(names)));
         }
     }
+    super::oauth::set_auth(&mut doc, &a.auth, &a.domain, a.tls == TlsAnswer::None);
     set_key(&mut doc, "auth", "public_read", Some(value(a.public_read)));
     let allow = if a.ip_allowlist.is_empty() {
         None
@@ -123,10 +131,13 @@ pub(crate) fn apply(home: &Path, i: &Instance, answers: &Answers) -> anyhow::Res
     drop_empty_tables(&mut doc);
 
     // Validate everything before writing anything.
-    let mut raw: RawConfig = toml::from_str(&doc.to_string())?;
+    let checked = super::oauth::for_validation(&doc, &a.auth);
+    let mut raw: RawConfig = toml::from_str(&checked.to_string())?;
     raw.resolve_paths(&i.dir);
-    raw.validate()
+    let settings = raw
+        .validate()
         .context("the answers make an invalid configuration")?;
+    let realm = settings.guard.token.map(|t| t.realm).unwrap_or_default();
 
     let created = !i.dir.exists();
     let result = (|| {
@@ -149,7 +160,8 @@ pub(crate) fn apply(home: &Path, i: &Instance, answers: &Answers) -> anyhow::Res
                 cert::ca_paths(&i.dir).0.display()
             );
         }
-        if let AuthAnswer::Basic(users) = &a.auth {
+        let users = a.auth.users();
+        if !users.is_empty() {
             if !i.htpasswd_path().exists() {
                 write_private(&i.htpasswd_path(), b"")?;
             }
@@ -169,11 +181,12 @@ pub(crate) fn apply(home: &Path, i: &Instance, answers: &Answers) -> anyhow::Res
                     a.domain
                 );
             }
-            if a.export_passwords && !users.is_empty() {
+            if a.export_passwords {
                 let path = export_passwords(home, &i.name, users)?;
                 told += &format!("Passwords written to {} (mode 0600)\n", path.display());
             }
         }
+        told += &super::oauth::write_files(i, &realm, &a.auth)?;
         i.save(&doc)?;
         Ok::<_, anyhow::Error>(told)
     })();

@@ -6,6 +6,7 @@
 
 mod apply;
 mod asker;
+mod oauth;
 
 use std::path::{Path, PathBuf};
 
@@ -49,6 +50,24 @@ pub(crate) struct ConfigArgs {
     /// --password-stdin gives them, one line per user.
     #[arg(long = "user", value_name = "NAME")]
     pub users: Vec<String>,
+    /// OAuth2: the OpenID Connect provider people sign in with (its issuer URL).
+    #[arg(long, value_name = "URL")]
+    pub oidc_issuer: Option<String>,
+    /// OAuth2: the registry's client id at the provider.
+    #[arg(long, value_name = "ID")]
+    pub oidc_client_id: Option<String>,
+    /// OAuth2: the client secret (prefer the environment: arguments are visible to others).
+    #[arg(long, env = "REGISTRY_OIDC_CLIENT_SECRET", hide_env_values = true)]
+    pub oidc_client_secret: Option<String>,
+    /// OAuth2: who may sign in, by email address (comma-separated).
+    #[arg(long, value_name = "EMAILS")]
+    pub allowed_emails: Option<String>,
+    /// OAuth2: … by email domain (comma-separated).
+    #[arg(long, value_name = "DOMAINS")]
+    pub allowed_domains: Option<String>,
+    /// OAuth2: … by group (comma-separated).
+    #[arg(long, value_name = "GROUPS")]
+    pub allowed_groups: Option<String>,
     /// Read the passwords of --user from stdin, one per line, in order.
     #[arg(long)]
     pub password_stdin: bool,
@@ -90,6 +109,9 @@ pub(crate) enum AuthArg {
     Basic,
     /// Clients with a certificate from the client CA (mutual TLS).
     Mtls,
+    /// Bearer tokens from the built-in token service: people sign in with an OpenID Connect
+    /// provider, machines and password users log in for tokens.
+    Oauth2,
 }
 
 /// `--tls`: how clients reach the registry.
@@ -125,6 +147,21 @@ pub(crate) enum AuthAnswer {
         ca: Option<PathBuf>,
         names: Vec<String>,
     },
+    /// The built-in token service, with password users and/or an OpenID Connect provider.
+    OAuth2 {
+        users: Vec<(String, String)>,
+        oidc: Option<oauth::OidcAnswer>,
+    },
+}
+
+impl AuthAnswer {
+    /// The password users to add or update.
+    pub(crate) fn users(&self) -> &[(String, String)] {
+        match self {
+            AuthAnswer::Basic(users) | AuthAnswer::OAuth2 { users, .. } => users,
+            _ => &[],
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,6 +200,7 @@ struct Current {
     s3: Option<crate::config::S3Location>,
     public_read: bool,
     ip_allowlist: Vec<String>,
+    oidc: Option<oauth::CurrentOidc>,
 }
 
 fn current(i: &Instance) -> anyhow::Result<Current> {
@@ -180,6 +218,7 @@ fn current(i: &Instance) -> anyhow::Result<Current> {
         _ => Some(TlsAnswer::None),
     };
     let auth = match (&raw.auth.htpasswd, &raw.tls.client_ca) {
+        _ if raw.auth.mode.as_deref() == Some("token") => AuthArg::Oauth2,
         (_, Some(_)) => AuthArg::Mtls,
         (Some(_), None) => AuthArg::Basic,
         (None, None) => AuthArg::None,
@@ -196,6 +235,7 @@ fn current(i: &Instance) -> anyhow::Result<Current> {
         s3: raw.storage.s3.clone(),
         public_read: raw.auth.public_read.unwrap_or(false),
         ip_allowlist: raw.network.allow.clone().unwrap_or_default(),
+        oidc: oauth::CurrentOidc::of(&raw),
     })
 }
 
@@ -268,12 +308,18 @@ fn ask_domain(ask: &mut Asker, a: &ConfigArgs, cur: &Current) -> anyhow::Result<
 
 /// Who may use the registry, and (for Basic users) whether their passwords are exported.
 fn ask_auth(ask: &mut Asker, a: &ConfigArgs, cur: &Current) -> anyhow::Result<(AuthAnswer, bool)> {
-    const CHOICES: [&str; 3] = [
+    const CHOICES: [&str; 4] = [
         "No",
         "Yes, with HTTP Basic Authentication",
         "Yes, with Mutual TLS (mTLS)",
+        "Yes, with OAuth2 (single sign-on with OpenID Connect, tokens for CI)",
     ];
-    const KINDS: [AuthArg; 3] = [AuthArg::None, AuthArg::Basic, AuthArg::Mtls];
+    const KINDS: [AuthArg; 4] = [
+        AuthArg::None,
+        AuthArg::Basic,
+        AuthArg::Mtls,
+        AuthArg::Oauth2,
+    ];
     let kind = match a.auth {
         Some(kind) => kind,
         None => {
@@ -302,6 +348,17 @@ fn ask_auth(ask: &mut Asker, a: &ConfigArgs, cur: &Current) -> anyhow::Result<(A
             AuthAnswer::Basic(users)
         }
         AuthArg::Mtls => ask_mtls(ask, a, cur)?,
+        AuthArg::Oauth2 => {
+            let answer = oauth::ask_oauth(ask, a, cur)?;
+            if a.export_passwords.is_none() && !answer.users().is_empty() {
+                export_passwords = ask.confirm(
+                    "Export usernames and cleartext passwords to passwords.json?",
+                    "--export-passwords",
+                    Some(false),
+                )?;
+            }
+            answer
+        }
     };
     Ok((auth, export_passwords))
 }
@@ -499,7 +556,7 @@ fn basic_users(
             }
         }
     } else if cur.users.is_empty() {
-        bail!("missing answer: --user (HTTP Basic needs at least one user)");
+        bail!("missing answer: --user (at least one user who logs in with a password)");
     }
     Ok(users)
 }

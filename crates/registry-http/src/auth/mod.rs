@@ -10,10 +10,14 @@
 //!   `grant_type=refresh_token` (`refresh_token`), `service`, `scope`, `client_id`, and
 //!   `access_type=offline` for a refresh token.
 //!
+//! - `GET /auth/jwks`: the public keys (current and previous), for services that verify the
+//!   registry's tokens themselves.
+//!
 //! Answers are `{"token", "access_token", "expires_in", "issued_at"[, "refresh_token"]}`;
 //! refusals are OAuth2 errors (`error`, `error_description`) that also carry the registry's
 //! `errors` list, so every client shows the reason. Failed logins go through the guard's brake.
 
+pub mod oidc;
 pub mod records;
 
 use std::sync::Arc;
@@ -38,7 +42,7 @@ const MAX_FORM: usize = 64 * 1024;
 
 /// The token service of one instance.
 pub struct TokenService {
-    issuer: TokenIssuer,
+    issuer: Arc<TokenIssuer>,
     refresh: TokenVerifier,
     guard: Arc<Guard>,
     service: String,
@@ -49,7 +53,7 @@ impl TokenService {
     /// Issues tokens for `service` with `issuer`, to callers `guard` authenticates (it also
     /// decides what they may be granted); `basic_realm` names the Basic challenge.
     pub fn new(
-        issuer: TokenIssuer,
+        issuer: Arc<TokenIssuer>,
         guard: Arc<Guard>,
         service: &str,
         basic_realm: &str,
@@ -64,10 +68,12 @@ impl TokenService {
         }
     }
 
-    /// `GET` and `POST /auth/token`.
+    /// `GET` and `POST /auth/token`, and `GET /auth/jwks` (the public keys, for services that
+    /// verify this registry's tokens themselves).
     pub fn router(self: Arc<Self>) -> Router {
         Router::new()
             .route("/auth/token", get(get_token).post(post_token))
+            .route("/auth/jwks", get(jwks))
             .with_state(self)
     }
 
@@ -217,7 +223,7 @@ impl TokenService {
             let refresh = self
                 .issuer
                 .issue_for(
-                    subject,
+                    identity.login_name(),
                     &self.refresh_audience(),
                     Vec::new(),
                     REFRESH_LIFETIME,
@@ -248,6 +254,15 @@ where
     response
         .extensions_mut()
         .insert(Attribution { address, identity });
+    response
+}
+
+async fn jwks(State(svc): State<Arc<TokenService>>) -> Response {
+    let mut response = json_body(&svc.issuer.keys().jwks()).into_response();
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=60"),
+    );
     response
 }
 

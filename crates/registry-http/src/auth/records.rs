@@ -107,6 +107,8 @@ mod tests {
             created: 1,
             expires: None,
             owner: None,
+            groups: Vec::new(),
+            email: None,
         };
         tokens.put(&record).await.unwrap();
         assert_eq!(tokens.get("ci").await.unwrap(), Some(record.clone()));
