@@ -1,5 +1,6 @@
 //! Hot paths: digest computation while streaming (against raw sha2 on the same buffer), manifest
-//! parsing and validation, and endpoint parsing.
+//! parsing and validation, endpoint parsing, and a Bearer token's verification (ES256, every
+//! authenticated request pays it).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use registry_core::{Algorithm, Hasher};
@@ -64,5 +65,46 @@ fn endpoints(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, digests, manifests, endpoints);
+fn tokens(c: &mut Criterion) {
+    use registry_auth::token::{KeyRing, Scope, SigningKey, TokenIssuer, TokenVerifier};
+    use std::sync::Arc;
+    let (key, _) = SigningKey::generate().unwrap();
+    let keys = Arc::new(KeyRing::fixed(key, None));
+    let issuer = TokenIssuer::new(keys.clone(), "bench", std::time::Duration::from_secs(300));
+    let verifier = TokenVerifier::own("bench", "registry", keys);
+    let access = vec![Scope::repository(
+        "bench/read",
+        &[registry_auth::Action::Pull, registry_auth::Action::Push],
+    )];
+    let token = issuer
+        .issue("bench", "registry", access.clone())
+        .unwrap()
+        .token;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    // A token seen for the first time: the ES256 signature and the claims are checked.
+    c.bench_function("token_verify_es256_first", |b| {
+        b.iter_batched(
+            || {
+                issuer
+                    .issue("bench", "registry", access.clone())
+                    .unwrap()
+                    .token
+            },
+            |fresh| runtime.block_on(verifier.verify(&fresh)).unwrap(),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    // The same token again, as docker sends it for every request of a pull: remembered.
+    runtime.block_on(verifier.verify(&token)).unwrap();
+    c.bench_function("token_verify_remembered", |b| {
+        b.iter(|| runtime.block_on(verifier.verify(&token)).unwrap())
+    });
+    c.bench_function("token_issue_es256", |b| {
+        b.iter(|| issuer.issue("bench", "registry", access.clone()).unwrap())
+    });
+}
+
+criterion_group!(benches, digests, manifests, endpoints, tokens);
 criterion_main!(benches);

@@ -45,9 +45,28 @@ struct Args {
     /// Log in to the second registry with HTTP Basic (`user:password`).
     #[arg(long, value_name = "USER:PASSWORD")]
     compare_basic_auth: Option<String>,
+    /// Send this `Authorization` value with every request to the registry under test (e.g.
+    /// `Bearer <token>`), instead of --basic-auth.
+    #[arg(long, value_name = "VALUE", conflicts_with = "basic_auth")]
+    authorization: Option<String>,
+    /// The same for the second registry.
+    #[arg(long, value_name = "VALUE", conflicts_with = "compare_basic_auth")]
+    compare_authorization: Option<String>,
     /// Also write the table to this file.
     #[arg(long)]
     output: Option<PathBuf>,
+}
+
+/// The `Authorization` value a target sends: Basic from `user:password`, or as given.
+fn credentials(basic: Option<&str>, raw: Option<&str>) -> Option<String> {
+    use base64::Engine;
+    match (basic, raw) {
+        (Some(b), _) => Some(format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(b)
+        )),
+        (None, raw) => raw.map(str::to_owned),
+    }
 }
 
 #[tokio::main]
@@ -64,7 +83,7 @@ async fn main() -> Result<()> {
         &args.url,
         args.pid,
         1,
-        args.basic_auth.as_deref(),
+        credentials(args.basic_auth.as_deref(), args.authorization.as_deref()),
     )?];
     if let Some(url) = &args.compare {
         targets.push(Target::new(
@@ -72,7 +91,10 @@ async fn main() -> Result<()> {
             url,
             args.compare_pid,
             2,
-            args.compare_basic_auth.as_deref(),
+            credentials(
+                args.compare_basic_auth.as_deref(),
+                args.compare_authorization.as_deref(),
+            ),
         )?);
     }
     for t in &mut targets {

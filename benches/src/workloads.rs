@@ -143,21 +143,15 @@ struct Prepared {
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 impl Target {
-    /// A target at `base`; `basic` is `user:password` for registries that want a login.
+    /// A target at `base`; `authorization` (`Basic …`, `Bearer …`) is sent with every request
+    /// to registries that want credentials.
     pub fn new(
         label: &str,
         base: &str,
         pid: Option<u32>,
         id: u64,
-        basic: Option<&str>,
+        authorization: Option<String>,
     ) -> Result<Target> {
-        use base64::Engine;
-        let authorization = basic.map(|b| {
-            format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(b)
-            )
-        });
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(a) = &authorization {
             headers.insert("authorization", a.parse()?);

@@ -1,7 +1,9 @@
 //! Client helpers for a workstation: `login` (credentials in Docker's `config.json`, checked
 //! against the registry first), `list-tags` (every `repo:tag`, following pagination) and
 //! `delete-tags` (pick images, confirm, delete by digest). They speak the registry's HTTP API,
-//! so they work against any registry, this one or another.
+//! so they work against any registry, this one or another: with HTTP Basic, or, when the
+//! registry answers with a Bearer challenge, with tokens fetched from its realm with the same
+//! credentials (the Docker token protocol), one per scope.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -86,11 +88,81 @@ impl Target {
     }
 }
 
+/// A Bearer challenge's parameters (`realm`, `service`, `scope`), if `header` is one.
+fn bearer_challenge(header: &str) -> Option<BTreeMap<String, String>> {
+    let rest = header.trim();
+    let rest = rest
+        .get(..7)
+        .filter(|s| s.eq_ignore_ascii_case("bearer "))
+        .map(|_| &rest[7..])?;
+    let mut params = BTreeMap::new();
+    let mut s = rest.trim_start();
+    while let Some((key, after)) = s.split_once('=') {
+        let key = key
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
+        let (value, next) = match after.strip_prefix('"') {
+            Some(quoted) => {
+                let end = quoted.find('"')?;
+                (&quoted[..end], &quoted[end + 1..])
+            }
+            None => match after.find(',') {
+                Some(i) => (&after[..i], &after[i..]),
+                None => (after, ""),
+            },
+        };
+        params.insert(key, value.to_owned());
+        s = next.trim_start_matches([',', ' ']);
+    }
+    params.contains_key("realm").then_some(params)
+}
+
+/// Asks a token service for a token: `Ok(None)` when it refuses the credentials.
+async fn fetch_token(
+    http: &Client,
+    challenge: &BTreeMap<String, String>,
+    credentials: Option<&(String, String)>,
+) -> anyhow::Result<Option<String>> {
+    let realm = &challenge["realm"];
+    let mut query: Vec<(&str, &str)> = Vec::new();
+    for key in ["service", "scope"] {
+        if let Some(v) = challenge.get(key) {
+            query.push((key, v));
+        }
+    }
+    let mut r = http.get(realm).query(&query);
+    if let Some((u, p)) = credentials {
+        r = r.basic_auth(u, Some(p));
+    }
+    let r = r
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the token service {realm}"))?;
+    match r.status() {
+        s if s.is_success() => {}
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => return Ok(None),
+        s => bail!("the token service {realm} answered {s}"),
+    }
+    let body: serde_json::Value = r
+        .json()
+        .await
+        .with_context(|| format!("the token service {realm} answered without JSON"))?;
+    let token = body["token"]
+        .as_str()
+        .or_else(|| body["access_token"].as_str())
+        .with_context(|| format!("the token service {realm} gave no token"))?;
+    Ok(Some(token.to_owned()))
+}
+
 /// A connection to a registry with credentials.
 struct Session {
     http: Client,
     base: String,
     credentials: Option<(String, String)>,
+    /// Bearer tokens by the scope they were fetched for.
+    tokens: std::sync::Mutex<BTreeMap<String, String>>,
 }
 
 impl Session {
@@ -99,15 +171,63 @@ impl Session {
             http: t.client()?,
             base: t.base(),
             credentials: stored_credentials(&t.host)?,
+            tokens: Default::default(),
         })
     }
 
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let r = self.http.request(method, format!("{}{path}", self.base));
-        match &self.credentials {
-            Some((u, p)) => r.basic_auth(u, Some(p)),
-            None => r,
+    /// Sends a request without a body: with Basic credentials (or a token already fetched
+    /// for the scope the last challenge named), and once more with a fresh token when the
+    /// registry answers a Bearer challenge.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        accept: Option<&str>,
+    ) -> anyhow::Result<reqwest::Response> {
+        let build = |token: Option<&str>| {
+            let mut r = self
+                .http
+                .request(method.clone(), format!("{}{path}", self.base));
+            if let Some(a) = accept {
+                r = r.header(reqwest::header::ACCEPT, a);
+            }
+            match (token, &self.credentials) {
+                (Some(t), _) => r.bearer_auth(t),
+                (None, Some((u, p))) => r.basic_auth(u, Some(p)),
+                (None, None) => r,
+            }
+        };
+        let r = build(None).send().await?;
+        if r.status() != StatusCode::UNAUTHORIZED {
+            return Ok(r);
         }
+        let Some(challenge) = r
+            .headers()
+            .get(reqwest::header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer_challenge)
+        else {
+            return Ok(r);
+        };
+        let scope = challenge.get("scope").cloned().unwrap_or_default();
+        let known = self
+            .tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&scope)
+            .cloned();
+        let token = match known {
+            Some(t) => t,
+            None => match fetch_token(&self.http, &challenge, self.credentials.as_ref()).await? {
+                Some(t) => t,
+                None => return Ok(r),
+            },
+        };
+        self.tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(scope, token.clone());
+        Ok(build(Some(&token)).send().await?)
     }
 
     /// GETs JSON, following the `Link` header's `next` pages; calls `each` per page.
@@ -118,7 +238,7 @@ impl Session {
     ) -> anyhow::Result<()> {
         let mut next = Some(first);
         while let Some(path) = next.take() {
-            let r = self.request(reqwest::Method::GET, &path).send().await?;
+            let r = self.send(reqwest::Method::GET, &path, None).await?;
             let r = check(r, &path).await?;
             next = r
                 .headers()
@@ -167,10 +287,21 @@ pub(crate) async fn login(t: &Target, user: &str, password: &str) -> anyhow::Res
         .send()
         .await
         .with_context(|| format!("cannot reach {url}"))?;
+    let refused = || anyhow::anyhow!("login to {} refused: wrong user name or password", t.host);
     match r.status() {
         s if s.is_success() => {}
         StatusCode::UNAUTHORIZED => {
-            bail!("login to {} refused: wrong user name or password", t.host)
+            // Token authentication: the credentials are good if the token service takes them.
+            let challenge = r
+                .headers()
+                .get(reqwest::header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(bearer_challenge)
+                .ok_or_else(refused)?;
+            let credentials = (user.to_owned(), password.to_owned());
+            fetch_token(&http, &challenge, Some(&credentials))
+                .await?
+                .ok_or_else(refused)?;
         }
         s => bail!("login to {}: {url} answered {s}", t.host),
     }
@@ -234,11 +365,7 @@ pub(crate) async fn delete_tags(
     let mut digests: BTreeMap<(String, String), String> = BTreeMap::new();
     for (repo, tag) in refs {
         let path = format!("/v2/{repo}/manifests/{tag}");
-        let r = s
-            .request(reqwest::Method::HEAD, &path)
-            .header(reqwest::header::ACCEPT, &accept)
-            .send()
-            .await?;
+        let r = s.send(reqwest::Method::HEAD, &path, Some(&accept)).await?;
         let r = check(r, &format!("{repo}:{tag}")).await?;
         let digest = r
             .headers()
@@ -250,7 +377,7 @@ pub(crate) async fn delete_tags(
     let mut done = Vec::new();
     for ((repo, digest), name) in digests {
         let path = format!("/v2/{repo}/manifests/{digest}");
-        let r = s.request(reqwest::Method::DELETE, &path).send().await?;
+        let r = s.send(reqwest::Method::DELETE, &path, None).await?;
         check(r, &format!("delete {name}")).await?;
         done.push((name, digest));
     }
@@ -291,4 +418,30 @@ pub(crate) fn pick(all: &[(String, String)]) -> anyhow::Result<Option<Vec<(Strin
         .wait_for_newline(true)
         .interact()?;
     Ok(sure.then_some(chosen))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_challenges() {
+        let c = bearer_challenge(
+            r#"Bearer realm="https://r.example/auth/token",service="r.example",scope="repository:a/b:pull,push",error="insufficient_scope""#,
+        )
+        .unwrap();
+        assert_eq!(c["realm"], "https://r.example/auth/token");
+        assert_eq!(c["service"], "r.example");
+        assert_eq!(c["scope"], "repository:a/b:pull,push");
+        assert_eq!(c["error"], "insufficient_scope");
+        let c = bearer_challenge("bearer realm=https://x/t, service=x").unwrap();
+        assert_eq!(
+            (c["realm"].as_str(), c["service"].as_str()),
+            ("https://x/t", "x")
+        );
+        assert!(bearer_challenge("Basic realm=\"Registry\"").is_none());
+        assert!(bearer_challenge("Bearer service=\"no realm\"").is_none());
+        assert!(bearer_challenge("Bearer realm=\"unterminated").is_none());
+        assert!(bearer_challenge("").is_none());
+    }
 }

@@ -179,6 +179,59 @@ fn token_commands_check_and_refusals() {
     assert!(fails(h, &["serve"]).contains("registry token init"));
 }
 
+/// `registry login`, `list-tags` and `delete-tags` speak the token protocol too.
+#[test]
+fn the_registry_client_commands_use_tokens() {
+    let s = Setup::new();
+    let work = tempfile::tempdir().unwrap();
+    s.seed(work.path(), "team/app", &format!("bob:{BOB}"));
+    let docker = work.path().join("docker-config");
+    let env = [("DOCKER_CONFIG", docker.as_os_str())];
+    let run =
+        |args: &[&str], stdin: Option<&str>| common::cli::registry_env(s.home(), args, stdin, &env);
+    let login = [
+        "login",
+        s.addr.as_str(),
+        "--plain-http",
+        "--username",
+        "bob",
+        "--password-stdin",
+    ];
+    let out = run(&login, Some("wrong\n"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refused"));
+    let out = run(&login, Some(&format!("{BOB}\n")));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["list-tags", &s.addr, "--plain-http"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "team/app:v1");
+    let out = run(
+        &[
+            "delete-tags",
+            &s.addr,
+            "--plain-http",
+            "--yes",
+            "team/app:v1",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["list-tags", &s.addr, "--plain-http"], None);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "");
+}
+
 #[test]
 fn docker_logs_in_with_tokens_pushes_and_is_refused_outside_the_scope() {
     let s = Setup::new();

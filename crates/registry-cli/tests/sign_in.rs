@@ -376,21 +376,20 @@ async fn people_sign_in_and_use_their_token_with_their_groups_rights() {
         .and_then(|r| r.split('"').next())
         .unwrap()
         .to_owned();
-    let forged = b
-        .post(format!("{}/auth/tokens", s.origin))
-        .form(&[
-            ("csrf", "0000"),
-            ("action", "revoke"),
-            ("name", name.as_str()),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let post = |form: Vec<(&'static str, String)>| {
+        b.post(format!("{}/auth/tokens", s.origin))
+            .form(&form)
+            .send()
+    };
+    let forged = post(vec![
+        ("csrf", "0000".into()),
+        ("action", "revoke".into()),
+        ("name", name.clone()),
+    ])
+    .await
+    .unwrap();
     assert_eq!(forged.status(), 400);
-    let made = b
-        .post(format!("{}/auth/tokens", s.origin))
-        .form(&[("csrf", csrf.as_str()), ("action", "create")])
-        .send()
+    let made = post(vec![("csrf", csrf.clone()), ("action", "create".into())])
         .await
         .unwrap()
         .text()
@@ -398,16 +397,13 @@ async fn people_sign_in_and_use_their_token_with_their_groups_rights() {
         .unwrap();
     let (second, _) = shown_token(&made);
     assert_ne!(second, name);
-    let revoked = b
-        .post(format!("{}/auth/tokens", s.origin))
-        .form(&[
-            ("csrf", csrf.as_str()),
-            ("action", "revoke"),
-            ("name", name.as_str()),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let revoked = post(vec![
+        ("csrf", csrf.clone()),
+        ("action", "revoke".into()),
+        ("name", name.clone()),
+    ])
+    .await
+    .unwrap();
     assert_eq!(revoked.status(), 200);
     assert!(revoked
         .text()
@@ -415,16 +411,14 @@ async fn people_sign_in_and_use_their_token_with_their_groups_rights() {
         .unwrap()
         .contains(&format!("Revoked {name}.")));
     // Nobody else's token can be revoked from this session, and none without one.
-    let stranger = b
-        .post(format!("{}/auth/tokens", s.origin))
-        .form(&[
-            ("csrf", csrf.as_str()),
-            ("action", "revoke"),
-            ("name", "ci-app"),
-        ])
-        .send()
-        .await
-        .unwrap();
+    // (ci is the password user: a token of that name is not this person's.)
+    let stranger = post(vec![
+        ("csrf", csrf.clone()),
+        ("action", "revoke".into()),
+        ("name", "ci".into()),
+    ])
+    .await
+    .unwrap();
     assert_eq!(stranger.status(), 400);
     let no_session = s
         .browser()

@@ -12,6 +12,7 @@ use tokio::sync::OnceCell;
 
 use super::{Guard, Refusal};
 use crate::token::records::TokenRecord;
+use crate::token::unix_now;
 use crate::{Escaped, Identity};
 
 /// What a shared verification found: the identity, or why it failed.
@@ -118,12 +119,6 @@ impl Guard {
             None
         }
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Verifications in flight, by a keyed hash of the credentials (random per process: never the

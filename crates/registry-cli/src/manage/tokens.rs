@@ -11,7 +11,7 @@ use registry_auth::token::keys::{CURRENT_KEY, PREVIOUS_KEY};
 use registry_auth::token::records::{
     check_token_name, new_secret, secret_hash, ScopePattern, TokenRecord, TokenRecords,
 };
-use registry_auth::token::{KeyRing, SigningKey};
+use registry_auth::token::{rfc3339 as date, unix_now, KeyRing, SigningKey};
 use registry_auth::{TokenKeys, TokenSettings};
 use registry_http::auth::records::StoredTokens;
 
@@ -179,12 +179,6 @@ pub(crate) struct NewToken {
     pub expires: Option<Duration>,
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// Stores a new scoped token (refused if the name is taken) and returns its secret, which is
 /// never stored.
 pub(crate) async fn create(records: &dyn TokenRecords, t: &NewToken) -> anyhow::Result<String> {
@@ -234,16 +228,6 @@ pub(crate) async fn list(records: &dyn TokenRecords) -> anyhow::Result<String> {
         );
     }
     Ok(out)
-}
-
-fn date(unix: u64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix as i64)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| unix.to_string())
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use registry_auth::oidc::{LoginState, Provider};
 use registry_auth::token::records::{new_secret, secret_hash, TokenRecord, TokenRecords};
-use registry_auth::token::{TokenIssuer, TokenVerifier};
+use registry_auth::token::{rfc3339 as date, unix_now, TokenIssuer, TokenVerifier};
 use registry_auth::{Escaped, Guard, Person};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -183,12 +183,6 @@ impl SignIn {
     }
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// A cookie's value from the request's `Cookie` headers.
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
@@ -228,16 +222,6 @@ fn html(text: &str) -> String {
         }
     }
     out
-}
-
-fn date(unix: u64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix as i64)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| unix.to_string())
 }
 
 /// An HTML page with a status and cookies to set.
