@@ -97,7 +97,7 @@ common=(--workloads manifest-get,manifest-head,blob-head "$@")
   echo
   echo "## registry (Bearer tokens) vs registry (no auth)"
   echo
-  echo "Every request carries one ES256 JWT (as docker reuses its token), verified on each request."
+  echo "Every request carries one ES256 JWT (as docker reuses its token for a whole pull): verified once, then remembered until it expires (at most 60 s)."
   echo
   cat "$work/token-vs-open.md"
   echo
