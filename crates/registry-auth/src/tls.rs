@@ -3,13 +3,15 @@
 //! certificates verified at the handshake (required, or optional) and named by their DNS SANs
 //! (the subject's CN only when there is no SAN).
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ResolvesServerCert, WebPkiClientVerifier};
 use rustls::{RootCertStore, ServerConfig};
 
 use crate::watch::Watched;
@@ -40,37 +42,96 @@ pub struct TlsFiles {
 /// How often the files' metadata is looked at.
 const RELOAD_CHECK: Duration = Duration::from_secs(2);
 
+/// The ALPN protocol of TLS-ALPN-01 validation handshakes (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// Answers the TLS-ALPN-01 validation handshakes of an ACME certificate authority: the
+/// configuration (challenge certificate, `acme-tls/1` only) for `name` while an order for it
+/// is being validated, `None` otherwise. Such connections carry no requests.
+pub trait AlpnChallenges: Send + Sync {
+    /// The challenge configuration for `name`, if one is pending.
+    fn challenge_config<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Option<Arc<ServerConfig>>> + Send + 'a>>;
+}
+
 /// The server configuration, rebuilt when the files change.
-pub struct TlsConfig(Watched<ServerConfig>);
+pub struct TlsConfig {
+    config: Watched<ServerConfig>,
+    challenges: Option<Arc<dyn AlpnChallenges>>,
+}
 
 impl TlsConfig {
     /// Loads the files now; errors name the file and what is wrong with it.
     pub fn load(files: TlsFiles) -> Result<TlsConfig, Error> {
         let mut paths = vec![files.cert.clone(), files.key.clone()];
         paths.extend(files.client_ca.clone());
-        Watched::new("TLS certificates", paths, RELOAD_CHECK, move || {
-            server_config(&files)
+        let config = Watched::new("TLS certificates", paths, RELOAD_CHECK, move || {
+            let chain = read_certs(&files.cert)?;
+            let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| Error::Invalid {
+                what: "private key",
+                path: files.key.clone(),
+                reason: e.to_string(),
+            })?;
+            let builder = client_policy(files.client_ca.as_ref(), files.client_auth)?;
+            let mut config = builder
+                .with_single_cert(chain, key)
+                .map_err(|e| Error::Invalid {
+                    what: "certificate (with its key)",
+                    path: files.cert.clone(),
+                    reason: format!("does not go with the key {}: {e}", files.key.display()),
+                })?;
+            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            Ok(config)
+        })?;
+        Ok(TlsConfig {
+            config,
+            challenges: None,
         })
-        .map(TlsConfig)
+    }
+
+    /// Certificates from `resolver` (an ACME manager), client certificates verified against
+    /// `client_ca` (required or optional), and TLS-ALPN-01 answers from `challenges`.
+    pub fn managed(
+        client_ca: Option<PathBuf>,
+        client_auth: ClientAuth,
+        resolver: Arc<dyn ResolvesServerCert>,
+        challenges: Arc<dyn AlpnChallenges>,
+    ) -> Result<TlsConfig, Error> {
+        let paths = client_ca.iter().cloned().collect();
+        let config = Watched::new("TLS client CA", paths, RELOAD_CHECK, move || {
+            let mut config = client_policy(client_ca.as_ref(), client_auth)?
+                .with_cert_resolver(resolver.clone());
+            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            Ok(config)
+        })?;
+        Ok(TlsConfig {
+            config,
+            challenges: Some(challenges),
+        })
     }
 
     /// The configuration for the next handshake.
     pub fn current(&self) -> Arc<ServerConfig> {
-        self.0.get()
+        self.config.get()
+    }
+
+    /// Who answers TLS-ALPN-01 validation handshakes, for managed certificates.
+    pub fn challenges(&self) -> Option<&Arc<dyn AlpnChallenges>> {
+        self.challenges.as_ref()
     }
 }
 
-fn server_config(files: &TlsFiles) -> Result<ServerConfig, Error> {
+/// The protocol versions, and the client-certificate policy.
+fn client_policy(
+    client_ca: Option<&PathBuf>,
+    client_auth: ClientAuth,
+) -> Result<rustls::ConfigBuilder<ServerConfig, rustls::server::WantsServerCert>, Error> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let chain = read_certs(&files.cert)?;
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| Error::Invalid {
-        what: "private key",
-        path: files.key.clone(),
-        reason: e.to_string(),
-    })?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
-    let builder = match &files.client_ca {
+    let builder = match client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let mut roots = RootCertStore::empty();
@@ -82,7 +143,7 @@ fn server_config(files: &TlsFiles) -> Result<ServerConfig, Error> {
                 })?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-            let verifier = match files.client_auth {
+            let verifier = match client_auth {
                 ClientAuth::Required => verifier,
                 ClientAuth::Optional => verifier.allow_unauthenticated(),
             };
@@ -93,15 +154,7 @@ fn server_config(files: &TlsFiles) -> Result<ServerConfig, Error> {
             })?)
         }
     };
-    let mut config = builder
-        .with_single_cert(chain, key)
-        .map_err(|e| Error::Invalid {
-            what: "certificate (with its key)",
-            path: files.cert.clone(),
-            reason: format!("does not go with the key {}: {e}", files.key.display()),
-        })?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
+    Ok(builder)
 }
 
 fn read_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, Error> {
