@@ -204,6 +204,12 @@ pub fn auth_token(name: &str) -> Path {
     auth_tokens_root().join(name)
 }
 
+/// The root of the certificate state shared by the nodes of an instance whose certificates come
+/// from ACME (see `registry_acme::StateStore`): account, certificate and key, challenges.
+pub fn acme_root() -> Path {
+    Path::from("acme")
+}
+
 /// A key that is never written; reading it proves the backend answers.
 pub fn health_probe() -> Path {
     Path::from("_health")

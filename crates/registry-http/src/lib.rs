@@ -50,7 +50,11 @@ use registry_core::Storage;
 
 pub use endpoint::{Access, Endpoint};
 pub use error::{ApiError, ApiResult, ErrorCode};
-pub use registry::{BuildError, MetricsExposure, Registry, RegistryBuilder, Running};
+mod acme;
+pub use registry::{
+    AcmeState, AcmeTls, BuildError, MetricsExposure, Registry, RegistryBuilder, Running,
+};
+pub use registry_acme;
 
 /// Settings of the API that are not storage.
 #[derive(Clone, Debug)]

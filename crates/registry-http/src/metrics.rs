@@ -47,6 +47,11 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertificateLabels {
+    name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: &'static str,
 }
@@ -138,6 +143,7 @@ pub struct Metrics {
     gc_runs: Family<OutcomeLabels, Counter>,
     gc_deleted: Family<KindLabels, Counter>,
     gc_freed_bytes: Counter<u64, AtomicU64>,
+    certificate_expiry: Family<CertificateLabels, Gauge>,
     connections: ConnectionMetrics,
 }
 
@@ -215,6 +221,12 @@ impl Metrics {
             "Storage backend operations that failed",
             storage_errors.clone(),
         );
+        let certificate_expiry = Family::<CertificateLabels, Gauge>::default();
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When the served certificate expires (Unix time), by its first name",
+            certificate_expiry.clone(),
+        );
         let connections = ConnectionMetrics::default();
         connections.register(&mut registry);
         Metrics {
@@ -230,7 +242,17 @@ impl Metrics {
             gc_runs,
             gc_deleted,
             gc_freed_bytes,
+            certificate_expiry,
         }
+    }
+
+    /// Records the expiry (Unix seconds) of the certificate served for `name`.
+    pub fn record_certificate(&self, name: &str, expires_unix: u64) {
+        self.certificate_expiry
+            .get_or_create(&CertificateLabels {
+                name: name.to_owned(),
+            })
+            .set(i64::try_from(expires_unix).unwrap_or(i64::MAX));
     }
 
     /// Records a garbage collection: its outcome, what it deleted by kind, the bytes freed.

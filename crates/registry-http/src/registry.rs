@@ -18,11 +18,13 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use registry_auth::tls::TlsConfig;
+use registry_acme::{Acme, AcmeSettings, StateStore};
+use registry_auth::tls::{ClientAuth, TlsConfig};
 use registry_auth::{Guard, GuardSettings};
 use registry_core::observe::ObservedStore;
 use registry_core::open::StorageLocation;
@@ -48,6 +50,42 @@ pub enum BuildError {
     /// The guard or the TLS files cannot be used.
     #[error(transparent)]
     Auth(#[from] registry_auth::Error),
+    /// The ACME settings cannot work.
+    #[error(transparent)]
+    Acme(#[from] registry_acme::Error),
+}
+
+/// Certificates from an ACME certificate authority, with the client-certificate policy.
+#[derive(Clone)]
+pub struct AcmeTls {
+    /// What to order, from whom, and how.
+    pub settings: AcmeSettings,
+    /// Where the account and certificate are kept.
+    pub state: AcmeState,
+    /// CA certificates that sign client certificates, PEM; none: no client certificates.
+    pub client_ca: Option<PathBuf>,
+    /// Required or optional client certificates (with `client_ca`).
+    pub client_auth: ClientAuth,
+}
+
+impl std::fmt::Debug for AcmeTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AcmeTls")
+            .field("names", &self.settings.names)
+            .field("directory", &self.settings.directory)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where an instance's ACME state lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AcmeState {
+    /// A directory of this node (files 0600).
+    Directory(PathBuf),
+    /// The registry's own storage (under `acme/`), shared by every node that serves it, which
+    /// take turns ordering.
+    Storage,
 }
 
 /// Where the registry's metrics are served.
@@ -73,6 +111,7 @@ pub struct RegistryBuilder {
     gc_every: Option<Duration>,
     gc: GcOptions,
     tls: Option<registry_auth::tls::TlsFiles>,
+    acme: Option<AcmeTls>,
     connection: ConnectionSettings,
 }
 
@@ -114,8 +153,17 @@ impl RegistryBuilder {
         self
     }
 
+    /// Serves HTTPS with certificates from an ACME certificate authority, obtained and renewed
+    /// in the background (replaces [`RegistryBuilder::tls`]).
+    pub fn acme(mut self, acme: AcmeTls) -> Self {
+        self.tls = None;
+        self.acme = Some(acme);
+        self
+    }
+
     /// Serves HTTPS with these files (reloaded when they change).
     pub fn tls(mut self, files: registry_auth::tls::TlsFiles) -> Self {
+        self.acme = None;
         self.tls = Some(files);
         self
     }
@@ -185,9 +233,33 @@ impl RegistryBuilder {
         if self.request_log {
             app = app.layer(axum::middleware::from_fn(crate::log::log_requests));
         }
-        let tls = match self.tls {
-            Some(files) => Some(Arc::new(TlsConfig::load(files)?)),
-            None => None,
+        let (tls, acme) = match (self.tls, self.acme) {
+            (_, Some(managed)) => {
+                let state = match managed.state {
+                    AcmeState::Directory(dir) => StateStore::Directory(dir),
+                    AcmeState::Storage => StateStore::Objects(
+                        storage.object_store().clone(),
+                        registry_core::layout::acme_root(),
+                    ),
+                };
+                let acme = Acme::new(managed.settings, state)?;
+                if let Some(m) = &metrics {
+                    let m = m.clone();
+                    acme.on_change(move |c| {
+                        let name = c.names.first().map_or("", String::as_str);
+                        m.record_certificate(name, c.expires_unix());
+                    });
+                }
+                let tls = TlsConfig::managed(
+                    managed.client_ca,
+                    managed.client_auth,
+                    acme.resolver(),
+                    acme.alpn_challenges(),
+                )?;
+                (Some(Arc::new(tls)), Some(acme))
+            }
+            (Some(files), None) => (Some(Arc::new(TlsConfig::load(files)?)), None),
+            (None, None) => (None, None),
         };
         Ok(Registry {
             app,
@@ -195,6 +267,7 @@ impl RegistryBuilder {
             metrics,
             guard,
             tls,
+            acme,
             trusted_proxies: self.guard.trusted_proxies,
             connection: self.connection,
             upload_max_age: self.upload_max_age,
@@ -211,6 +284,7 @@ pub struct Registry {
     metrics: Option<Arc<Metrics>>,
     guard: Option<Arc<Guard>>,
     tls: Option<Arc<TlsConfig>>,
+    acme: Option<Acme>,
     trusted_proxies: registry_auth::ip::IpRanges,
     connection: ConnectionSettings,
     upload_max_age: Duration,
@@ -230,6 +304,7 @@ impl Registry {
             gc_every: None,
             gc: GcOptions::default(),
             tls: None,
+            acme: None,
             connection: ConnectionSettings::default(),
         }
     }
@@ -262,9 +337,20 @@ impl Registry {
     /// The registry as one of the sites of a listener that serves several (told apart by
     /// `hostname`, see [`crate::server`]).
     pub fn site(&self, name: &str, hostname: Option<String>) -> Site {
+        let aliases = match &self.acme {
+            Some(acme) => acme
+                .settings()
+                .names
+                .iter()
+                .filter(|n| Some(*n) != hostname.as_ref() && !n.starts_with("*."))
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
         Site {
             name: name.to_owned(),
             hostname,
+            aliases,
             app: self.app.clone(),
             tls: self.tls.clone(),
             connection: self.connection.clone(),
@@ -273,9 +359,34 @@ impl Registry {
         }
     }
 
+    /// The certificate manager, when certificates come from ACME.
+    pub fn acme(&self) -> Option<&Acme> {
+        self.acme.as_ref()
+    }
+
+    /// The plain-HTTP site of an instance whose certificates come from ACME with HTTP-01:
+    /// it answers the CA's challenges and redirects everything else to HTTPS on `https_port`.
+    /// `None` without ACME.
+    pub fn challenge_site(
+        &self,
+        name: &str,
+        hostname: Option<String>,
+        https_port: u16,
+    ) -> Option<Site> {
+        let acme = self.acme.clone()?;
+        Some(Site {
+            app: crate::acme::challenge_router(acme, https_port),
+            tls: None,
+            ..self.site(name, hostname)
+        })
+    }
+
     /// Starts the upkeep in the background: abandoned upload sessions are purged, and garbage
     /// is collected on the schedule, if one was set. The tasks run until the runtime stops.
     pub fn start_upkeep(&self) {
+        if let Some(acme) = &self.acme {
+            acme.spawn();
+        }
         let storage: Arc<dyn Storage> = Arc::new(self.storage.clone());
         tokio::spawn(purge_uploads(storage, self.upload_max_age));
         if let Some((every, options)) = &self.gc {

@@ -28,7 +28,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use registry_auth::ip::IpRanges;
-use registry_auth::tls::{ClientCertificate, TlsConfig};
+use registry_auth::tls::{ClientCertificate, TlsConfig, ACME_TLS_ALPN};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tower::ServiceExt;
@@ -44,6 +44,8 @@ pub struct Site {
     pub name: String,
     /// The name clients reach it by (lowercase); `None` takes every name no other site claims.
     pub hostname: Option<String>,
+    /// Further names it answers to (lowercase), such as the other names of its certificate.
+    pub aliases: Vec<String>,
     /// What serves its requests.
     pub app: Router,
     /// Set on TLS listeners (then on every site of the address).
@@ -118,8 +120,25 @@ impl Sites {
             });
         }
         for (i, a) in sites.iter().enumerate() {
-            if let Some(b) = sites[..i].iter().find(|b| b.hostname == a.hostname) {
-                let host = match &a.hostname {
+            let clash = sites[..i].iter().find_map(|b| {
+                if b.hostname == a.hostname {
+                    return Some((b, a.hostname.clone()));
+                }
+                let names = |s: &Site| {
+                    s.hostname
+                        .iter()
+                        .chain(&s.aliases)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                };
+                let theirs = names(b);
+                names(a)
+                    .into_iter()
+                    .find(|n| theirs.contains(n))
+                    .map(|n| (b, Some(n)))
+            });
+            if let Some((b, name)) = clash {
+                let host = match name {
                     Some(h) => format!("host name {h:?}"),
                     None => "no host name".to_owned(),
                 };
@@ -158,7 +177,7 @@ impl Sites {
         host.and_then(|h| {
             self.sites
                 .iter()
-                .position(|s| s.hostname.as_deref() == Some(h.as_str()))
+                .position(|s| s.hostname.as_deref() == Some(h.as_str()) || s.aliases.contains(&h))
         })
         .or_else(|| self.sites.iter().position(|s| s.hostname.is_none()))
     }
@@ -303,6 +322,10 @@ impl Connecting {
                     tracing::info!(%peer, error = %e, "TLS handshake failed");
                     return;
                 }
+                Err(Handshake::Challenge(name)) => {
+                    tracing::info!(%peer, name = %name, "answered an ACME TLS-ALPN-01 validation");
+                    return;
+                }
             }
         };
         let activity = Activity::new();
@@ -371,10 +394,12 @@ impl Connecting {
 /// How long a connection closed by the watchdog may take to say goodbye.
 const GRACEFUL_CLOSE: Duration = Duration::from_secs(5);
 
-/// Why a TLS handshake failed.
+/// Why a TLS handshake led to no requests.
 enum Handshake {
     TimedOut,
     Failed(String),
+    /// A certificate authority's TLS-ALPN-01 validation for this name, answered and closed.
+    Challenge(String),
 }
 
 /// Keeps the open-connections gauge while a connection task lives.
@@ -443,21 +468,48 @@ async fn handshake(
     let handshake = async {
         let acceptor =
             tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
-        let start = acceptor.await.map_err(|e| e.to_string())?;
+        let start = acceptor
+            .await
+            .map_err(|e| Handshake::Failed(e.to_string()))?;
         let sni = start.client_hello().server_name().map(str::to_owned);
         let site = sites
             .find(sni.as_deref())
-            .ok_or_else(|| format!("no instance serves {sni:?}"))?;
-        let config = match &sites.sites[site].tls {
-            Some(tls) => tls.current(),
-            None => return Err("not a TLS site".to_owned()),
+            .ok_or_else(|| Handshake::Failed(format!("no instance serves {sni:?}")))?;
+        let Some(tls) = &sites.sites[site].tls else {
+            return Err(Handshake::Failed("not a TLS site".to_owned()));
         };
-        let stream = start.into_stream(config).await.map_err(|e| e.to_string())?;
+        let validation = start
+            .client_hello()
+            .alpn()
+            .is_some_and(|mut offered| offered.any(|p| p == ACME_TLS_ALPN));
+        if validation {
+            // RFC 8737: the validation server offers only acme-tls/1 and sends no request.
+            let (Some(challenges), Some(name)) = (tls.challenges(), sni) else {
+                return Err(Handshake::Failed(
+                    "acme-tls/1 offered without SNI, or to an instance without ACME".to_owned(),
+                ));
+            };
+            let Some(config) = challenges.challenge_config(&name).await else {
+                return Err(Handshake::Failed(format!(
+                    "acme-tls/1 offered for {name}, which has no validation pending"
+                )));
+            };
+            let mut stream = start
+                .into_stream(config)
+                .await
+                .map_err(|e| Handshake::Failed(e.to_string()))?;
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+            return Err(Handshake::Challenge(name));
+        }
+        let stream = start
+            .into_stream(tls.current())
+            .await
+            .map_err(|e| Handshake::Failed(e.to_string()))?;
         Ok((stream, site))
     };
     let (stream, site) = match tokio::time::timeout(deadline, handshake).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(Handshake::Failed(e)),
+        Ok(Err(e)) => return Err(e),
         Err(_) => return Err(Handshake::TimedOut),
     };
     let certificate = stream
@@ -481,6 +533,7 @@ mod tests {
         Site {
             name: name.into(),
             hostname: host.map(str::to_owned),
+            aliases: Vec::new(),
             app: Router::new(),
             tls: None,
             connection: ConnectionSettings::default(),
