@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end tests and benchmark scripts drive: skopeo, podman, curl, docker
-# (docker.io: dockerd and the client) and containerd (containerd, ctr) as Debian packages (the
-# tests start private daemons of their own), the npm package oidc-provider (the sign-in tests'
+# (docker.io: dockerd and the client), containerd (containerd, ctr) and pebble (a real ACME
+# server, with pebble-challtestsrv as its DNS) as Debian packages (the tests start private
+# daemons of their own), the npm package oidc-provider (the sign-in tests'
 # OpenID Connect provider), Garage, the real S3 server of the storage tests (`cargo install`, about 10
 # minutes the first time; an installed one is reused), and a Python virtual environment with
 # the `requests` and `oras` clients from PyPI at $REGISTRY_TEST_VENV (default
 # ~/.cache/registry-test-venv). Idempotent.
 set -euo pipefail
 # tool:package
-tools="skopeo:skopeo podman:podman curl:curl dockerd:docker.io docker:docker.io containerd:containerd ctr:containerd"
+tools="skopeo:skopeo podman:podman curl:curl dockerd:docker.io docker:docker.io containerd:containerd ctr:containerd pebble:pebble pebble-challtestsrv:pebble"
 missing=()
 for pair in $tools; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")

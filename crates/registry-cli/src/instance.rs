@@ -164,14 +164,15 @@ pub(crate) fn set_key(
     item: Option<toml_edit::Item>,
 ) {
     let mut t = doc.as_table_mut();
-    for part in table.split('.') {
+    let parts: Vec<&str> = table.split('.').collect();
+    for (n, part) in parts.iter().copied().enumerate() {
         if !t.contains_table(part) {
             if item.is_none() {
                 return;
             }
             let mut new = toml_edit::Table::new();
             // `[storage.s3]` alone, without an empty `[storage]` above it.
-            new.set_implicit(part == "storage" && table != "storage");
+            new.set_implicit(n + 1 < parts.len());
             t.insert(part, toml_edit::Item::Table(new));
         }
         t = t[part].as_table_mut().expect("a table");

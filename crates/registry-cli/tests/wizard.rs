@@ -34,14 +34,20 @@ fn answer(p: &mut PtySession, prompt: &str, text: &str) {
 }
 
 /// Storage, anonymous pull, IP allowlist and TLS, each with Enter: the filesystem in "data",
-/// no anonymous pull, everyone, HTTPS from the instance's own CA (or the current values).
-fn enter_through_the_rest(p: &mut PtySession) {
+/// no anonymous pull, everyone, and TLS: for a new instance one step down from the first
+/// choice (Let's Encrypt) to HTTPS from the instance's own CA, else the current value.
+fn enter_through_the_rest(p: &mut PtySession, fresh: bool) {
     p.exp_string("Storage").unwrap();
     keys(p, "\r");
     answer(p, "Directory", "");
     answer(p, "Allow anonymous read-only pull?", "");
     answer(p, "IP allowlist", "");
     p.exp_string("TLS").unwrap();
+    p.exp_string("Let's Encrypt certificate (automatic)")
+        .unwrap();
+    if fresh {
+        keys(p, DOWN);
+    }
     keys(p, "\r");
 }
 
@@ -78,7 +84,7 @@ async fn wizard_as_a_person_types_it_then_push_and_pull() {
         "Export usernames and cleartext passwords to passwords.json?",
         "y",
     );
-    enter_through_the_rest(&mut p);
+    enter_through_the_rest(&mut p, true);
     p.exp_string("Hashed password: ann:$2").unwrap();
     p.exp_string("Url encoded: https://bob:b%40b%20secret@registry.test/")
         .unwrap();
@@ -195,7 +201,7 @@ async fn wizard_as_a_person_types_it_then_push_and_pull() {
     keys(&mut p, "\r");
     p.exp_string("Current users: ann, bob").unwrap();
     answer(&mut p, "Create more users?", "");
-    enter_through_the_rest(&mut p);
+    enter_through_the_rest(&mut p, false);
     p.exp_eof().unwrap();
     assert_eq!(
         std::fs::read_to_string(dir.join("registry.toml")).unwrap(),
@@ -291,7 +297,7 @@ fn wizard_sets_up_oauth2_with_a_provider() {
     answer(&mut p, "email domains", "");
     answer(&mut p, "groups", "registry-users");
     answer(&mut p, "Also create users who log in with a password", "");
-    enter_through_the_rest(&mut p);
+    enter_through_the_rest(&mut p, true);
     p.exp_string("Created the token signing key").unwrap();
     p.exp_string("register the redirect URI https://registry.test:")
         .unwrap();

@@ -193,10 +193,13 @@ async fn serve(instances: Vec<(String, Settings)>) -> anyhow::Result<()> {
         registry.start_upkeep();
         let site = registry.site(name, settings.hostname.clone());
         if let Some(addr) = settings.plain_listen {
-            let plain = Site {
-                tls: None,
-                ..site.clone()
-            };
+            // With ACME the plain listener answers HTTP-01 and redirects to HTTPS.
+            let plain = registry
+                .challenge_site(name, settings.hostname.clone(), settings.listen.port())
+                .unwrap_or_else(|| Site {
+                    tls: None,
+                    ..site.clone()
+                });
             by_address.entry(addr).or_default().push(plain);
         }
         by_address.entry(settings.listen).or_default().push(site);
@@ -263,6 +266,9 @@ async fn build(settings: &Settings) -> anyhow::Result<Registry> {
     }
     if let Some(files) = &settings.tls {
         builder = builder.tls(files.clone());
+    }
+    if let Some(acme) = &settings.acme {
+        builder = builder.acme(acme.clone());
     }
     let registry = builder.build()?;
     if let (MetricsSettings::Separate(addr), Some(m)) = (&settings.metrics, registry.metrics()) {

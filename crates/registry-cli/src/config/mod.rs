@@ -55,6 +55,18 @@
 //! client_names = ["*.clients.registry.example.com"]
 //! plain_listen = "127.0.0.1:5080"               # optional: plain HTTP as well
 //!
+//! [tls.acme]              # instead of cert and key: certificates from Let's Encrypt (ACME)
+//! email = "ops@example.com"   # the account's contact (expiry warnings)
+//! directory = "https://acme-v02.api.letsencrypt.org/directory"  # or "letsencrypt-staging", any RFC 8555 URL
+//! names = ["registry.example.com"]   # [default: instance.hostname]
+//! challenge = "tls-alpn-01"   # answered on server.listen (port 443), or "http-01" on tls.plain_listen (port 80)
+//! eab_kid = "…"               # External Account Binding (ZeroSSL, some step-ca setups)
+//! eab_hmac_key = "…"          # … its base64url HMAC key
+//! directory_ca = "/etc/registry/acme-root.pem"   # trust the directory's HTTPS (a private CA)
+//! state = "acme"              # the account and certificates (0600) [default: <instance>/acme]
+//! shared = false              # keep them in the storage for nodes sharing it [default: true on s3://]
+//! retry = "1m"                # first pause after a failure; doubles up to 6h
+//!
 //! [auth]
 //! mode = "basic"          # or "token": Bearer tokens (OAuth2, the Docker token protocol)
 //! htpasswd = "/etc/registry/htpasswd"   # bcrypt, $apr1$, {SHA}, $5$, $6$
@@ -108,7 +120,9 @@ use registry_auth::tls::{ClientAuth, TlsFiles};
 use registry_auth::GuardSettings;
 pub(crate) use registry_core::open::{S3Location, StorageLocation};
 
+use registry_http::registry_acme::{self, AcmeSettings, ChallengeKind, ExternalAccount};
 use registry_http::server::ConnectionSettings;
+use registry_http::{AcmeState, AcmeTls};
 use serde::Deserialize;
 
 mod auth;
@@ -159,6 +173,22 @@ pub(crate) struct RawTls {
     pub client_auth: Option<String>,
     pub client_names: Option<Vec<String>>,
     pub plain_listen: Option<String>,
+    pub acme: Option<RawAcme>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAcme {
+    pub email: Option<String>,
+    pub directory: Option<String>,
+    pub names: Option<Vec<String>>,
+    pub challenge: Option<String>,
+    pub eab_kid: Option<String>,
+    pub eab_hmac_key: Option<String>,
+    pub directory_ca: Option<PathBuf>,
+    pub state: Option<PathBuf>,
+    pub shared: Option<bool>,
+    pub retry: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -284,6 +314,8 @@ pub(crate) struct Settings {
     /// How the listeners bound connections.
     pub connection: ConnectionSettings,
     pub tls: Option<TlsFiles>,
+    /// Certificates from ACME (instead of `tls`).
+    pub acme: Option<AcmeTls>,
     pub guard: GuardSettings,
     pub storage: StorageLocation,
     pub delete_enabled: bool,
@@ -291,6 +323,22 @@ pub(crate) struct Settings {
     pub upload_max_age: Duration,
     pub gc: GcSettings,
     pub metrics: MetricsSettings,
+}
+
+impl Settings {
+    /// Whether the listener speaks HTTPS (certificate files or ACME).
+    pub(crate) fn https(&self) -> bool {
+        self.tls.is_some() || self.acme.is_some()
+    }
+
+    /// The CA that signs client certificates, if mutual TLS is on.
+    pub(crate) fn client_ca(&self) -> Option<&PathBuf> {
+        match (&self.tls, &self.acme) {
+            (Some(t), _) => t.client_ca.as_ref(),
+            (None, Some(a)) => a.client_ca.as_ref(),
+            (None, None) => None,
+        }
+    }
 }
 
 impl RawConfig {
@@ -326,6 +374,10 @@ impl RawConfig {
         fix(&mut self.tls.cert);
         fix(&mut self.tls.key);
         fix(&mut self.tls.client_ca);
+        if let Some(acme) = self.tls.acme.as_mut() {
+            fix(&mut acme.directory_ca);
+            acme.state = Some(dir.join(acme.state.as_deref().unwrap_or(Path::new(ACME_STATE))));
+        }
         if let Some(url) = &self.storage.url {
             let relative = !url.contains("://") && Path::new(url).is_relative();
             if relative {
@@ -383,9 +435,23 @@ impl RawConfig {
             ),
         };
         let tls = validate_tls(&self.tls)?;
+        let acme = match &self.tls.acme {
+            Some(raw) => Some(validate_acme(
+                raw,
+                &self.tls,
+                hostname.as_deref(),
+                &storage,
+            )?),
+            None => None,
+        };
+        if acme.is_some() && tls.is_some() {
+            bail!("tls.acme and tls.cert/tls.key are two sources of one certificate: keep one");
+        }
         let plain_listen = match &self.tls.plain_listen {
             None => None,
-            Some(_) if tls.is_none() => bail!("tls.plain_listen needs tls.cert and tls.key"),
+            Some(_) if tls.is_none() && acme.is_none() => {
+                bail!("tls.plain_listen needs tls.cert and tls.key, or tls.acme")
+            }
             Some(a) => Some(
                 a.parse()
                     .with_context(|| format!("tls.plain_listen {a:?} is not IP:PORT"))?,
@@ -394,16 +460,20 @@ impl RawConfig {
         let site = auth::Site {
             hostname: hostname.as_deref(),
             listen,
-            https: tls.is_some(),
+            https: tls.is_some() || acme.is_some(),
         };
         let guard =
             auth::validate_guard(&self.auth, &self.network, &self.tls, &self.access, &site)?;
-        if guard.client_names.is_some() && tls.as_ref().is_none_or(|t| t.client_ca.is_none()) {
+        if acme.as_ref().is_some_and(|a| {
+            a.settings.challenge == ChallengeKind::Http01 && plain_listen.is_none()
+        }) {
+            bail!("tls.acme.challenge = \"http-01\" is answered on tls.plain_listen (port 80 to the CA): set it");
+        }
+        let client_ca = self.tls.client_ca.is_some();
+        if guard.client_names.is_some() && !client_ca {
             bail!("tls.client_names needs tls.client_ca (the CA that signs client certificates)");
         }
-        let authenticates = guard.htpasswd.is_some()
-            || guard.token.is_some()
-            || tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        let authenticates = guard.htpasswd.is_some() || guard.token.is_some() || client_ca;
         if !guard.rules.is_empty() && !authenticates {
             bail!("access rules need authentication: set auth.htpasswd, auth.mode = \"token\" or tls.client_ca");
         }
@@ -415,6 +485,7 @@ impl RawConfig {
             plain_listen,
             connection,
             tls,
+            acme,
             guard,
             storage,
             delete_enabled: self.api.delete.unwrap_or(true),
@@ -438,12 +509,104 @@ fn validate_tls(raw: &RawTls) -> anyhow::Result<Option<TlsFiles>> {
             client_ca: raw.client_ca.clone(),
             client_auth,
         })),
-        (None, None) if raw.client_ca.is_some() => {
-            bail!("client certificates need TLS: set tls.cert and tls.key too")
+        (None, None) if raw.client_ca.is_some() && raw.acme.is_none() => {
+            bail!("client certificates need TLS: set tls.cert and tls.key (or tls.acme) too")
         }
         (None, None) => Ok(None),
         _ => bail!("TLS needs both tls.cert and tls.key"),
     }
+}
+
+/// Where an instance keeps its ACME account and certificates, in its directory.
+pub(crate) const ACME_STATE: &str = "acme";
+
+/// `[tls.acme]` as the library takes it.
+fn validate_acme(
+    raw: &RawAcme,
+    tls: &RawTls,
+    hostname: Option<&str>,
+    storage: &StorageLocation,
+) -> anyhow::Result<AcmeTls> {
+    let names = match (&raw.names, hostname) {
+        (Some(n), _) if !n.is_empty() => n
+            .iter()
+            .map(|n| Ok(n.trim_end_matches('.').to_ascii_lowercase()))
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        (_, Some(h)) => vec![h.to_owned()],
+        _ => bail!("tls.acme needs the names to certify: set instance.hostname or tls.acme.names"),
+    };
+    let directory = match raw.directory.as_deref() {
+        None | Some("letsencrypt") => registry_acme::LETS_ENCRYPT.to_owned(),
+        Some("letsencrypt-staging") => registry_acme::LETS_ENCRYPT_STAGING.to_owned(),
+        Some(url) if url.starts_with("https://") || url.starts_with("http://") => url.to_owned(),
+        Some(other) => bail!("tls.acme.directory {other:?} is not an ACME directory URL (or \"letsencrypt\", \"letsencrypt-staging\")"),
+    };
+    let challenge = match raw.challenge.as_deref() {
+        None | Some("tls-alpn-01") => ChallengeKind::TlsAlpn01,
+        Some("http-01") => ChallengeKind::Http01,
+        Some(other) => bail!("tls.acme.challenge {other:?} must be \"tls-alpn-01\" or \"http-01\""),
+    };
+    let external_account = match (&raw.eab_kid, &raw.eab_hmac_key) {
+        (Some(kid), Some(key)) => {
+            use base64::Engine;
+            let hmac_key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(key.trim().trim_end_matches('='))
+                .context("tls.acme.eab_hmac_key is not base64url")?;
+            Some(ExternalAccount {
+                key_id: kid.clone(),
+                hmac_key,
+            })
+        }
+        (None, None) => None,
+        _ => bail!(
+            "an External Account Binding needs both tls.acme.eab_kid and tls.acme.eab_hmac_key"
+        ),
+    };
+    if let Some(email) = &raw.email {
+        if !email.contains('@') || email.contains(char::is_whitespace) {
+            bail!("tls.acme.email {email:?} is not an email address");
+        }
+    }
+    let mut settings = AcmeSettings::new(directory, names);
+    settings.contact = raw.email.iter().cloned().collect();
+    settings.challenge = challenge;
+    settings.external_account = external_account;
+    settings.directory_roots = raw.directory_ca.clone();
+    if let Some(r) = &raw.retry {
+        settings.retry = parse_duration(r).context("tls.acme.retry")?;
+        settings.poll = settings
+            .poll
+            .min(settings.retry.max(Duration::from_secs(1)));
+    }
+    let shared = raw
+        .shared
+        .unwrap_or(matches!(storage, StorageLocation::S3(_)));
+    let state = if shared {
+        if matches!(storage, StorageLocation::Memory) {
+            bail!("tls.acme.shared needs storage that outlives the process");
+        }
+        AcmeState::Storage
+    } else {
+        AcmeState::Directory(
+            raw.state
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(ACME_STATE)),
+        )
+    };
+    let client_auth = match tls.client_auth.as_deref() {
+        Some("optional") => ClientAuth::Optional,
+        _ => ClientAuth::Required,
+    };
+    // Checked now so the error names the setting, not later at start.
+    settings
+        .check()
+        .map_err(|e| anyhow::anyhow!("tls.acme: {e}"))?;
+    Ok(AcmeTls {
+        settings,
+        state,
+        client_ca: tls.client_ca.clone(),
+        client_auth,
+    })
 }
 
 /// Parses a storage location: a path, `file://` URL, `s3://bucket/prefix` or `memory://`.
@@ -484,6 +647,56 @@ pub(crate) fn parse_size(s: &str) -> anyhow::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn settings(text: &str) -> anyhow::Result<Settings> {
+        let mut raw: RawConfig = toml::from_str(text)?;
+        raw.resolve_paths(Path::new("/etc/registry/instances/x"));
+        raw.validate()
+    }
+
+    #[test]
+    fn acme_settings_and_their_mistakes() {
+        let s = settings(
+            "[instance]\nhostname = \"Reg.Example.com\"\n[tls.acme]\nemail = \"ops@example.com\"\n",
+        )
+        .unwrap();
+        assert!(s.https() && s.tls.is_none());
+        let acme = s.acme.unwrap();
+        assert_eq!(acme.settings.names, ["reg.example.com"]);
+        assert_eq!(acme.settings.directory, registry_acme::LETS_ENCRYPT);
+        assert_eq!(acme.settings.contact, ["ops@example.com"]);
+        assert_eq!(acme.settings.challenge, ChallengeKind::TlsAlpn01);
+        assert_eq!(
+            acme.state,
+            AcmeState::Directory("/etc/registry/instances/x/acme".into())
+        );
+        let s = settings("[storage]\nurl = \"s3://bucket/p\"\n[tls]\nplain_listen = \"0.0.0.0:80\"\nclient_ca = \"ca.pem\"\n[tls.acme]\nnames = [\"a.example\", \"b.example\"]\nchallenge = \"http-01\"\ndirectory = \"letsencrypt-staging\"\neab_kid = \"kid\"\neab_hmac_key = \"c2VjcmV0\"\n").unwrap();
+        let acme = s.acme.clone().unwrap();
+        assert_eq!(acme.state, AcmeState::Storage, "shared on S3 by default");
+        assert_eq!(acme.settings.directory, registry_acme::LETS_ENCRYPT_STAGING);
+        assert_eq!(acme.settings.external_account.unwrap().hmac_key, b"secret");
+        assert_eq!(
+            s.client_ca().unwrap(),
+            Path::new("/etc/registry/instances/x/ca.pem")
+        );
+        let cases = [
+            ("[tls.acme]\n", "set instance.hostname or tls.acme.names"),
+            ("[tls]\ncert = \"c\"\nkey = \"k\"\n[tls.acme]\nnames = [\"a.example\"]\n", "keep one"),
+            ("[tls.acme]\nnames = [\"a.example\"]\nchallenge = \"http-01\"\n", "set it"),
+            ("[tls.acme]\nnames = [\"a.example\"]\nchallenge = \"dns-01\"\n", "tls.acme.challenge"),
+            ("[tls.acme]\nnames = [\"a.example\"]\ndirectory = \"ftp://x\"\n", "not an ACME directory URL"),
+            ("[tls.acme]\nnames = [\"a b\"]\n", "not a DNS name"),
+            ("[tls.acme]\nnames = [\"a.example\"]\nemail = \"nobody\"\n", "not an email address"),
+            ("[tls.acme]\nnames = [\"a.example\"]\neab_kid = \"k\"\n", "both tls.acme.eab_kid"),
+            ("[tls.acme]\nnames = [\"a.example\"]\nretry = \"soon\"\n", "tls.acme.retry"),
+            ("[tls.acme]\nnames = [\"a.example\"]\nport = 1\n", "unknown field"),
+            ("[storage]\nurl = \"memory://\"\n[tls.acme]\nnames = [\"a.example\"]\nshared = true\n", "outlives"),
+        ];
+        for (text, want) in cases {
+            let e = format!("{:#}", settings(text).unwrap_err());
+            assert!(e.contains(want), "{text}: {e}");
+        }
+    }
 
     #[test]
     fn defaults() {

@@ -3,6 +3,7 @@
 //! everything before writing and writes whole files (see `instance`), so a refused command
 //! changes nothing.
 
+mod certs;
 mod reconfigure;
 pub(crate) mod tokens;
 mod users;
@@ -80,7 +81,7 @@ pub(crate) fn list(home: &Path) -> anyhow::Result<String> {
             Ok(s) => format!(
                 "{}\t{}://{}\t{}\t{}",
                 i.name,
-                if s.tls.is_some() { "https" } else { "http" },
+                if s.https() { "https" } else { "http" },
                 s.listen,
                 s.hostname.as_deref().unwrap_or("*"),
                 describe_storage(&s.storage)
@@ -116,7 +117,7 @@ fn describe_storage(s: &StorageLocation) -> String {
 
 /// What an instance serves, for `instance show` and `check`; never a secret.
 pub(crate) fn describe(i: &Instance, s: &Settings) -> String {
-    let scheme = if s.tls.is_some() { "https" } else { "http" };
+    let scheme = if s.https() { "https" } else { "http" };
     let mut out = format!("{} ({})\n", i.name, i.config_path().display());
     out += &format!(
         "  listen    {scheme}://{}{}\n",
@@ -132,6 +133,9 @@ pub(crate) fn describe(i: &Instance, s: &Settings) -> String {
             .unwrap_or("any (no instance.hostname)")
     );
     out += &format!("  storage   {}\n", describe_storage(&s.storage));
+    if let Some(c) = certs::describe(s) {
+        out += &format!("  tls       {c}\n");
+    }
     let mut guards = Vec::new();
     if let Some(h) = &s.guard.htpasswd {
         let users = read_htpasswd(h)
@@ -147,7 +151,7 @@ pub(crate) fn describe(i: &Instance, s: &Settings) -> String {
             None => format!("HTTP Basic ({users} users in {})", h.display()),
         });
     }
-    if let Some(ca) = s.tls.as_ref().and_then(|t| t.client_ca.as_ref()) {
+    if let Some(ca) = s.client_ca() {
         let names = match &s.guard.client_names {
             Some(n) => n
                 .iter()
@@ -226,7 +230,7 @@ pub(crate) fn check_addresses(instances: &[(String, Settings)]) -> anyhow::Resul
         by_address
             .entry(s.listen)
             .or_default()
-            .push((name, s.hostname.clone(), s.tls.is_some()));
+            .push((name, s.hostname.clone(), s.https()));
         if let Some(p) = s.plain_listen {
             by_address
                 .entry(p)

@@ -77,7 +77,7 @@ pub(crate) fn apply(home: &Path, i: &Instance, answers: &Answers) -> anyhow::Res
         }
     }
     let (cert_path, key_path) = match &a.tls {
-        TlsAnswer::None => (None, None),
+        TlsAnswer::None | TlsAnswer::Acme { .. } => (None, None),
         TlsAnswer::OwnCa => (
             Some("tls/server.pem".to_owned()),
             Some("tls/server-key.pem".to_owned()),
@@ -89,6 +89,31 @@ pub(crate) fn apply(home: &Path, i: &Instance, answers: &Answers) -> anyhow::Res
     };
     set_key(&mut doc, "tls", "cert", cert_path.map(value));
     set_key(&mut doc, "tls", "key", key_path.map(value));
+    match &a.tls {
+        TlsAnswer::Acme {
+            email,
+            directory,
+            directory_ca,
+            http01,
+        } => {
+            let text = |v: &Option<String>| v.as_deref().map(value);
+            set_key(&mut doc, "tls.acme", "email", text(email));
+            set_key(&mut doc, "tls.acme", "directory", text(directory));
+            let ca = directory_ca.as_ref().map(|p| p.display().to_string());
+            set_key(&mut doc, "tls.acme", "directory_ca", text(&ca));
+            let challenge = http01.then(|| value("http-01"));
+            set_key(&mut doc, "tls.acme", "challenge", challenge);
+            let plain = doc.get("tls").and_then(|t| t.get("plain_listen")).is_some();
+            if *http01 && !plain {
+                set_key(&mut doc, "tls", "plain_listen", Some(value("0.0.0.0:80")));
+            }
+        }
+        _ => {
+            if let Some(tls) = doc.get_mut("tls").and_then(Item::as_table_mut) {
+                tls.remove("acme");
+            }
+        }
+    }
     let own_ca = cert::ca_paths(Path::new("")).0.display().to_string();
     match &a.auth {
         AuthAnswer::None => {

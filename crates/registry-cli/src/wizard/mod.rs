@@ -35,10 +35,23 @@ pub(crate) struct ConfigArgs {
     /// Address to listen on [default: 0.0.0.0:443 with TLS, else 127.0.0.1:5000].
     #[arg(long)]
     pub listen: Option<String>,
-    /// TLS: a certificate from the instance's own CA, certificate files (--tls-cert and
-    /// --tls-key), or none (plain HTTP, e.g. behind a TLS-terminating proxy).
+    /// TLS: a certificate from Let's Encrypt or another ACME CA (automatic, renewed), from the
+    /// instance's own CA, certificate files (--tls-cert and --tls-key), or none (plain HTTP,
+    /// e.g. behind a TLS-terminating proxy).
     #[arg(long, value_enum)]
     pub tls: Option<TlsArg>,
+    /// ACME: the contact email of the account (the CA's expiry warnings go there).
+    #[arg(long, value_name = "EMAIL")]
+    pub acme_email: Option<String>,
+    /// ACME: the directory URL, or "letsencrypt-staging" [default: Let's Encrypt].
+    #[arg(long, value_name = "URL")]
+    pub acme_directory: Option<String>,
+    /// ACME: trust this PEM root for the directory's own HTTPS (a private CA such as step-ca).
+    #[arg(long, value_name = "FILE")]
+    pub acme_directory_ca: Option<PathBuf>,
+    /// ACME: the challenge: tls-alpn-01 on the HTTPS port, or http-01 on port 80.
+    #[arg(long, value_enum)]
+    pub acme_challenge: Option<ChallengeArg>,
     #[arg(long, value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
     #[arg(long, value_name = "FILE")]
@@ -114,9 +127,22 @@ pub(crate) enum AuthArg {
     Oauth2,
 }
 
+/// `--acme-challenge`: how the CA checks the domain is ours.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ChallengeArg {
+    /// Answered on the HTTPS listener itself (the CA connects to port 443).
+    #[value(name = "tls-alpn-01")]
+    TlsAlpn01,
+    /// Answered on a plain listener on port 80, which redirects everything else to HTTPS.
+    #[value(name = "http-01")]
+    Http01,
+}
+
 /// `--tls`: how clients reach the registry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum TlsArg {
+    /// HTTPS with a certificate from Let's Encrypt or another ACME CA (automatic).
+    Acme,
     /// HTTPS with a certificate from the instance's own CA.
     Ca,
     /// HTTPS with certificate files (--tls-cert, --tls-key).
@@ -129,6 +155,14 @@ pub(crate) enum TlsArg {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum TlsAnswer {
     None,
+    /// Certificates from an ACME CA, obtained and renewed by the registry.
+    Acme {
+        email: Option<String>,
+        /// `None`: Let's Encrypt.
+        directory: Option<String>,
+        directory_ca: Option<PathBuf>,
+        http01: bool,
+    },
     /// A server certificate from the instance's CA (created when missing).
     OwnCa,
     Files {
@@ -210,6 +244,15 @@ fn current(i: &Instance) -> anyhow::Result<Current> {
     let raw = RawConfig::load(&i.config_path())?;
     let own_ca = cert::ca_paths(Path::new("")).0;
     let tls = match (&raw.tls.cert, &raw.tls.key) {
+        _ if raw.tls.acme.is_some() => {
+            let acme = raw.tls.acme.as_ref().expect("checked");
+            Some(TlsAnswer::Acme {
+                email: acme.email.clone(),
+                directory: acme.directory.clone(),
+                directory_ca: acme.directory_ca.clone(),
+                http01: acme.challenge.as_deref() == Some("http-01"),
+            })
+        }
         (Some(c), _) if c == Path::new("tls/server.pem") => Some(TlsAnswer::OwnCa),
         (Some(c), Some(k)) => Some(TlsAnswer::Files {
             cert: c.clone(),
@@ -266,7 +309,7 @@ pub(crate) fn gather(i: &Instance, a: &ConfigArgs) -> anyhow::Result<Answers> {
     let ip_allowlist = ask_ip_allowlist(&mut ask, a, &cur)?;
     let tls = ask_tls(&mut ask, a, &cur, &auth)?;
     if matches!(auth, AuthAnswer::Mtls { .. }) && tls == TlsAnswer::None {
-        bail!("mutual TLS needs TLS served by the registry: choose --tls ca or files");
+        bail!("mutual TLS needs TLS served by the registry: choose --tls acme, ca or files");
     }
     let listen = match &a.listen {
         Some(l) => l.clone(),
@@ -433,27 +476,31 @@ fn ask_tls(
         (Some(TlsArg::Files), _, _) => bail!("--tls files needs --tls-cert and --tls-key"),
         (Some(TlsArg::Ca), _, _) => return Ok(TlsAnswer::OwnCa),
         (Some(TlsArg::None), _, _) => return Ok(TlsAnswer::None),
+        (Some(TlsArg::Acme), _, _) => return ask_acme(ask, a, cur),
         (None, _, _) => {}
     }
     let choices = [
+        "HTTPS with a Let's Encrypt certificate (automatic)",
         "HTTPS with a certificate from the instance's own CA",
-        "HTTPS with certificate files I have (e.g. Let's Encrypt)",
+        "HTTPS with certificate files I have",
         "Plain HTTP (a TLS-terminating proxy is in front)",
     ];
     let default = cur.tls.as_ref().map(|t| match t {
-        TlsAnswer::OwnCa => 0,
-        TlsAnswer::Files { .. } => 1,
-        TlsAnswer::None => 2,
+        TlsAnswer::Acme { .. } => 0,
+        TlsAnswer::OwnCa => 1,
+        TlsAnswer::Files { .. } => 2,
+        TlsAnswer::None => 3,
     });
     let default = match (auth, default) {
         (_, Some(d)) => Some(d),
         // Client certificates need TLS here.
-        (AuthAnswer::Mtls { .. }, None) => Some(0),
+        (AuthAnswer::Mtls { .. }, None) => Some(1),
         _ => None,
     };
     Ok(match ask.select("TLS", "--tls", &choices, default)? {
-        0 => TlsAnswer::OwnCa,
-        1 => {
+        0 => ask_acme(ask, a, cur)?,
+        1 => TlsAnswer::OwnCa,
+        2 => {
             let (c, k) = match &cur.tls {
                 Some(TlsAnswer::Files { cert, key }) => (
                     Some(cert.display().to_string()),
@@ -471,6 +518,61 @@ fn ask_tls(
             }
         }
         _ => TlsAnswer::None,
+    })
+}
+
+/// ACME: the contact email (asked), the directory, its roots and the challenge (flags).
+fn ask_acme(ask: &mut Asker, a: &ConfigArgs, cur: &Current) -> anyhow::Result<TlsAnswer> {
+    let old = match &cur.tls {
+        Some(TlsAnswer::Acme {
+            email,
+            directory,
+            directory_ca,
+            http01,
+        }) => Some((
+            email.clone(),
+            directory.clone(),
+            directory_ca.clone(),
+            *http01,
+        )),
+        _ => None,
+    };
+    let email = match &a.acme_email {
+        Some(e) => Some(e.clone()),
+        None => {
+            let default = old.as_ref().and_then(|o| o.0.clone()).unwrap_or_default();
+            Some(ask.text_allow_empty(
+                "Contact email for Let's Encrypt (expiry warnings; blank for none)",
+                &default,
+            )?)
+            .filter(|e| !e.is_empty())
+        }
+    };
+    if let Some(e) = &email {
+        if !e.contains('@') || e.contains(char::is_whitespace) {
+            bail!("{e:?} is not an email address");
+        }
+    }
+    let directory = a
+        .acme_directory
+        .clone()
+        .or_else(|| old.as_ref().and_then(|o| o.1.clone()));
+    let directory_ca = a
+        .acme_directory_ca
+        .clone()
+        .or_else(|| old.as_ref().and_then(|o| o.2.clone()));
+    if let Some(ca) = &directory_ca {
+        is_file(&ca.display().to_string()).context("--acme-directory-ca")?;
+    }
+    let http01 = match a.acme_challenge {
+        Some(c) => c == ChallengeArg::Http01,
+        None => old.is_some_and(|o| o.3),
+    };
+    Ok(TlsAnswer::Acme {
+        email,
+        directory,
+        directory_ca,
+        http01,
     })
 }
 

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub(crate) mod cli;
+pub(crate) mod pebble;
 pub(crate) mod pki;
 pub(crate) mod tools;
 
