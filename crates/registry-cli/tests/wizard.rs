@@ -215,6 +215,39 @@ fn non_interactive_names_what_is_missing() {
     let home = home.path();
     let err = fails(home, &["config", "--non-interactive"]);
     assert!(err.contains("missing answer: --domain"), "{err}");
+    let acme = |extra: &'static [&'static str]| -> Vec<&'static str> {
+        let base: &[&str] = &["--domain", "r.test", "--auth", "none", "--storage", "data"];
+        [
+            base,
+            &[
+                "--public-read",
+                "false",
+                "--ip-allowlist",
+                "",
+                "--tls",
+                "acme",
+            ],
+            extra,
+        ]
+        .concat()
+    };
+    for (extra, expect) in [
+        (&["--acme-email", "nobody"][..], "not an email address"),
+        (
+            &["--acme-directory", "ftp://x"],
+            "not an ACME directory URL",
+        ),
+        (
+            &["--acme-directory-ca", "/no/such/file"],
+            "--acme-directory-ca",
+        ),
+    ] {
+        let err = fails(
+            home,
+            &[&["config", "--non-interactive"][..], &acme(extra)].concat(),
+        );
+        assert!(err.contains(expect), "{extra:?}: {err}");
+    }
     let cases: [(&[&str], &str); 6] = [
         (&["--domain", "r.test"], "missing answer: --auth"),
         (
@@ -265,6 +298,41 @@ fn non_interactive_names_what_is_missing() {
         assert!(err.contains(expect), "{args:?}: {err}");
     }
     assert!(!home.join("instances/default").exists(), "nothing written");
+    // ACME by flags: the email, Let's Encrypt's staging directory, HTTP-01 on port 80.
+    ok(
+        home,
+        &[
+            &["config", "--non-interactive"][..],
+            &acme(&[
+                "--acme-email",
+                "ops@r.test",
+                "--acme-directory",
+                "letsencrypt-staging",
+            ]),
+            &["--acme-challenge", "http-01"],
+        ]
+        .concat(),
+        None,
+    );
+    let config = std::fs::read_to_string(home.join("instances/default/registry.toml")).unwrap();
+    for line in [
+        "listen = \"0.0.0.0:443\"",
+        "plain_listen = \"0.0.0.0:80\"",
+        "[tls.acme]",
+        "email = \"ops@r.test\"",
+        "directory = \"letsencrypt-staging\"",
+        "challenge = \"http-01\"",
+    ] {
+        assert!(config.contains(line), "{line}: {config}");
+    }
+    let check = ok(home, &["check"], None);
+    assert!(
+        check.contains(
+            "ACME https://acme-staging-v02.api.letsencrypt.org/directory by HTTP-01 for r.test"
+        ) && check.contains("no certificate yet"),
+        "{check}"
+    );
+    std::fs::remove_dir_all(home.join("instances")).unwrap();
     // Without a terminal and without --non-interactive: a clear refusal.
     let err = fails(home, &["config"]);
     assert!(err.contains("--non-interactive"), "{err}");
