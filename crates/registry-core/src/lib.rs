@@ -65,12 +65,13 @@ mod backend_tests {
         crate::testsuite::run_all_backends(|| crate::testsuite::Backend {
             store: Arc::new(InMemory::new()),
             scratch: Some(Arc::new(InMemory::new())),
+            staging: None,
         })
         .await;
     }
 
     /// The filesystem as `registry serve` uses it: durable view with fsync, scratch view
-    /// without, over one directory.
+    /// without, over one directory, and uploads appended to staging files in it.
     #[tokio::test]
     async fn filesystem_backend_with_scratch() {
         let root = tempfile::tempdir().unwrap();
@@ -90,6 +91,7 @@ mod backend_tests {
             crate::testsuite::Backend {
                 store: view(true),
                 scratch: Some(view(false)),
+                staging: Some(dir),
             }
         })
         .await;

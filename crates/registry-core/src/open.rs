@@ -192,6 +192,9 @@ pub struct OpenedStorage {
     pub scratch: Option<Arc<dyn ObjectStore>>,
     /// Tunables for the backend.
     pub options: StoreOptions,
+    /// The root directory of a filesystem store, where uploads append in place (see
+    /// [`ObjectRegistry::with_local_staging`]).
+    pub staging: Option<PathBuf>,
     presigner: Option<(Arc<dyn Signer>, String)>,
 }
 
@@ -222,6 +225,7 @@ pub fn open(location: &StorageLocation) -> Result<OpenedStorage> {
             store: Arc::new(InMemory::new()),
             scratch: None,
             options: StoreOptions::default(),
+            staging: None,
             presigner: None,
         }),
     }
@@ -243,6 +247,9 @@ impl OpenedStorage {
         let mut registry = ObjectRegistry::new(self.store, self.options);
         if let Some(scratch) = self.scratch {
             registry = registry.with_scratch(scratch);
+        }
+        if let Some(root) = self.staging {
+            registry = registry.with_local_staging(root);
         }
         if let Some((signer, prefix)) = self.presigner {
             registry = registry.with_presigned_reads(signer, &prefix, REDIRECT_TTL);
@@ -279,6 +286,7 @@ fn open_filesystem(dir: &Path) -> Result<OpenedStorage> {
             coalesce_below: 256 * 1024,
             ..StoreOptions::default()
         },
+        staging: Some(std::fs::canonicalize(dir).map_err(unusable)?),
         presigner: None,
     })
 }
@@ -300,6 +308,7 @@ fn open_s3(loc: &S3Location) -> Result<OpenedStorage> {
             copy_limit: 5 << 30,
             ..StoreOptions::default()
         },
+        staging: None,
         presigner: (loc.redirect == Some(true))
             .then(|| (s3 as Arc<dyn Signer>, loc.prefix.clone())),
     })

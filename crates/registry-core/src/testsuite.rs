@@ -23,6 +23,8 @@ pub struct Backend {
     pub store: Arc<dyn ObjectStore>,
     /// The scratch store for upload chunks, if the backend uses one.
     pub scratch: Option<Arc<dyn ObjectStore>>,
+    /// The directory of a filesystem store, when uploads append to staging files there.
+    pub staging: Option<std::path::PathBuf>,
 }
 
 impl Backend {
@@ -31,6 +33,7 @@ impl Backend {
         Backend {
             store,
             scratch: None,
+            staging: None,
         }
     }
 
@@ -47,8 +50,12 @@ impl Backend {
                 copy_limit: 150 * 1024,
             },
         );
-        match &self.scratch {
+        let r = match &self.scratch {
             Some(s) => r.with_scratch(s.clone()),
+            None => r,
+        };
+        match &self.staging {
+            Some(root) => r.with_local_staging(root.clone()),
             None => r,
         }
     }
@@ -69,8 +76,12 @@ pub async fn run_all_backends<F: Fn() -> Backend>(fresh: F) {
     digest_and_size_mismatch_leave_nothing(registry(fresh())).await;
     garbage_claiming_a_stored_digest_is_refused(registry(fresh())).await;
     let with_scratch = fresh();
-    if with_scratch.scratch.is_some() {
+    if with_scratch.scratch.is_some() && with_scratch.staging.is_none() {
         damaged_chunk_is_never_published(with_scratch).await;
+    }
+    let staged = fresh();
+    if staged.staging.is_some() {
+        staged_uploads_write_each_byte_once(staged).await;
     }
     cancel_and_unknown_sessions(registry(fresh())).await;
     mount_between_repositories(registry(fresh())).await;
@@ -407,6 +418,85 @@ async fn damaged_chunk_is_never_published(backend: Backend) {
     assert!(matches!(
         s.blob_size(&r, &d).await,
         Err(Error::BlobUnknown(_))
+    ));
+}
+
+/// On a filesystem with staging, chunks are appended to one file that the finish renames (the
+/// blob is the same inode); bytes past the committed size (an append that failed) are cut
+/// off; a file shorter than its session says (data lost in a crash) is never published.
+async fn staged_uploads_write_each_byte_once(backend: Backend) {
+    let root = backend.staging.clone().expect("staging");
+    let s = backend.registry();
+    let r = repo("staged");
+    let bytes = data(250_000, 21);
+    let d = Digest::of(Algorithm::Sha256, &bytes);
+    let up = s.upload_start(&r, Algorithm::Sha256).await.unwrap();
+    for part in bytes.chunks(60_000) {
+        s.upload_append(&r, &up.id, None, None, body(part, 7000))
+            .await
+            .unwrap();
+    }
+    let dir = root.join("uploads").join(&up.id);
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["data", "state"]);
+    // An append that wrote but never committed leaves bytes past the session's size.
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join("data"))
+            .unwrap();
+        f.write_all(b"never committed").unwrap();
+    }
+    #[cfg(unix)]
+    let inode = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(dir.join("data")).unwrap().ino()
+    };
+    assert_eq!(
+        s.upload_finish(&r, &up.id, &d, None).await.unwrap(),
+        250_000
+    );
+    assert_eq!(read_all(&s, &r, &d, None).await, bytes);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let blob = root.join(crate::layout::blob(&d).as_ref());
+        assert_eq!(
+            std::fs::metadata(blob).unwrap().ino(),
+            inode,
+            "renamed, not copied"
+        );
+    }
+    assert!(!dir.exists() || std::fs::read_dir(&dir).unwrap().next().is_none());
+
+    // Data lost in a crash: the file is shorter than the session says.
+    let more = data(100_000, 22);
+    let d2 = Digest::of(Algorithm::Sha256, &more);
+    let up = s.upload_start(&r, Algorithm::Sha256).await.unwrap();
+    s.upload_append(&r, &up.id, None, None, body(&more, 7000))
+        .await
+        .unwrap();
+    let file = root.join("uploads").join(&up.id).join("data");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(50_000)
+        .unwrap();
+    let err = s.upload_finish(&r, &up.id, &d2, None).await.unwrap_err();
+    assert!(matches!(err, Error::UploadUnknown), "{err:?}");
+    assert!(matches!(
+        s.blob_size(&r, &d2).await,
+        Err(Error::BlobUnknown(_))
+    ));
+    assert!(matches!(
+        s.upload_status(&r, &up.id).await,
+        Err(Error::UploadUnknown)
     ));
 }
 

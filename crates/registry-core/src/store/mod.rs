@@ -82,6 +82,9 @@ pub struct ObjectRegistry {
     lease: Arc<gc::LeaseView>,
     /// Appends in flight in this process, by upload session (see `uploads`).
     appends: Arc<uploads::LocalAppends>,
+    /// The storage's root directory, when it is a local filesystem: upload sessions append to
+    /// one staging file there (see `uploads::staged`).
+    staging: Option<Arc<std::path::PathBuf>>,
 }
 
 type CachedCatalog = (Bytes, Arc<Vec<RepoName>>);
@@ -114,6 +117,7 @@ impl ObjectRegistry {
             catalog: Arc::default(),
             lease: Arc::default(),
             appends: Arc::default(),
+            staging: None,
         }
     }
 
@@ -124,6 +128,15 @@ impl ObjectRegistry {
     /// fails the upload's digest check, it is never published.
     pub fn with_scratch(mut self, scratch: Arc<dyn ObjectStore>) -> Self {
         self.scratch = Some(scratch);
+        self
+    }
+
+    /// Appends upload chunks in place, to one staging file per session under `root` (the
+    /// directory the store keeps its objects in, by the same keys), and publishes them by a
+    /// rename: every byte is written once. New sessions use it; sessions already started keep
+    /// their parts.
+    pub fn with_local_staging(mut self, root: std::path::PathBuf) -> Self {
+        self.staging = Some(Arc::new(root));
         self
     }
 

@@ -1,6 +1,9 @@
-//! Upload sessions kept entirely in the backend. Each chunk is written to its own object under
-//! `uploads/<id>/`. The blob becomes visible only after its digest is verified, by a rename (one
-//! chunk) or a streamed concatenation (several) into its content-addressed key.
+//! Upload sessions kept entirely in the backend. On a local filesystem (when the registry has
+//! a staging root) every chunk is appended to one staging file and the finish renames it: see
+//! [`staged`]. Elsewhere (S3, memory) each chunk is written to its own object under
+//! `uploads/<id>/`, and the blob becomes visible only after its digest is verified, by a
+//! rename (one chunk) or a streamed concatenation (several) into its content-addressed key;
+//! the rest of this documentation is about that scheme.
 //!
 //! Every byte is hashed once:
 //! - while the first chunk streams in; the hash state is saved in the session document, so a
@@ -48,6 +51,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
 mod race;
+mod staged;
 
 use super::{get_json_in, put_json_in, ObjectRegistry};
 use crate::digest::{Algorithm, Digest, Hasher, SavedHasher};
@@ -69,6 +73,9 @@ struct UploadState {
     parts: Vec<Part>,
     /// Hash of all parts so far; `None` if it could not be kept (then finishing re-reads).
     hasher: Option<SavedHasher>,
+    /// The bytes are appended to one staging file (see `staged`) instead of parts.
+    #[serde(default)]
+    staged: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -162,6 +169,31 @@ impl ObjectRegistry {
             .boxed()
     }
 
+    /// Streams a session's bytes: its staging file, or its parts in order.
+    fn session_bytes<'a>(
+        &'a self,
+        id: &'a str,
+        state: &'a UploadState,
+    ) -> BoxStream<'a, object_store::Result<Bytes>> {
+        if !state.staged {
+            return self.read_parts(id, &state.parts);
+        }
+        if state.size == 0 {
+            return futures::stream::empty().boxed();
+        }
+        // Only what the session committed: an append in flight may be writing past it.
+        let options = object_store::GetOptions {
+            range: Some(object_store::GetRange::Bounded(0..state.size)),
+            ..Default::default()
+        };
+        futures::stream::once(async move {
+            let body = self.store.get_opts(&staged::data_key(id), options).await?;
+            Ok::<_, object_store::Error>(body.into_stream())
+        })
+        .try_flatten()
+        .boxed()
+    }
+
     /// A streaming writer to `path` in `store`; nothing is visible there until it is shut down.
     fn writer(&self, store: &Arc<dyn ObjectStore>, path: &Path) -> BufWriter {
         BufWriter::with_capacity(store.clone(), path.clone(), self.options.write_buffer)
@@ -205,6 +237,9 @@ impl ObjectRegistry {
         len: Option<u64>,
         body: ByteStream,
     ) -> Result<UploadState> {
+        if state.staged {
+            return self.append_staged(id, state, start, len, body).await;
+        }
         if let Some(start) = start {
             if start != state.size {
                 return Err(Error::RangeInvalid {
@@ -298,6 +333,9 @@ impl ObjectRegistry {
 
     /// Moves the data of a session whose digest is already verified to the blob's key.
     async fn publish(&self, id: &str, state: &UploadState, target: &Path) -> Result<()> {
+        if state.staged {
+            return self.publish_staged(id, state, target).await;
+        }
         match state.parts.as_slice() {
             [] => {
                 self.store.put(target, PutPayload::new()).await?;
@@ -323,10 +361,7 @@ impl ObjectRegistry {
         digest: &Digest,
         target: &Path,
     ) -> Result<()> {
-        let chunks = self
-            .read_parts(id, &state.parts)
-            .map_err(Error::from)
-            .boxed();
+        let chunks = self.session_bytes(id, state).map_err(Error::from).boxed();
         let hasher = Hasher::new(digest.algorithm());
         self.write_verified(hasher, chunks, digest, None, Some(target))
             .await?;
@@ -470,6 +505,9 @@ impl ObjectRegistry {
         for part in &state.parts {
             delete_quiet(self.part_store(part), &part.path(id)).await?;
         }
+        if state.staged {
+            delete_quiet(&self.store, &staged::data_key(id)).await?;
+        }
         Ok(())
     }
 
@@ -499,7 +537,7 @@ impl ObjectRegistry {
         algorithm: Algorithm,
     ) -> Result<Digest> {
         let mut hasher = Hasher::new(algorithm);
-        let mut chunks = self.read_parts(id, &state.parts);
+        let mut chunks = self.session_bytes(id, state);
         while let Some(chunk) = chunks.try_next().await? {
             hasher.update(&chunk);
         }
@@ -567,6 +605,7 @@ impl UploadStore for ObjectRegistry {
             size: 0,
             parts: Vec::new(),
             hasher: Some(Hasher::new(algorithm).save()),
+            staged: self.staging.is_some(),
         };
         put_json_in(self.volatile(), &layout::upload_state(&id), &state).await?;
         Ok(UploadStatus { id, size: 0 })
@@ -604,7 +643,7 @@ impl UploadStore for ObjectRegistry {
         last: Option<(Option<u64>, ByteStream)>,
     ) -> Result<u64> {
         let mut state = self.load_upload(repo, id).await?;
-        let empty = state.parts.is_empty();
+        let empty = state.parts.is_empty() && state.size == 0;
         let saved = (state.hasher.as_ref())
             .and_then(Hasher::restore)
             .filter(|h| empty && h.algorithm() == digest.algorithm());
