@@ -35,7 +35,18 @@ impl Plan {
         let home = std::path::absolute(home)?;
         let mut writable = vec![home.clone()];
         for i in &instances {
-            if let StorageLocation::Filesystem(dir) = i.settings()?.storage {
+            let settings = i.settings()?;
+            let mut dirs = Vec::new();
+            if let StorageLocation::Filesystem(dir) = &settings.storage {
+                dirs.push(dir.clone());
+            }
+            // Certificates from ACME are written at run time too.
+            if let Some(registry_http::AcmeState::Directory(dir)) =
+                settings.acme.as_ref().map(|a| &a.state)
+            {
+                dirs.push(dir.clone());
+            }
+            for dir in dirs {
                 let dir = std::path::absolute(dir)?;
                 if !dir.starts_with(&home) && !writable.contains(&dir) {
                     writable.push(dir);

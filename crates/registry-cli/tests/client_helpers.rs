@@ -208,6 +208,34 @@ fn install_writes_a_hardened_unit_and_uninstall_respects_protection() {
         ],
         None,
     );
+    // An instance whose ACME state lives outside the home: written at run time, so writable.
+    let acme_state = work.path().join("acme-state");
+    ok(
+        &home,
+        &[
+            "instance",
+            "create",
+            "acme",
+            "--hostname",
+            "reg.example.com",
+            "--listen",
+            "127.0.0.1:8443",
+        ],
+        None,
+    );
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(home.join("instances/acme/registry.toml"))
+            .unwrap();
+        write!(
+            f,
+            "\n[tls.acme]\nstate = {:?}\n",
+            acme_state.display().to_string()
+        )
+        .unwrap();
+    }
     let system_unit = Path::new("/etc/systemd/system/registry.service");
     let installed_before = system_unit.exists();
     let dry = ok(&home, &["install", "--dry-run"], None);
@@ -220,8 +248,9 @@ fn install_writes_a_hardened_unit_and_uninstall_respects_protection() {
         ),
         "User=registry".to_owned(),
         format!(
-            "ReadWritePaths={} {}",
+            "ReadWritePaths={} {} {}",
             home_abs.display(),
+            acme_state.display(),
             elsewhere.display()
         ),
         "ProtectSystem=strict".to_owned(),
@@ -236,6 +265,7 @@ fn install_writes_a_hardened_unit_and_uninstall_respects_protection() {
         installed_before,
         "a dry run writes nothing"
     );
+    ok(&home, &["instance", "remove", "acme"], None);
     ok(
         &home,
         &["install", "--unit-dir", units.to_str().unwrap()],
