@@ -496,12 +496,17 @@ impl RawConfig {
     }
 }
 
-fn validate_tls(raw: &RawTls) -> anyhow::Result<Option<TlsFiles>> {
-    let client_auth = match raw.client_auth.as_deref() {
+/// `tls.client_auth`: required unless it says optional.
+fn client_auth(raw: &RawTls) -> anyhow::Result<ClientAuth> {
+    Ok(match raw.client_auth.as_deref() {
         None | Some("required") => ClientAuth::Required,
         Some("optional") => ClientAuth::Optional,
         Some(other) => bail!("tls.client_auth {other:?} must be \"required\" or \"optional\""),
-    };
+    })
+}
+
+fn validate_tls(raw: &RawTls) -> anyhow::Result<Option<TlsFiles>> {
+    let client_auth = client_auth(raw)?;
     match (&raw.cert, &raw.key) {
         (Some(cert), Some(key)) => Ok(Some(TlsFiles {
             cert: cert.clone(),
@@ -593,10 +598,7 @@ fn validate_acme(
                 .unwrap_or_else(|| PathBuf::from(ACME_STATE)),
         )
     };
-    let client_auth = match tls.client_auth.as_deref() {
-        Some("optional") => ClientAuth::Optional,
-        _ => ClientAuth::Required,
-    };
+    let client_auth = client_auth(tls)?;
     // Checked now so the error names the setting, not later at start.
     settings
         .check()

@@ -32,6 +32,11 @@ impl Seen {
         }
     }
 
+    /// The size the append saw.
+    pub(super) fn size(&self) -> u64 {
+        self.size
+    }
+
     fn matches(&self, state: &UploadState) -> bool {
         self.size == state.size
             && self.nonces.len() == state.parts.len()

@@ -23,6 +23,7 @@ use futures::StreamExt;
 use object_store::path::Path;
 use object_store::ObjectStoreExt;
 
+use super::race::Seen;
 use super::{delete_quiet, now, UploadState};
 use crate::digest::Hasher;
 use crate::error::{Error, Result};
@@ -93,15 +94,19 @@ impl ObjectRegistry {
                 got: start,
             });
         }
+        let seen = Seen::of(&state);
         let local = self.appends.begin(id, "staged");
         let Ok(turn) = tokio::time::timeout(TURN_WAIT, local.turn()).await else {
-            return Err(self.concurrent(id).await);
+            return Err(self.lost_turn(id, &seen).await);
         };
         let Some(file) = self.lock_data(id).await? else {
-            return Err(self.concurrent(id).await);
+            return Err(self.lost_turn(id, &seen).await);
         };
-        // The state may have changed while this append waited for its turn.
-        let mut state = self.reload(id, &state).await?;
+        // Another append may have committed while this one waited for its turn.
+        if let Some(changed) = self.changed_since(id, &seen).await? {
+            return Err(changed);
+        }
+        let mut state = state;
         let mut hasher = state
             .hasher
             .as_ref()
@@ -149,23 +154,12 @@ impl ObjectRegistry {
         Ok(state)
     }
 
-    /// The session document again, if this append may still go on: unchanged in size.
-    async fn reload(&self, id: &str, loaded: &UploadState) -> Result<UploadState> {
-        let now = super::get_json_in::<UploadState>(self.volatile(), &layout::upload_state(id))
-            .await?
-            .filter(|s| s.repo == loaded.repo)
-            .ok_or(Error::UploadUnknown)?;
-        if now.size != loaded.size {
-            return Err(Error::ConcurrentAppend { size: now.size });
-        }
-        Ok(now)
-    }
-
-    /// The refusal for an append that did not get its turn: the session's size now.
-    async fn concurrent(&self, id: &str) -> Error {
-        match super::get_json_in::<UploadState>(self.volatile(), &layout::upload_state(id)).await {
-            Ok(Some(now)) => Error::ConcurrentAppend { size: now.size },
-            Ok(None) => Error::UploadUnknown,
+    /// The refusal for an append that did not get its turn: the session's size now (what it
+    /// saw, if the rival has not committed yet).
+    async fn lost_turn(&self, id: &str, seen: &Seen) -> Error {
+        match self.changed_since(id, seen).await {
+            Ok(Some(changed)) => changed,
+            Ok(None) => Error::ConcurrentAppend { size: seen.size() },
             Err(e) => e,
         }
     }
@@ -208,12 +202,13 @@ impl ObjectRegistry {
         state: &UploadState,
         target: &Path,
     ) -> Result<()> {
+        let seen = Seen::of(state);
         let local = self.appends.begin(id, "staged");
         let Ok(turn) = tokio::time::timeout(TURN_WAIT, local.turn()).await else {
-            return Err(self.concurrent(id).await);
+            return Err(self.lost_turn(id, &seen).await);
         };
         let Some(file) = self.lock_data(id).await? else {
-            return Err(self.concurrent(id).await);
+            return Err(self.lost_turn(id, &seen).await);
         };
         let file = self.cut(id, file, state.size).await?;
         sync(&file).await?;
