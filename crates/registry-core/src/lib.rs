@@ -40,6 +40,7 @@ pub use storage::{
 };
 pub use store::{
     Deletion, FsckSummary, GcOptions, GcSummary, ObjectRegistry, Problem, StoreOptions,
+    MAX_CACHE_TTL,
 };
 
 #[cfg(any(test, feature = "testsuite"))]

@@ -48,6 +48,7 @@ impl Backend {
                 // Small, so that merged chunks and streamed publishing are exercised too.
                 coalesce_below: 100 * 1024,
                 copy_limit: 150 * 1024,
+                ..StoreOptions::default()
             },
         );
         let r = match &self.scratch {
@@ -87,6 +88,7 @@ pub async fn run_all_backends<F: Fn() -> Backend>(fresh: F) {
     mount_between_repositories(registry(fresh())).await;
     manifests_tags_and_referrers(registry(fresh())).await;
     tag_lists_stay_fresh_across_nodes(fresh()).await;
+    metadata_cache_staleness_is_bounded(fresh()).await;
     catalog_stays_fresh_across_nodes(fresh()).await;
     catalog_pages(registry(fresh())).await;
     purge_removes_idle_sessions(registry(fresh())).await;
@@ -784,6 +786,76 @@ async fn tag_lists_stay_fresh_across_nodes(backend: Backend) {
     let d = Reference::Digest(Digest::of(Algorithm::Sha256, &m));
     b.manifest_delete(&r, &d).await.unwrap();
     assert!(names(a.tags(&r, None, None).await.unwrap()).is_empty());
+}
+
+/// Two nodes over one backend: what one changes, the other answers from its metadata cache for
+/// at most `cache_ttl`; its own changes at once; and nothing while a collection's lease is live.
+async fn metadata_cache_staleness_is_bounded(backend: Backend) {
+    let (a, b) = (backend.registry(), backend.registry());
+    let ttl = StoreOptions::default().cache_ttl;
+    let r = repo("cached");
+    let cfg = push_blob(&a, &r, b"{}").await;
+    let layer = push_blob(&a, &r, &data(3000, 4)).await;
+    let (one, two) = (
+        image_manifest(&cfg, 2, &[], None),
+        image_manifest(&cfg, 2, &[(layer.clone(), 3000)], None),
+    );
+    let latest = Reference::Tag("latest".parse().unwrap());
+    let put = |s: &ObjectRegistry, m: &[u8]| {
+        let (s, m, latest, r) = (s.clone(), m.to_vec(), latest.clone(), r.clone());
+        async move {
+            s.manifest_put(&r, &latest, Some(OCI_MANIFEST), m.into(), &[])
+                .await
+                .unwrap()
+                .digest
+        }
+    };
+    let first = put(&a, &one).await;
+    // b reads (and caches) the tag, the manifest and the layer's link.
+    assert_eq!(b.manifest_get(&r, &latest).await.unwrap().1, one);
+    assert_eq!(b.blob_size(&r, &layer).await.unwrap(), 3000);
+    let changed = std::time::Instant::now();
+    let second = put(&a, &two).await;
+    a.blob_delete(&r, &layer).await.unwrap();
+    // a sees its own changes at once.
+    assert_eq!(a.manifest_info(&r, &latest).await.unwrap().digest, second);
+    assert!(a.blob_size(&r, &layer).await.is_err());
+    // b may answer from its cache, but only within the bound.
+    let stale = b.manifest_info(&r, &latest).await.unwrap().digest;
+    let layer_seen = b.blob_size(&r, &layer).await.is_ok();
+    if changed.elapsed() < ttl {
+        assert!(stale == first || stale == second);
+    } else {
+        assert_eq!(stale, second, "stale past the bound");
+        assert!(!layer_seen, "a deleted link past the bound");
+    }
+    tokio::time::sleep(ttl).await;
+    assert_eq!(b.manifest_info(&r, &latest).await.unwrap().digest, second);
+    assert_eq!(b.manifest_get(&r, &latest).await.unwrap().1, two);
+    assert!(matches!(
+        b.blob_size(&r, &layer).await,
+        Err(Error::BlobUnknown(_))
+    ));
+    // A manifest deleted by digest on a: b stops serving it within the bound.
+    b.manifest_get(&r, &Reference::Digest(first.clone()))
+        .await
+        .unwrap();
+    a.manifest_delete(&r, &Reference::Digest(first.clone()))
+        .await
+        .unwrap();
+    tokio::time::sleep(ttl).await;
+    assert!(b.manifest_get(&r, &Reference::Digest(first)).await.is_err());
+
+    // While a collection's lease is live, b reads storage every time (seen within 1 s).
+    let c = backend.registry();
+    assert!(c.manifest_info(&r, &latest).await.is_ok(), "cached by c");
+    a.gc_lease_for_tests().await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    a.manifest_delete(&r, &latest).await.unwrap();
+    assert!(
+        c.manifest_info(&r, &latest).await.is_err(),
+        "no cache while a collection runs"
+    );
 }
 
 /// Two nodes over one backend: a catalog cached by one sees repositories the other creates.

@@ -113,9 +113,17 @@ pub struct RegistryBuilder {
     tls: Option<registry_auth::tls::TlsFiles>,
     acme: Option<AcmeTls>,
     connection: ConnectionSettings,
+    cache_ttl: Option<Duration>,
 }
 
 impl RegistryBuilder {
+    /// How long tags, manifests and blob links are answered from memory (see
+    /// [`registry_core::StoreOptions::cache_ttl`]); the default is 1 s.
+    pub fn cache_ttl(mut self, ttl: Duration) -> Self {
+        self.cache_ttl = Some(ttl);
+        self
+    }
+
     /// API settings (deletion, manifest size, page size, health timeout).
     pub fn api(mut self, api: ApiConfig) -> Self {
         self.api = api;
@@ -178,6 +186,9 @@ impl RegistryBuilder {
     pub fn build(self) -> Result<Registry, BuildError> {
         let metrics = (self.metrics != MetricsExposure::Off).then(|| Arc::new(Metrics::new()));
         let mut opened = registry_core::open::open(&self.location)?;
+        if let Some(ttl) = self.cache_ttl {
+            opened.options.cache_ttl = ttl;
+        }
         if let Some(m) = &metrics {
             opened = opened.map_stores(|store| Arc::new(ObservedStore::new(store, m.clone())));
         }
@@ -306,6 +317,7 @@ impl Registry {
             tls: None,
             acme: None,
             connection: ConnectionSettings::default(),
+            cache_ttl: None,
         }
     }
 

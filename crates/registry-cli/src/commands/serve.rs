@@ -252,6 +252,7 @@ async fn build(settings: &Settings) -> anyhow::Result<Registry> {
         MetricsSettings::Separate(_) => MetricsExposure::Recorded,
     };
     let mut builder = Registry::builder(settings.storage.clone())
+        .cache_ttl(settings.cache_ttl)
         .api(ApiConfig {
             delete_enabled: settings.delete_enabled,
             manifest_max_bytes: settings.manifest_max_bytes,

@@ -19,6 +19,8 @@
 //!
 //! [storage]
 //! url = "./data"          # a directory, file:///abs/path, s3://bucket/prefix, or memory://
+//! cache_ttl = "1s"        # tags, manifests, blob links answered from memory this long (≤ 4s;
+//!                         # what another node changes shows within it; "0s": no cache)
 //!
 //! [storage.s3]            # with s3:// URLs; unset values come from AWS_* variables
 //! endpoint = "https://s3.example.com"
@@ -252,6 +254,7 @@ impl RawServer {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawStorage {
     pub url: Option<String>,
+    pub cache_ttl: Option<String>,
     pub s3: Option<S3Location>,
 }
 
@@ -318,6 +321,8 @@ pub(crate) struct Settings {
     pub acme: Option<AcmeTls>,
     pub guard: GuardSettings,
     pub storage: StorageLocation,
+    /// How long tags, manifests and blob links are answered from memory.
+    pub cache_ttl: Duration,
     pub delete_enabled: bool,
     pub manifest_max_bytes: usize,
     pub upload_max_age: Duration,
@@ -416,6 +421,16 @@ impl RawConfig {
                 "api.manifest_max_bytes must be at least 4194304 (4 MiB), as the OCI spec requires"
             );
         }
+        let cache_ttl = match &self.storage.cache_ttl {
+            Some(t) => parse_duration(t).context("storage.cache_ttl")?,
+            None => registry_core::StoreOptions::default().cache_ttl,
+        };
+        if cache_ttl > registry_core::MAX_CACHE_TTL {
+            bail!(
+                "storage.cache_ttl must be at most {}s: longer would let a node answer for what garbage collection removed",
+                registry_core::MAX_CACHE_TTL.as_secs()
+            );
+        }
         let upload_max_age = parse_duration(self.uploads.max_age.as_deref().unwrap_or("24h"))
             .context("uploads.max_age")?;
         let gc = GcSettings {
@@ -488,6 +503,7 @@ impl RawConfig {
             acme,
             guard,
             storage,
+            cache_ttl,
             delete_enabled: self.api.delete.unwrap_or(true),
             manifest_max_bytes,
             upload_max_age,
@@ -708,6 +724,22 @@ mod tests {
         assert!(s.delete_enabled);
         assert_eq!(s.upload_max_age, Duration::from_secs(86400));
         assert_eq!(s.metrics, MetricsSettings::OnApi);
+        assert_eq!(s.cache_ttl, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn cache_ttl_is_bounded() {
+        let ttl = |v: &str| {
+            toml::from_str::<RawConfig>(&format!("[storage]\ncache_ttl = \"{v}\"\n"))
+                .unwrap()
+                .validate()
+                .map(|s| s.cache_ttl)
+        };
+        assert_eq!(ttl("0s").unwrap(), Duration::ZERO);
+        assert_eq!(ttl("4s").unwrap(), Duration::from_secs(4));
+        let err = ttl("5s").unwrap_err().to_string();
+        assert!(err.contains("at most 4s"), "{err}");
+        assert!(ttl("soon").is_err());
     }
 
     #[test]

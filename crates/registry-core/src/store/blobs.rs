@@ -5,7 +5,7 @@ use std::ops::Range;
 
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
-use object_store::{GetOptions, GetRange, ObjectStoreExt, PutPayload};
+use object_store::{GetOptions, GetRange, PutPayload};
 
 use super::ObjectRegistry;
 use crate::digest::Digest;
@@ -21,8 +21,27 @@ impl ObjectRegistry {
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<Option<u64>> {
+        self.link_size(repo, digest, false).await
+    }
+
+    /// [`Self::linked_size`] for a pull: possibly from the metadata cache.
+    async fn linked_size_cached(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {
+        self.link_size(repo, digest, true).await
+    }
+
+    async fn link_size(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        cached: bool,
+    ) -> Result<Option<u64>> {
         let path = layout::layer_link(repo, digest);
-        let Some(bytes) = self.get_small(&path).await? else {
+        let read = if cached {
+            self.get_cached(&path).await?
+        } else {
+            self.get_small(&path).await?
+        };
+        let Some(bytes) = read else {
             return Ok(None);
         };
         std::str::from_utf8(&bytes)
@@ -44,10 +63,8 @@ impl ObjectRegistry {
     ) -> Result<()> {
         self.ensure_repo(repo).await?;
         let path = layout::layer_link(repo, digest);
-        self.store
-            .put(&path, PutPayload::from(size.to_string().into_bytes()))
-            .await?;
-        Ok(())
+        self.put_small(&path, PutPayload::from(size.to_string().into_bytes()))
+            .await
     }
 }
 
@@ -71,7 +88,7 @@ impl BlobStore for ObjectRegistry {
     }
 
     async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
-        self.linked_size(repo, digest)
+        self.linked_size_cached(repo, digest)
             .await?
             .ok_or_else(|| Error::BlobUnknown(digest.clone()))
     }
@@ -82,7 +99,7 @@ impl BlobStore for ObjectRegistry {
         digest: &Digest,
         range: Option<Range<u64>>,
     ) -> Result<BlobRead> {
-        if self.linked_size(repo, digest).await?.is_none() {
+        if self.linked_size_cached(repo, digest).await?.is_none() {
             return Err(Error::BlobUnknown(digest.clone()));
         }
         let options = GetOptions {

@@ -337,7 +337,9 @@ impl ObjectRegistry {
                     );
                     if repair {
                         let aside = layout::lost_and_found(now, &path);
-                        self.store.rename(&path, &aside).await?;
+                        let moved = self.store.rename(&path, &aside).await;
+                        self.cache.forget(&path);
+                        moved?;
                         summary.repaired += 1;
                         listed.remove(&digest);
                     }

@@ -91,8 +91,9 @@ pub struct GcOptions {
     /// Take over the lease of another collection (one that was killed), instead of refusing
     /// to run while it has not expired.
     pub break_lease: bool,
-    /// The wait after writing the lease (see the module documentation); only tests that
-    /// have no concurrent writers shorten it.
+    /// The wait after writing the lease (see the module documentation, and `store/cache.rs`:
+    /// nodes stop answering from their metadata caches within it); only tests that have no
+    /// concurrent writers or readers shorten it.
     pub settle: Duration,
 }
 
@@ -160,7 +161,7 @@ pub(super) struct LeaseView {
 impl ObjectRegistry {
     /// Whether a collection is running, as seen at most [`LEASE_CACHE`] ago (`fresh` forces a
     /// look).
-    async fn lease_active(&self, fresh: bool) -> Result<bool> {
+    pub(super) async fn lease_active(&self, fresh: bool) -> Result<bool> {
         if !fresh {
             if let Some((at, active)) = *self.lease.seen.lock().expect("not poisoned") {
                 if at.elapsed() < LEASE_CACHE {
@@ -398,6 +399,12 @@ impl ObjectRegistry {
             expires: unix_now() + LEASE_TTL.as_secs(),
         };
         self.put_json(&layout::gc_lease(), &lease).await
+    }
+
+    /// Writes a lease as a running collection would (for the backend test suite).
+    #[cfg(any(test, feature = "testsuite"))]
+    pub(crate) async fn gc_lease_for_tests(&self) {
+        self.write_lease("testsuite").await.expect("lease written");
     }
 
     /// Marks `batch` doomed, then reads the writers' pins: returns the digests no pin names,

@@ -77,6 +77,7 @@ struct TagTarget {
 }
 
 impl ObjectRegistry {
+    /// A manifest revision as stored now (for writes and deletions).
     async fn revision(&self, repo: &RepoName, digest: &Digest) -> Result<Option<Revision>> {
         let path = layout::revision_link(repo, digest);
         match self.get_small(&path).await? {
@@ -85,21 +86,34 @@ impl ObjectRegistry {
         }
     }
 
+    /// A manifest revision for a pull: possibly from the metadata cache.
+    async fn revision_cached(&self, repo: &RepoName, digest: &Digest) -> Result<Option<Revision>> {
+        let path = layout::revision_link(repo, digest);
+        match self.get_cached(&path).await? {
+            Some(raw) => Revision::decode(&path, raw).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// What a reference names, for a pull (possibly from the metadata cache).
     async fn resolve(&self, repo: &RepoName, reference: &Reference) -> Result<ManifestInfo> {
         let unknown = || Error::ManifestUnknown(reference.to_string());
         match reference {
             Reference::Tag(t) => {
-                let target: TagTarget = self
-                    .get_json(&layout::tag(repo, t))
-                    .await?
-                    .ok_or_else(unknown)?;
+                let path = layout::tag(repo, t);
+                let raw = self.get_cached(&path).await?.ok_or_else(unknown)?;
+                let target: TagTarget = super::parse_json(&path, &raw)?;
                 Ok(ManifestInfo {
                     digest: target.digest,
                     media_type: target.media_type,
                     size: target.size,
                 })
             }
-            Reference::Digest(d) => Ok(self.revision(repo, d).await?.ok_or_else(unknown)?.info(d)),
+            Reference::Digest(d) => Ok(self
+                .revision_cached(repo, d)
+                .await?
+                .ok_or_else(unknown)?
+                .info(d)),
         }
     }
 
@@ -152,12 +166,11 @@ impl ObjectRegistry {
         self.ensure_repo(repo).await?;
 
         let size = bytes.len() as u64;
-        self.store
-            .put(
-                &layout::revision_link(repo, &digest),
-                Revision::encode(&parsed.media_type, bytes),
-            )
-            .await?;
+        self.put_small(
+            &layout::revision_link(repo, &digest),
+            Revision::encode(&parsed.media_type, bytes),
+        )
+        .await?;
         if let Some(subject) = &parsed.subject {
             let descriptor = Descriptor {
                 media_type: parsed.media_type.clone(),
@@ -331,7 +344,7 @@ impl ManifestStore for ObjectRegistry {
             Reference::Tag(_) => self.resolve(repo, reference).await?.digest,
         };
         let rev = self
-            .revision(repo, &digest)
+            .revision_cached(repo, &digest)
             .await?
             .ok_or_else(|| Error::ManifestUnknown(reference.to_string()))?;
         Ok((rev.info(&digest), rev.bytes))

@@ -6,6 +6,7 @@
 //! makes them visible, a manifest's revision before its tags, tags removed before the revision.
 
 mod blobs;
+mod cache;
 mod catalog;
 mod fsck;
 mod gc;
@@ -22,6 +23,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+pub use cache::MAX_TTL as MAX_CACHE_TTL;
 pub use fsck::{FsckSummary, Problem};
 pub use gc::{Deletion, GcOptions, GcSummary};
 
@@ -47,6 +49,11 @@ pub struct StoreOptions {
     /// The largest object the backend's `rename` (a copy on S3) takes; larger ones are
     /// published by a streamed copy. AWS S3 copies at most 5 GiB in one request.
     pub copy_limit: u64,
+    /// How long tags, manifests and blob links read from storage are trusted without reading
+    /// them again: what another node changed is answered from this node's memory for at most
+    /// this long (see `store/cache.rs`). Zero reads storage on every request; at most
+    /// [`MAX_CACHE_TTL`].
+    pub cache_ttl: std::time::Duration,
 }
 
 impl Default for StoreOptions {
@@ -56,6 +63,7 @@ impl Default for StoreOptions {
             write_concurrency: 2,
             coalesce_below: 1024 * 1024,
             copy_limit: u64::MAX,
+            cache_ttl: std::time::Duration::from_secs(1),
         }
     }
 }
@@ -85,6 +93,8 @@ pub struct ObjectRegistry {
     /// The storage's root directory, when it is a local filesystem: upload sessions append to
     /// one staging file there (see `uploads::staged`).
     staging: Option<Arc<std::path::PathBuf>>,
+    /// Tags, manifest revisions and blob links read recently (see `cache`).
+    cache: Arc<cache::MetadataCache>,
 }
 
 type CachedCatalog = (Bytes, Arc<Vec<RepoName>>);
@@ -108,6 +118,7 @@ impl ObjectRegistry {
     /// Wraps an object store.
     pub fn new(store: Arc<dyn ObjectStore>, options: StoreOptions) -> Self {
         ObjectRegistry {
+            cache: Arc::new(cache::MetadataCache::new(options.cache_ttl)),
             store,
             scratch: None,
             options,
@@ -193,6 +204,33 @@ impl ObjectRegistry {
         }
     }
 
+    /// Like [`Self::get_small`], answered from the metadata cache when it may be (see
+    /// `cache`): for reads that serve pulls, never for those a write decides on.
+    async fn get_cached(&self, path: &Path) -> Result<Option<Bytes>> {
+        if !self.cache.enabled() || self.lease_active(false).await? {
+            return self.get_small(path).await;
+        }
+        if let Some(bytes) = self.cache.get(path) {
+            return Ok(Some(bytes));
+        }
+        let ticket = self.cache.ticket();
+        let found = self.get_small(path).await?;
+        if let Some(bytes) = &found {
+            self.cache.fill(ticket, path, bytes);
+        }
+        Ok(found)
+    }
+
+    /// Writes a small object the metadata cache may hold.
+    /// Writes a small object the metadata cache may hold. The cache forgets it once the write
+    /// is done (or failed), which also keeps reads in flight from caching the old value.
+    async fn put_small(&self, path: &Path, payload: PutPayload) -> Result<()> {
+        let written = self.store.put(path, payload).await;
+        self.cache.forget(path);
+        written?;
+        Ok(())
+    }
+
     async fn get_json<T: DeserializeOwned>(&self, path: &Path) -> Result<Option<T>> {
         let Some(bytes) = self.get_small(path).await? else {
             return Ok(None);
@@ -201,7 +239,8 @@ impl ObjectRegistry {
     }
 
     async fn put_json<T: Serialize>(&self, path: &Path, value: &T) -> Result<()> {
-        put_json_in(&self.store, path, value).await
+        let bytes = serde_json::to_vec(value).expect("plain data serializes");
+        self.put_small(path, PutPayload::from(bytes)).await
     }
 
     async fn exists(&self, path: &Path) -> Result<bool> {
@@ -220,7 +259,9 @@ impl ObjectRegistry {
 
     /// Deletes, treating an absent object as deleted.
     async fn delete_quiet(&self, path: &Path) -> Result<()> {
-        match self.store.delete(path).await {
+        let deleted = self.store.delete(path).await;
+        self.cache.forget(path);
+        match deleted {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),
         }
