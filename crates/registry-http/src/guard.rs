@@ -226,7 +226,10 @@ async fn check(
         return Ok(());
     }
     let api = path == "/v2" || path.starts_with("/v2/");
-    let endpoint = api.then(|| Endpoint::parse(path));
+    // The metrics layer may have parsed it already.
+    let parsed = request.extensions_mut().remove::<Endpoint>();
+    let path = request.uri().path();
+    let endpoint = api.then(|| parsed.map_or_else(|| Endpoint::parse(path), Ok));
     let scope = match &endpoint {
         Some(Ok(e)) => needed_scope(e, request.method(), request.uri().query()),
         _ => None,

@@ -16,6 +16,18 @@ use crate::guard::Attribution;
 
 /// Middleware: `router.layer(axum::middleware::from_fn(registry_http::log::log_requests))`.
 pub async fn log_requests(request: Request, next: Next) -> Response {
+    if !tracing::enabled!(tracing::Level::INFO) {
+        // Only failures are logged: nothing to collect beforehand.
+        // Clones of shared bytes, no copies.
+        let (method, uri) = (request.method().clone(), request.uri().clone());
+        let response = next.run(request).await;
+        if let Some(ServerFault { id, reason }) = response.extensions().get::<ServerFault>() {
+            let path = Escaped(uri.path());
+            let status = response.status().as_u16();
+            tracing::error!(%method, %path, status, id, reason, "request failed");
+        }
+        return response;
+    }
     let start = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();

@@ -26,14 +26,14 @@ use crate::endpoint::Endpoint;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     endpoint: &'static str,
-    method: String,
+    method: &'static str,
     status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EndpointLabels {
     endpoint: &'static str,
-    method: String,
+    method: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -292,8 +292,8 @@ impl StoreObserver for Metrics {
     }
 }
 
-fn endpoint_kind(path: &str) -> &'static str {
-    match Endpoint::parse(path) {
+fn endpoint_kind(endpoint: &Result<Endpoint, crate::ApiError>, path: &str) -> &'static str {
+    match endpoint {
         Ok(Endpoint::Base) => "base",
         Ok(Endpoint::Catalog) => "catalog",
         Ok(Endpoint::Tags(_)) => "tags",
@@ -303,6 +303,22 @@ fn endpoint_kind(path: &str) -> &'static str {
         Ok(Endpoint::Referrers(..)) => "referrers",
         Err(_) if path == "/healthz" || path == "/metrics" => "ops",
         Err(_) => "invalid",
+    }
+}
+
+/// The method as a label: the registry's methods by name, anything else as `other` (a client
+/// must not be able to make labels up).
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method as M;
+    match *method {
+        M::GET => "GET",
+        M::HEAD => "HEAD",
+        M::PUT => "PUT",
+        M::POST => "POST",
+        M::PATCH => "PATCH",
+        M::DELETE => "DELETE",
+        M::OPTIONS => "OPTIONS",
+        _ => "other",
     }
 }
 
@@ -316,30 +332,46 @@ impl Drop for InProgress {
 }
 
 /// Middleware that records every request.
-pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
+pub async fn track(
+    State(metrics): State<Arc<Metrics>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let start = Instant::now();
-    let kind = endpoint_kind(request.uri().path());
-    let method = request.method().as_str().to_owned();
+    // Parsed once: the guard and the handler take it from the extensions.
+    let endpoint = match request.extensions_mut().remove::<Endpoint>() {
+        Some(e) => Ok(e),
+        None => Endpoint::parse(request.uri().path()),
+    };
+    let kind = endpoint_kind(&endpoint, request.uri().path());
+    if let Ok(e) = endpoint {
+        request.extensions_mut().insert(e);
+    }
+    let method = method_label(request.method());
     let _in_progress = (kind == "upload" && method != "GET" && method != "DELETE").then(|| {
         metrics.uploads_in_progress.inc();
         InProgress(metrics.uploads_in_progress.clone())
     });
-    let bytes_in = metrics.bytes_in.clone();
-    let request = request.map(|body| {
-        Body::new(body.map_frame(move |frame| {
-            if let Some(data) = frame.data_ref() {
-                bytes_in.inc_by(data.len() as u64);
-            }
-            frame
-        }))
-    });
+    let request = if request.body().size_hint().exact() == Some(0) {
+        request
+    } else {
+        let bytes_in = metrics.bytes_in.clone();
+        request.map(|body| {
+            Body::new(body.map_frame(move |frame| {
+                if let Some(data) = frame.data_ref() {
+                    bytes_in.inc_by(data.len() as u64);
+                }
+                frame
+            }))
+        })
+    };
     let response = next.run(request).await;
     let status = response.status().as_u16();
     metrics
         .requests
         .get_or_create(&RequestLabels {
             endpoint: kind,
-            method: method.clone(),
+            method,
             status,
         })
         .inc();
@@ -403,8 +435,17 @@ mod tests {
             text.contains("registry_storage_operation_errors_total{op=\"get\"} 1"),
             "{text}"
         );
-        assert_eq!(endpoint_kind("/v2/a/blobs/uploads/"), "upload");
-        assert_eq!(endpoint_kind("/v2/a/tags/list"), "tags");
-        assert_eq!(endpoint_kind("/nope"), "invalid");
+        let kind = |path: &str| endpoint_kind(&Endpoint::parse(path), path);
+        assert_eq!(kind("/v2/a/blobs/uploads/"), "upload");
+        assert_eq!(kind("/v2/a/tags/list"), "tags");
+        assert_eq!(kind("/nope"), "invalid");
+        assert_eq!(kind("/healthz"), "ops");
+        assert_eq!(method_label(&axum::http::Method::PATCH), "PATCH");
+        let made_up = axum::http::Method::from_bytes(b"BREW").unwrap();
+        assert_eq!(
+            method_label(&made_up),
+            "other",
+            "clients cannot make labels up"
+        );
     }
 }
