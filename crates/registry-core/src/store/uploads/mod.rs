@@ -76,6 +76,10 @@ struct UploadState {
     /// The bytes are appended to one staging file (see `staged`) instead of parts.
     #[serde(default)]
     staged: bool,
+    /// The boot of the machine whose appends to the staging file are not synced yet (see
+    /// `staged`); `None` when every byte is synced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    unsynced: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -130,7 +134,7 @@ impl ObjectRegistry {
     async fn load_upload(&self, repo: &RepoName, id: &str) -> Result<UploadState> {
         check_id(id)?;
         match get_json_in::<UploadState>(self.volatile(), &layout::upload_state(id)).await {
-            Ok(Some(s)) if s.repo == repo.as_str() => Ok(s),
+            Ok(Some(s)) if s.repo == repo.as_str() => Ok(staged::distrust_lost_writes(id, s)),
             Ok(_) => Err(Error::UploadUnknown),
             // A session document torn by a machine crash: the session is gone, the client
             // starts over (purge removes the remains).
@@ -606,6 +610,7 @@ impl UploadStore for ObjectRegistry {
             parts: Vec::new(),
             hasher: Some(Hasher::new(algorithm).save()),
             staged: self.staging.is_some(),
+            unsynced: None,
         };
         put_json_in(self.volatile(), &layout::upload_state(&id), &state).await?;
         Ok(UploadStatus { id, size: 0 })
