@@ -39,6 +39,9 @@ struct Args {
     /// Shrinks every size and count (0.01 for a quick smoke run).
     #[arg(long, default_value_t = 1.0)]
     scale: f64,
+    /// The PATCH size of `push-chunked`, in MiB.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    chunk_mib: u32,
     /// Log in to the registry under test with HTTP Basic (`user:password`).
     #[arg(long, value_name = "USER:PASSWORD")]
     basic_auth: Option<String>,
@@ -77,7 +80,10 @@ async fn main() -> Result<()> {
     } else {
         args.workloads.clone()
     };
-    let sizes = Sizes { scale: args.scale };
+    let sizes = Sizes {
+        scale: args.scale,
+        chunk: args.chunk_mib as usize * 1024 * 1024,
+    };
     let mut targets = vec![Target::new(
         &args.label,
         &args.url,

@@ -18,6 +18,8 @@ use crate::report::Sample;
 pub struct Sizes {
     /// Multiplier for counts and sizes (1.0 = the full benchmark).
     pub scale: f64,
+    /// The PATCH size of `push-chunked`.
+    pub chunk: usize,
 }
 
 impl Sizes {
@@ -49,7 +51,7 @@ impl Sizes {
 pub enum Workload {
     /// Monolithic push (POST, then PUT with the body) of 4 MiB blobs, concurrency 8.
     PushMono,
-    /// One 1 GiB blob in 8 MiB PATCHes with Content-Range.
+    /// One 1 GiB blob in PATCHes of `--chunk-mib` (8 MiB) with Content-Range.
     PushChunked,
     /// One 1 GiB blob in a single streamed PATCH (the Docker client's way).
     PushStreamed,
@@ -506,7 +508,7 @@ pub async fn run(t: &Target, w: Workload, round: usize, sizes: Sizes) -> Result<
         Workload::PushChunked => {
             let blob = BigBlob {
                 len: sizes.big_len(),
-                chunk: 8 << 20,
+                chunk: sizes.chunk,
                 seed: t.seed(round + 1, 0x3000),
             };
             let digest = blob.digest();
