@@ -36,6 +36,14 @@ done
 cmd=("$target/registry-bench" "http://127.0.0.1:$pa" --pid "$ours" --label registry
      --compare "http://127.0.0.1:$pb" --compare-pid "$theirs" --compare-label distribution "$@")
 "${cmd[@]}" --output "$work/table.md"
+# The full set also pushes in 1 MiB and 64 MiB chunks (the table's push-chunked uses 8 MiB).
+chunks=()
+if [[ " $* " != *" --workloads"* ]]; then
+  for mib in 1 64; do
+    "${cmd[@]}" --workloads push-chunked --chunk-mib "$mib" --output "$work/chunk-$mib.md"
+    chunks+=("$mib")
+  done
+fi
 
 {
   echo "# Benchmarks: registry vs CNCF Distribution $(docker-registry --version 2>/dev/null | awk '{print $3}')"
@@ -44,10 +52,16 @@ cmd=("$target/registry-bench" "http://127.0.0.1:$pa" --pid "$ours" --label regis
   echo "- Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -g | awk '/Mem:/{print $2}') GiB"
   echo "- Command: \`scripts/bench-vs-distribution.sh $*\`"
   echo "- Both servers: filesystem storage on the same disk (registry fsyncs files and directories before every 201; Distribution syncs files when it commits them), deletes on, no auth, request logs off;"
-  echo "  Distribution with the in-memory blob descriptor cache. Rounds alternate A, B, A, B per workload; rates are medians over rounds,"
+  echo "  Distribution with the in-memory blob descriptor cache. Rounds alternate A, B, A, B per workload; rates are medians over rounds (slowest and fastest round in parentheses),"
   echo "  p99 over every request. A ratio above 1 favours registry for rates, below 1 for p99, CPU and RSS."
   echo
   cat "$work/table.md"
+  for mib in "${chunks[@]}"; do
+    echo
+    echo "## push-chunked in $mib MiB PATCHes"
+    echo
+    grep '^|' "$work/chunk-$mib.md"
+  done
 } > "$out"
 echo "wrote $out"
 rm -rf "$work/registry" "$work/distribution"

@@ -25,6 +25,10 @@ pub struct Sample {
 pub struct Summary {
     /// MiB/s for byte workloads, requests/s otherwise (median over rounds).
     pub rate: f64,
+    /// The slowest round's rate.
+    pub min_rate: f64,
+    /// The fastest round's rate.
+    pub max_rate: f64,
     /// Median latency, ms.
     pub p50_ms: f64,
     /// 99th percentile latency, ms.
@@ -71,6 +75,8 @@ pub fn summarize(w: Workload, samples: &[Sample]) -> Summary {
     };
     Summary {
         rate: rates.get(rates.len() / 2).copied().unwrap_or(0.0),
+        min_rate: rates.first().copied().unwrap_or(0.0),
+        max_rate: rates.last().copied().unwrap_or(0.0),
         p50_ms: percentile(&all, 0.50),
         p99_ms: percentile(&all, 0.99),
         cpu_per_unit: cpu.map(|c| c / units.max(1e-9)),
@@ -83,6 +89,11 @@ fn unit(w: Workload) -> (&'static str, &'static str) {
     } else {
         ("req/s", "CPU s/1k req")
     }
+}
+
+/// The median rate with the slowest and fastest rounds'.
+fn spread(s: &Summary) -> String {
+    format!("{:.0} ({:.0}–{:.0})", s.rate, s.min_rate, s.max_rate)
 }
 
 fn cpu(c: Option<f64>) -> String {
@@ -98,7 +109,7 @@ pub fn table(
     let mut out = String::new();
     if labels.len() == 2 {
         let (a, b) = (&labels[0], &labels[1]);
-        out += &format!("| workload | unit | {a} | {b} | {a}/{b} | p99 ms {a} | p99 ms {b} | p99 {a}/{b} | CPU {a} | CPU {b} | CPU {a}/{b} |\n");
+        out += &format!("| workload | unit | {a} (min–max) | {b} (min–max) | {a}/{b} | p99 ms {a} | p99 ms {b} | p99 {a}/{b} | CPU {a} | CPU {b} | CPU {a}/{b} |\n");
         out += "|---|---|---|---|---|---|---|---|---|---|---|\n";
         for (w, s) in rows {
             let (u, cu) = unit(*w);
@@ -114,10 +125,10 @@ pub fn table(
                 _ => "–".into(),
             };
             out += &format!(
-                "| {} | {u} | {:.0} | {:.0} | **{}** | {:.1} | {:.1} | {} | {} | {} | {} ({cu}) |\n",
+                "| {} | {u} | {} | {} | **{}** | {:.1} | {:.1} | {} | {} | {} | {} ({cu}) |\n",
                 w.name(),
-                s[0].rate,
-                s[1].rate,
+                spread(&s[0]),
+                spread(&s[1]),
                 ratio(s[0].rate, s[1].rate),
                 s[0].p99_ms,
                 s[1].p99_ms,
@@ -173,6 +184,7 @@ mod tests {
             &[s(100, 1 << 20), s(100, 3 << 20), s(100, 2 << 20)],
         );
         assert_eq!(sum.rate.round(), 2.0);
+        assert_eq!((sum.min_rate.round(), sum.max_rate.round()), (1.0, 3.0));
         assert_eq!(sum.p99_ms.round(), 99.0);
         let sum = summarize(Workload::BlobHead, &[s(10, 0)]);
         assert_eq!(sum.rate.round(), 10.0);
@@ -183,5 +195,6 @@ mod tests {
             &[Some(1 << 20), Some(1 << 21)],
         );
         assert!(t.contains("**1.00**") && t.contains("ratio 0.50"), "{t}");
+        assert!(t.contains("| 10 (10–10) |"), "{t}");
     }
 }

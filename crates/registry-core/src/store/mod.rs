@@ -221,7 +221,6 @@ impl ObjectRegistry {
         Ok(found)
     }
 
-    /// Writes a small object the metadata cache may hold.
     /// Writes a small object the metadata cache may hold. The cache forgets it once the write
     /// is done (or failed), which also keeps reads in flight from caching the old value.
     async fn put_small(&self, path: &Path, payload: PutPayload) -> Result<()> {
