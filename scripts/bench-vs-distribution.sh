@@ -28,7 +28,8 @@ RUST_LOG=warn "$target/registry" serve --listen "127.0.0.1:$pa" --storage "$work
 ours=$!
 docker-registry serve "$work/distribution.yml" >"$work/distribution.log" 2>&1 &
 theirs=$!
-trap 'kill $ours $theirs 2>/dev/null || true' EXIT
+# Tens of GiB of pushed blobs: removed also when a run fails (the logs stay in $work).
+trap 'kill $ours $theirs 2>/dev/null || true; rm -rf "$work/registry" "$work/distribution"' EXIT
 for p in $pa $pb; do
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$p/v2/" >/dev/null && break; sleep 0.1; done
 done
