@@ -13,11 +13,6 @@ mod wizard;
 
 use clap::Parser;
 
-/// Small requests allocate and free many short-lived buffers: in a profile of manifest GETs,
-/// glibc's allocator took 9.7% of the server's CPU and mimalloc takes 4.9%.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use args::{Cli, Command};
 use commands::{admin, remote, run, serve, storage, token};
 
