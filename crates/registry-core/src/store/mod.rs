@@ -300,7 +300,15 @@ impl ObjectRegistry {
         {
             return Ok(true);
         }
-        self.exists(&layout::catalog_marker(repo)).await
+        // Markers are never removed: one seen once can be remembered.
+        let exists = self.exists(&layout::catalog_marker(repo)).await?;
+        if exists {
+            self.known_repos
+                .lock()
+                .expect("not poisoned")
+                .insert(repo.clone());
+        }
+        Ok(exists)
     }
 }
 
