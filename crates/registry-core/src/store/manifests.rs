@@ -79,20 +79,27 @@ struct TagTarget {
 impl ObjectRegistry {
     /// A manifest revision as stored now (for writes and deletions).
     async fn revision(&self, repo: &RepoName, digest: &Digest) -> Result<Option<Revision>> {
-        let path = layout::revision_link(repo, digest);
-        match self.get_small(&path).await? {
-            Some(raw) => Revision::decode(&path, raw).map(Some),
-            None => Ok(None),
-        }
+        self.read_revision(repo, digest, false).await
     }
 
     /// A manifest revision for a pull: possibly from the metadata cache.
     async fn revision_cached(&self, repo: &RepoName, digest: &Digest) -> Result<Option<Revision>> {
+        self.read_revision(repo, digest, true).await
+    }
+
+    async fn read_revision(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        cached: bool,
+    ) -> Result<Option<Revision>> {
         let path = layout::revision_link(repo, digest);
-        match self.get_cached(&path).await? {
-            Some(raw) => Revision::decode(&path, raw).map(Some),
-            None => Ok(None),
-        }
+        let raw = if cached {
+            self.get_cached(&path).await?
+        } else {
+            self.get_small(&path).await?
+        };
+        raw.map(|raw| Revision::decode(&path, raw)).transpose()
     }
 
     /// What a reference names, for a pull (possibly from the metadata cache).

@@ -306,7 +306,7 @@ async fn append_body(
     mut hasher: Option<&mut Hasher>,
     mut body: ByteStream,
 ) -> (File, Result<u64>) {
-    let mut writing = Writing::Idle(Some(file));
+    let mut writing = Writing::Idle(file);
     let mut batch: Vec<Bytes> = Vec::new();
     let mut batched = 0usize;
     let mut written = 0u64;
@@ -345,7 +345,7 @@ async fn append_body(
 
 /// The staging file, idle or being written on the blocking pool.
 enum Writing {
-    Idle(Option<File>),
+    Idle(File),
     Busy(tokio::task::JoinHandle<(File, std::io::Result<()>)>),
     Failed(File, Error),
 }
@@ -358,7 +358,7 @@ impl Writing {
             Err(failed) => return failed,
         };
         if batch.is_empty() {
-            return Writing::Idle(Some(file));
+            return Writing::Idle(file);
         }
         Writing::Busy(tokio::task::spawn_blocking(move || {
             let mut file = file;
@@ -373,7 +373,7 @@ impl Writing {
 
     async fn wait(self) -> std::result::Result<File, Writing> {
         match self {
-            Writing::Idle(file) => Ok(file.expect("idle with a file")),
+            Writing::Idle(file) => Ok(file),
             Writing::Busy(handle) => match handle.await {
                 Ok((file, Ok(()))) => Ok(file),
                 Ok((file, Err(e))) => Err(Writing::Failed(file, io_error(e))),
