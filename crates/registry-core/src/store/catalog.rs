@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::TryStreamExt;
-use object_store::{ObjectStoreExt, PutPayload};
+use object_store::ObjectStoreExt;
 
 use super::ObjectRegistry;
 use crate::error::Result;
@@ -20,11 +20,7 @@ impl ObjectRegistry {
     /// Returns the new generation.
     pub(super) async fn catalog_changed(&self) -> Result<Bytes> {
         let generation = Bytes::from(uuid::Uuid::new_v4().simple().to_string());
-        self.volatile()
-            .put(
-                &layout::catalog_generation(),
-                PutPayload::from(generation.clone()),
-            )
+        self.put_generation(&layout::catalog_generation(), generation.clone())
             .await?;
         Ok(generation)
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use object_store::{ObjectStoreExt, PutPayload};
+use object_store::PutPayload;
 use serde::{Deserialize, Serialize};
 
 use super::ObjectRegistry;
@@ -253,13 +253,8 @@ impl ObjectRegistry {
     /// reader that sees the new generation also sees the change.
     pub(super) async fn tags_changed(&self, repo: &RepoName) -> Result<()> {
         let generation = uuid::Uuid::new_v4().simple().to_string();
-        self.volatile()
-            .put(
-                &layout::tags_generation(repo),
-                PutPayload::from(generation.into_bytes()),
-            )
-            .await?;
-        Ok(())
+        self.put_generation(&layout::tags_generation(repo), generation.into())
+            .await
     }
 
     /// The sorted tags of `repo`. The generation is read before listing, so a list cached
@@ -430,5 +425,68 @@ impl ReferrerStore for ObjectRegistry {
         }
         found.sort_by(|a, b| a.digest.cmp(&b.digest));
         Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+    use crate::open::{open, StorageLocation};
+    use crate::testsuite::{data, image_manifest, push_blob};
+
+    /// On a filesystem a new tag rewrites `tags_generation` in place (no inode freed per tag,
+    /// see `put_generation`), and the tag list, cached under the old generation, still sees it.
+    #[tokio::test]
+    async fn a_new_tag_rewrites_the_generation_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(&StorageLocation::Filesystem(dir.path().into()))
+            .unwrap()
+            .registry();
+        let r: RepoName = "in/place".parse().unwrap();
+        let config = data(100, 7);
+        let d = push_blob(&s, &r, &config).await;
+        let put = |tag: &str, salt: usize| {
+            let bytes = image_manifest(&d, 100, &[(d.clone(), 100 + salt)], None);
+            let reference = Reference::Tag(tag.parse().unwrap());
+            let s = s.clone();
+            let r = r.clone();
+            async move {
+                s.manifest_put(
+                    &r,
+                    &reference,
+                    Some(manifest::OCI_MANIFEST),
+                    bytes.into(),
+                    &[],
+                )
+                .await
+                .unwrap()
+            }
+        };
+        let names = |page: crate::storage::Page<Tag>| {
+            page.items.iter().map(Tag::to_string).collect::<Vec<_>>()
+        };
+        put("a", 0).await;
+        let file = dir.path().join(layout::tags_generation(&r).as_ref());
+        let (inode, first) = (
+            file.metadata().unwrap().ino(),
+            std::fs::read(&file).unwrap(),
+        );
+        assert_eq!(names(s.tags(&r, None, None).await.unwrap()), ["a"]);
+        put("b", 1).await;
+        assert_eq!(file.metadata().unwrap().ino(), inode, "rewritten in place");
+        let second = std::fs::read(&file).unwrap();
+        assert_ne!(second, first);
+        assert_eq!(second.len(), first.len());
+        assert_eq!(names(s.tags(&r, None, None).await.unwrap()), ["a", "b"]);
+        // A generation of another length (written by anything else) is replaced whole.
+        std::fs::write(&file, b"short").unwrap();
+        put("c", 2).await;
+        assert_eq!(std::fs::read(&file).unwrap().len(), first.len());
+        assert_eq!(
+            names(s.tags(&r, None, None).await.unwrap()),
+            ["a", "b", "c"]
+        );
     }
 }
