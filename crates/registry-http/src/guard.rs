@@ -179,12 +179,26 @@ pub struct Attribution {
 /// Middleware: `router.layer(axum::middleware::from_fn_with_state(guard, guard_requests))`.
 pub async fn guard_requests(
     State(guard): State<Arc<Guard>>,
-    mut request: Request,
+    request: Request,
     next: Next,
 ) -> Response {
+    guard_around(&guard, request, |r| next.run(r)).await
+}
+
+/// Answers `request` by `next` if `guard` lets it through (the API service calls it without a
+/// middleware layer).
+pub(crate) async fn guard_around<F, Fut>(
+    guard: &Arc<Guard>,
+    mut request: Request,
+    next: F,
+) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     let mut attribution = None;
-    let mut response = match check(&guard, &mut request, &mut attribution).await {
-        Ok(()) => next.run(request).await,
+    let mut response = match check(guard, &mut request, &mut attribution).await {
+        Ok(()) => next(request).await,
         Err(e) => e.into_response(),
     };
     if let Some(a) = attribution {

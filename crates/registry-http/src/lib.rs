@@ -2,8 +2,10 @@
 //! the [`server`] that serves it (connections, TLS with SNI, bounds), and [`Registry`], which
 //! builds a whole registry as `registry serve` runs one (start there to embed a registry).
 //!
-//! One catch-all route under `/v2/` is parsed into an [`Endpoint`]; handlers are thin calls into
-//! a [`registry_core::Storage`] returning typed answers. Bodies stream in and out; every
+//! The API is one tower service (the router's fallback, so merged routes come first): each
+//! `/v2/` path is parsed into an [`Endpoint`] once, and the guard, the metrics and the request
+//! log run in the same future; handlers are thin calls into a [`registry_core::Storage`]
+//! returning typed answers. Bodies stream in and out; every
 //! response carries `Docker-Distribution-API-Version: registry/2.0`. The router alone, over any
 //! storage:
 //!
@@ -40,10 +42,9 @@ mod uploads;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::http::header::CONTENT_LENGTH;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
 use axum::Router;
 use registry_auth::Guard;
 use registry_core::Storage;
@@ -118,26 +119,106 @@ impl RegistryState {
 }
 
 /// The registry API (`/v2/…`) and `GET /healthz`, behind the state's guard if it has one;
-/// requests are recorded in the state's metrics, if it has any. Routes merged into the result
-/// (such as [`metrics::router`]) are not guarded: use [`guarded`] for those.
+/// requests are recorded in the state's metrics, if it has any. The API is the router's
+/// fallback, so routes merged into the result (such as [`metrics::router`]) take precedence
+/// and are not guarded: use [`guarded`] for those.
 pub fn router(state: RegistryState) -> Router {
-    let metrics = state.metrics.clone();
-    let guard = state.guard.clone();
-    let api = Router::new()
-        .route("/v2", any(dispatch))
-        .route("/v2/", any(dispatch))
-        .route("/v2/{*rest}", any(dispatch))
-        .route("/healthz", get(healthz))
-        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") });
-    let api = match guard {
-        Some(_) => guarded(api, guard),
-        None => api.layer(axum::middleware::map_response(api_version)),
+    Router::new().fallback_service(Api::new(state, false))
+}
+
+/// The API as one tower service: guard, metrics, request log and the API-version header run
+/// in one future, boxed once per request. (As axum middleware layers, each layer cloned and
+/// boxed the rest of the stack for every request: 44 allocations for `GET /v2/`.) Paths that
+/// are not the API's get the API's JSON 404.
+#[derive(Clone)]
+pub(crate) struct Api {
+    state: RegistryState,
+    /// Whether it writes the request log (see [`log`]).
+    log: bool,
+}
+
+impl Api {
+    /// The API over `state`, writing the request log if `log`.
+    pub(crate) fn new(state: RegistryState, log: bool) -> Api {
+        Api { state, log }
     }
-    .with_state(state);
-    match metrics {
-        Some(m) => api.layer(axum::middleware::from_fn_with_state(m, metrics::track)),
-        None => api,
+
+    async fn serve(self, request: axum::extract::Request) -> Response {
+        let state = &self.state;
+        let guarded = |request| async move {
+            let mut response = match &state.guard {
+                Some(g) => guard::guard_around(g, request, |r| answer(state, r)).await,
+                None => answer(state, request).await,
+            };
+            response.headers_mut().insert(
+                "docker-distribution-api-version",
+                HeaderValue::from_static("registry/2.0"),
+            );
+            response
+        };
+        let tracked = |request| async move {
+            match &state.metrics {
+                Some(m) => metrics::track_around(m, request, guarded).await,
+                None => guarded(request).await,
+            }
+        };
+        if self.log {
+            log::log_around(request, tracked).await
+        } else {
+            tracked(request).await
+        }
     }
+}
+
+impl tower::Service<axum::extract::Request> for Api {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = futures::future::BoxFuture<'static, Result<Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: axum::extract::Request) -> Self::Future {
+        let api = self.clone();
+        Box::pin(async move {
+            let head = request.method() == Method::HEAD;
+            let mut response = api.serve(request).await;
+            // What axum does for the routes it matches (a fallback service is left alone): the
+            // length of a body that knows it, and no body at all for HEAD (HTTP/2 would send it).
+            if !response.headers().contains_key(CONTENT_LENGTH) {
+                if let Some(n) = axum::body::HttpBody::size_hint(response.body()).exact() {
+                    response
+                        .headers_mut()
+                        .insert(CONTENT_LENGTH, HeaderValue::from(n));
+                }
+            }
+            if head {
+                *response.body_mut() = Body::empty();
+            }
+            Ok(response)
+        })
+    }
+}
+
+/// The answer to a request that passed the guard.
+async fn answer(state: &RegistryState, request: axum::extract::Request) -> Response {
+    let path = request.uri().path();
+    if path == "/v2" || path.starts_with("/v2/") {
+        return dispatch(state, request).await;
+    }
+    if path == "/healthz" {
+        return match *request.method() {
+            Method::GET | Method::HEAD => healthz(state).await,
+            _ => ApiError::new(ErrorCode::Unsupported, "method not supported here")
+                .with_header("allow", HeaderValue::from_static("GET, HEAD"))
+                .into_response(),
+        };
+    }
+    ApiError::new(ErrorCode::NotFound, "no such endpoint").into_response()
 }
 
 /// `routes` behind `guard`, if there is one; refusals carry the API-version header, as every
@@ -165,7 +246,7 @@ async fn api_version(mut response: Response) -> Response {
     response
 }
 
-async fn healthz(State(state): State<RegistryState>) -> Response {
+async fn healthz(state: &RegistryState) -> Response {
     let limit = state.config.health_timeout;
     match tokio::time::timeout(limit, state.storage.health()).await {
         Ok(Ok(())) => (StatusCode::OK, "ok\n").into_response(),
@@ -215,7 +296,7 @@ impl Req {
     }
 }
 
-async fn dispatch(State(state): State<RegistryState>, request: axum::extract::Request) -> Response {
+async fn dispatch(state: &RegistryState, request: axum::extract::Request) -> Response {
     let (mut parts, body) = request.into_parts();
     // The guard has parsed the path already, when there is one.
     let endpoint = parts.extensions.remove::<Endpoint>();
@@ -225,7 +306,7 @@ async fn dispatch(State(state): State<RegistryState>, request: axum::extract::Re
         headers: parts.headers,
         caller: parts.extensions.remove::<guard::Caller>(),
     };
-    route(&state, req, endpoint, body)
+    route(state, req, endpoint, body)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }

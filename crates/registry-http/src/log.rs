@@ -16,11 +16,20 @@ use crate::guard::Attribution;
 
 /// Middleware: `router.layer(axum::middleware::from_fn(registry_http::log::log_requests))`.
 pub async fn log_requests(request: Request, next: Next) -> Response {
+    log_around(request, |r| next.run(r)).await
+}
+
+/// Logs `request` as answered by `next` (the API service calls it without a middleware layer).
+pub(crate) async fn log_around<F, Fut>(request: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     if !tracing::enabled!(tracing::Level::INFO) {
         // Only failures are logged: nothing to collect beforehand.
         // Clones of shared bytes, no copies.
         let (method, uri) = (request.method().clone(), request.uri().clone());
-        let response = next.run(request).await;
+        let response = next(request).await;
         if let Some(ServerFault { id, reason }) = response.extensions().get::<ServerFault>() {
             let path = Escaped(uri.path());
             let status = response.status().as_u16();
@@ -38,7 +47,7 @@ pub async fn log_requests(request: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
-    let response = next.run(request).await;
+    let response = next(request).await;
     let status = response.status().as_u16();
     let bytes_out = response
         .headers()

@@ -332,11 +332,21 @@ impl Drop for InProgress {
 }
 
 /// Middleware that records every request.
-pub async fn track(
-    State(metrics): State<Arc<Metrics>>,
+pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
+    track_around(&metrics, request, |r| next.run(r)).await
+}
+
+/// Records `request` as answered by `next` (the API service calls it without a middleware
+/// layer).
+pub(crate) async fn track_around<F, Fut>(
+    metrics: &Metrics,
     mut request: Request,
-    next: Next,
-) -> Response {
+    next: F,
+) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     let start = Instant::now();
     // Parsed once: the guard and the handler take it from the extensions.
     let endpoint = match request.extensions_mut().remove::<Endpoint>() {
@@ -365,7 +375,7 @@ pub async fn track(
             }))
         })
     };
-    let response = next.run(request).await;
+    let response = next(request).await;
     let status = response.status().as_u16();
     metrics
         .requests

@@ -37,7 +37,7 @@ use crate::auth::records::StoredTokens;
 use crate::auth::TokenService;
 use crate::metrics::Metrics;
 use crate::server::{ConnectionSettings, Site, Sites};
-use crate::{router, ApiConfig, RegistryState};
+use crate::{ApiConfig, RegistryState};
 use registry_auth::token::records::TokenRecords;
 
 /// Why a registry cannot be built as configured.
@@ -211,7 +211,8 @@ impl RegistryBuilder {
         if let Some(g) = &guard {
             state = state.with_guard(g.clone());
         }
-        let mut app = router(state);
+        // The routes beside the API; the API answers every other path (see `crate::Api`).
+        let mut app = axum::Router::new();
         if let (MetricsExposure::OnApi, Some(m)) = (self.metrics, &metrics) {
             app = app.merge(crate::guarded(
                 crate::metrics::router(m.clone()),
@@ -244,6 +245,9 @@ impl RegistryBuilder {
         if self.request_log {
             app = app.layer(axum::middleware::from_fn(crate::log::log_requests));
         }
+        let app = axum::Router::new()
+            .fallback_service(crate::Api::new(state, self.request_log))
+            .merge(app);
         let (tls, acme) = match (self.tls, self.acme) {
             (_, Some(managed)) => {
                 let state = match managed.state {
