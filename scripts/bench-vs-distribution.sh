@@ -3,13 +3,21 @@
 # docker-registry), both on loopback with filesystem storage, deletes enabled, no auth, quiet
 # logs. Runs registry-bench in --compare mode (A, B, A, B, … per workload) and writes the table
 # with the date, machine and command to BENCHMARKS.md (or $OUT).
-# Usage: scripts/bench-vs-distribution.sh [--scale S] [--rounds N]   (extra flags go to registry-bench)
+# With --s3 first, both store in one bucket of a local single-node Garage (under the prefixes
+# registry/ and distribution/), and the table replaces the "On S3" section of $OUT, leaving the
+# filesystem tables as they are (a filesystem run keeps the S3 section).
+# Usage: scripts/bench-vs-distribution.sh [--s3] [--scale S] [--rounds N]   (extra flags go to registry-bench)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/distribution.sh
 out="${OUT:-BENCHMARKS.md}"
 work="${WORK:-$(mktemp -d /var/tmp/registry-bench.XXXXXX)}"
 mkdir -p "$work"
+s3=
+if [ "${1:-}" = --s3 ]; then
+  s3=1
+  shift
+fi
 
 if ! command -v docker-registry >/dev/null 2>&1; then
   export DEBIAN_FRONTEND=noninteractive
@@ -22,14 +30,24 @@ cargo build --release -q -p registry-cli -p registry-benches
 target="${CARGO_TARGET_DIR:-target}/release"
 pa=$(port); pb=$(port)
 
-distribution_config "$work/distribution.yml" "$work/distribution" "$pb"
+storage=("$work/registry")
+if [ -n "$s3" ]; then
+  . scripts/lib/garage.sh
+  garage_start "$work"
+  # Tens of GiB of pushed blobs: removed also when a run fails (the logs stay in $work).
+  trap 'kill $GARAGE_PID 2>/dev/null || true; rm -rf "$work/garage"' EXIT
+  export AWS_ENDPOINT_URL=$GARAGE_ENDPOINT AWS_REGION=garage AWS_ACCESS_KEY_ID=$GARAGE_KEY AWS_SECRET_ACCESS_KEY=$GARAGE_SECRET
+  storage=(s3://registry/registry)
+  distribution_config "$work/distribution.yml" /distribution "$pb"
+else
+  distribution_config "$work/distribution.yml" "$work/distribution" "$pb"
+fi
 
-RUST_LOG=warn "$target/registry" serve --listen "127.0.0.1:$pa" --storage "$work/registry" 2>"$work/registry.log" &
+RUST_LOG=warn "$target/registry" serve --listen "127.0.0.1:$pa" --storage "${storage[0]}" 2>"$work/registry.log" &
 ours=$!
 docker-registry serve "$work/distribution.yml" >"$work/distribution.log" 2>&1 &
 theirs=$!
-# Tens of GiB of pushed blobs: removed also when a run fails (the logs stay in $work).
-trap 'kill $ours $theirs 2>/dev/null || true; rm -rf "$work/registry" "$work/distribution"' EXIT
+trap 'kill $ours $theirs ${GARAGE_PID:-} 2>/dev/null || true; rm -rf "$work/registry" "$work/distribution" "$work/garage"' EXIT
 for p in $pa $pb; do
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$p/v2/" >/dev/null && break; sleep 0.1; done
 done
@@ -46,23 +64,52 @@ if [[ " $* " != *" --workloads"* ]]; then
   done
 fi
 
-{
-  echo "# Benchmarks: registry vs CNCF Distribution $(docker-registry --version 2>/dev/null | awk '{print $3}')"
-  echo
-  echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
-  echo "- Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -g | awk '/Mem:/{print $2}') GiB"
-  echo "- Command: \`scripts/bench-vs-distribution.sh $*\`"
-  echo "- Both servers: filesystem storage on the same disk (registry fsyncs files and directories before every 201; Distribution syncs files when it commits them), deletes on, no auth, request logs off;"
-  echo "  Distribution with the in-memory blob descriptor cache. Rounds alternate A, B, A, B per workload; rates are medians over rounds (slowest and fastest round in parentheses),"
-  echo "  p99 over every request. A ratio above 1 favours registry for rates, below 1 for p99, CPU and RSS."
-  echo
-  cat "$work/table.md"
-  for mib in "${chunks[@]}"; do
+version=$(docker-registry --version 2>/dev/null | awk '{print $3}')
+if [ -n "$s3" ]; then
+  # The filesystem part of $out stays; the S3 section is replaced.
+  fs_part=$( [ -f "$out" ] && sed '/^## On S3/,$d' "$out" || true)
+  {
+    printf '%s\n\n' "$fs_part"
+    echo "## On S3: registry vs Distribution $version on a local single-node Garage"
     echo
-    echo "## push-chunked in $mib MiB PATCHes"
+    echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "- Command: \`scripts/bench-vs-distribution.sh --s3 $*\`"
+    echo "- Both servers store in one bucket of the same Garage ($(garage --version 2>/dev/null | head -1 | awk '{print $2}'), LMDB metadata, on the same disk), under the prefixes registry/ and distribution/;"
+    echo "  otherwise as above (deletes on, no auth, request logs off, Distribution's in-memory blob descriptor cache)."
     echo
-    grep '^|' "$work/chunk-$mib.md"
-  done
-} > "$out"
+    cat "$work/table.md"
+    for mib in "${chunks[@]}"; do
+      echo
+      echo "### push-chunked in $mib MiB PATCHes, on S3"
+      echo
+      grep '^|' "$work/chunk-$mib.md"
+    done
+  } > "$out.new"
+else
+  s3_part=$( [ -f "$out" ] && sed -n '/^## On S3/,$p' "$out" || true)
+  {
+    echo "# Benchmarks: registry vs CNCF Distribution $version"
+    echo
+    echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "- Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -g | awk '/Mem:/{print $2}') GiB"
+    echo "- Command: \`scripts/bench-vs-distribution.sh $*\`"
+    echo "- Both servers: filesystem storage on the same disk (registry fsyncs files and directories before every 201; Distribution syncs files when it commits them), deletes on, no auth, request logs off;"
+    echo "  Distribution with the in-memory blob descriptor cache. Rounds alternate A, B, A, B per workload; rates are medians over rounds (slowest and fastest round in parentheses),"
+    echo "  p99 over every request. A ratio above 1 favours registry for rates, below 1 for p99, CPU and RSS."
+    echo
+    cat "$work/table.md"
+    for mib in "${chunks[@]}"; do
+      echo
+      echo "## push-chunked in $mib MiB PATCHes"
+      echo
+      grep '^|' "$work/chunk-$mib.md"
+    done
+    if [ -n "$s3_part" ]; then
+      echo
+      printf '%s\n' "$s3_part"
+    fi
+  } > "$out.new"
+fi
+mv "$out.new" "$out"
 echo "wrote $out"
-rm -rf "$work/registry" "$work/distribution"
+rm -rf "$work/registry" "$work/distribution" "$work/garage"

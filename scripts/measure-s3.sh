@@ -20,37 +20,13 @@ parts=" ${PARTS:-blob soak catalog} "
 mkdir -p "$work"
 cargo build --release -q -p registry-cli
 bin="${CARGO_TARGET_DIR:-target}/release/registry"
-rpc=$(port); s3=$(port); admin=$(port); ps3=$(port); pfs=$(port)
-key=GK0123456789abcdef01234567
-secret=00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff
-cat > "$work/garage.toml" <<TOML
-metadata_dir = "$work/garage/meta"
-data_dir = "$work/garage/data"
-db_engine = "lmdb"
-replication_factor = 1
-rpc_bind_addr = "127.0.0.1:$rpc"
-rpc_public_addr = "127.0.0.1:$rpc"
-rpc_secret = "$secret"
-[s3_api]
-s3_region = "garage"
-api_bind_addr = "127.0.0.1:$s3"
-root_domain = ".s3.garage.localhost"
-[admin]
-api_bind_addr = "127.0.0.1:$admin"
-TOML
-g() { garage -c "$work/garage.toml" "$@"; }
-RUST_LOG=warn garage -c "$work/garage.toml" server >"$work/garage.log" 2>&1 &
-gpid=$!
+ps3=$(port); pfs=$(port)
+. scripts/lib/garage.sh
+garage_start "$work"
+gpid=$GARAGE_PID
 trap 'kill $gpid ${rs3:-} ${rfs:-} 2>/dev/null || true' EXIT
-until g status >/dev/null 2>&1; do sleep 0.2; done
-node=$(g node id -q | cut -d@ -f1)
-g layout assign -z dc1 -c 10G "$node" >/dev/null
-g layout apply --version 1 >/dev/null
-g bucket create registry >/dev/null
-g key import --yes -n registry "$key" "$secret" >/dev/null
-g bucket allow --read --write --owner registry --key "$key" >/dev/null
 
-AWS_ENDPOINT_URL="http://127.0.0.1:$s3" AWS_REGION=garage AWS_ACCESS_KEY_ID=$key AWS_SECRET_ACCESS_KEY=$secret \
+AWS_ENDPOINT_URL="$GARAGE_ENDPOINT" AWS_REGION=garage AWS_ACCESS_KEY_ID=$GARAGE_KEY AWS_SECRET_ACCESS_KEY=$GARAGE_SECRET \
   RUST_LOG=warn "$bin" serve --listen "127.0.0.1:$ps3" --storage s3://registry/measure 2>"$work/s3.log" &
 rs3=$!
 RUST_LOG=warn "$bin" serve --listen "127.0.0.1:$pfs" --storage "$work/fs" 2>"$work/fs.log" &

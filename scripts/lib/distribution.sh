@@ -6,8 +6,24 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 
 # distribution_config FILE ROOTDIR PORT [HTPASSWD]: filesystem storage under ROOTDIR, deletes on,
 # in-memory blob descriptor cache, upload purging off, quiet logs; HTTP Basic from HTPASSWD.
+# With GARAGE_ENDPOINT set (see garage.sh), storage is its bucket `registry` under the key
+# prefix ROOTDIR instead.
 distribution_config() {
-  local file=$1 root=$2 port=$3 htpasswd=${4:-}
+  local file=$1 root=$2 port=$3 htpasswd=${4:-} storage
+  if [ -n "${GARAGE_ENDPOINT:-}" ]; then
+    storage="  s3:
+    region: garage
+    regionendpoint: $GARAGE_ENDPOINT
+    bucket: registry
+    accesskey: $GARAGE_KEY
+    secretkey: $GARAGE_SECRET
+    secure: false
+    v4auth: true
+    rootdirectory: $root"
+  else
+    storage="  filesystem:
+    rootdirectory: $root"
+  fi
   cat > "$file" <<YAML
 version: 0.1
 log:
@@ -15,8 +31,7 @@ log:
   accesslog:
     disabled: true
 storage:
-  filesystem:
-    rootdirectory: $root
+$storage
   delete:
     enabled: true
   cache:
