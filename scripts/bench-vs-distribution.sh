@@ -36,16 +36,18 @@ if [ -n "$s3" ]; then
   garage_start "$work"
   # Tens of GiB of pushed blobs: removed also when a run fails (the logs stay in $work).
   trap 'kill $GARAGE_PID 2>/dev/null || true; rm -rf "$work/garage"' EXIT
-  export AWS_ENDPOINT_URL=$GARAGE_ENDPOINT AWS_REGION=garage AWS_ACCESS_KEY_ID=$GARAGE_KEY AWS_SECRET_ACCESS_KEY=$GARAGE_SECRET
-  storage=(s3://registry/registry)
+  storage=(s3://registry/registry AWS_ENDPOINT_URL="$GARAGE_ENDPOINT" AWS_REGION=garage
+           AWS_ACCESS_KEY_ID="$GARAGE_KEY" AWS_SECRET_ACCESS_KEY="$GARAGE_SECRET")
   distribution_config "$work/distribution.yml" /distribution "$pb"
 else
   distribution_config "$work/distribution.yml" "$work/distribution" "$pb"
 fi
 
-RUST_LOG=warn "$target/registry" serve --listen "127.0.0.1:$pa" --storage "${storage[0]}" 2>"$work/registry.log" &
+env RUST_LOG=warn "${storage[@]:1}" "$target/registry" serve --listen "127.0.0.1:$pa" --storage "${storage[0]}" 2>"$work/registry.log" &
 ours=$!
-docker-registry serve "$work/distribution.yml" >"$work/distribution.log" 2>&1 &
+# Go's AWS SDK refuses a CA bundle (AWS_CA_BUNDLE, which some machines set) with a custom
+# endpoint's transport; the loopback Garage is plain HTTP.
+env -u AWS_CA_BUNDLE docker-registry serve "$work/distribution.yml" >"$work/distribution.log" 2>&1 &
 theirs=$!
 trap 'kill $ours $theirs ${GARAGE_PID:-} 2>/dev/null || true; rm -rf "$work/registry" "$work/distribution" "$work/garage"' EXIT
 for p in $pa $pb; do
@@ -56,9 +58,13 @@ cmd=("$target/registry-bench" "http://127.0.0.1:$pa" --pid "$ours" --label regis
      --compare "http://127.0.0.1:$pb" --compare-pid "$theirs" --compare-label distribution "$@")
 "${cmd[@]}" --output "$work/table.md"
 # The full set also pushes in 1 MiB and 64 MiB chunks (the table's push-chunked uses 8 MiB).
+# On S3 only in 64 MiB: Distribution's S3 driver took 691 s for one 512 MiB push in 1 MiB
+# chunks on Garage (this registry 51 s), so three rounds would take over half an hour.
 chunks=()
+sizes=(1 64)
+[ -n "$s3" ] && sizes=(64)
 if [[ " $* " != *" --workloads"* ]]; then
-  for mib in 1 64; do
+  for mib in "${sizes[@]}"; do
     "${cmd[@]}" --workloads push-chunked --chunk-mib "$mib" --output "$work/chunk-$mib.md"
     chunks+=("$mib")
   done
@@ -74,7 +80,7 @@ if [ -n "$s3" ]; then
     echo
     echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "- Command: \`scripts/bench-vs-distribution.sh --s3 $*\`"
-    echo "- Both servers store in one bucket of the same Garage ($(garage --version 2>/dev/null | head -1 | awk '{print $2}'), LMDB metadata, on the same disk), under the prefixes registry/ and distribution/;"
+    echo "- Both servers store in one bucket of the same Garage (version $(garage --version 2>/dev/null | head -1 | sed 's/.*cargo://; s/ .*//'), LMDB metadata, on the same disk), under the prefixes registry/ and distribution/; Distribution serves blobs itself (redirect disabled), as this registry does by default;"
     echo "  otherwise as above (deletes on, no auth, request logs off, Distribution's in-memory blob descriptor cache)."
     echo
     cat "$work/table.md"
