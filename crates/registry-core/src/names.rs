@@ -77,9 +77,10 @@ impl fmt::Display for RepoName {
     }
 }
 
-/// A tag: `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`.
+/// A tag: `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`. Shared, not copied, when cloned: a page of a
+/// cached tag list is a thousand clones.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Tag(String);
+pub struct Tag(std::sync::Arc<str>);
 
 impl Tag {
     /// The tag as a string slice.
@@ -99,7 +100,7 @@ impl FromStr for Tag {
                 .iter()
                 .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'));
         if ok {
-            Ok(Tag(s.to_owned()))
+            Ok(Tag(s.into()))
         } else {
             Err(Error::TagInvalid(truncate(s)))
         }

@@ -25,12 +25,7 @@ fn page_params(s: &RegistryState, req: &Req) -> ApiResult<(Option<usize>, Option
 }
 
 /// A page of a listing, with a `Link` to the next page when there is one.
-fn paged<T: ToString>(
-    path: &str,
-    n: Option<usize>,
-    page: &Page<T>,
-    body: serde_json::Value,
-) -> JsonPage {
+fn paged<T: ToString>(path: &str, n: Option<usize>, page: &Page<T>, body: Vec<u8>) -> JsonPage {
     let next = match (page.more, n, page.items.last()) {
         (true, Some(n), Some(last)) => {
             let query: String = form_urlencoded::Serializer::new(String::new())
@@ -52,8 +47,17 @@ fn paged<T: ToString>(
 pub(crate) async fn tags(s: &RegistryState, req: &Req, name: RepoName) -> ApiResult<JsonPage> {
     let (n, last) = page_params(s, req)?;
     let page = s.storage.tags(&name, last.as_deref(), n).await?;
-    let tags: Vec<&str> = page.items.iter().map(|t| t.as_str()).collect();
-    let body = json!({ "name": name.as_str(), "tags": tags });
+    // Rendered straight from the names: no JSON value tree of a thousand strings.
+    #[derive(serde::Serialize)]
+    struct TagList<'a> {
+        name: &'a str,
+        tags: Vec<&'a str>,
+    }
+    let body = serde_json::to_vec(&TagList {
+        name: name.as_str(),
+        tags: page.items.iter().map(|t| t.as_str()).collect(),
+    })
+    .expect("strings serialize");
     Ok(paged(&format!("/v2/{name}/tags/list"), n, &page, body))
 }
 
@@ -66,13 +70,15 @@ pub(crate) async fn catalog(s: &RegistryState, req: &Req) -> ApiResult<JsonPage>
             visible_repositories(s, last, want, |r| caller.may(Access::Pull, r)).await?
         }
     };
-    let repos: Vec<&str> = page.items.iter().map(|r| r.as_str()).collect();
-    Ok(paged(
-        "/v2/_catalog",
-        n,
-        &page,
-        json!({ "repositories": repos }),
-    ))
+    #[derive(serde::Serialize)]
+    struct Catalog<'a> {
+        repositories: Vec<&'a str>,
+    }
+    let body = serde_json::to_vec(&Catalog {
+        repositories: page.items.iter().map(|r| r.as_str()).collect(),
+    })
+    .expect("strings serialize");
+    Ok(paged("/v2/_catalog", n, &page, body))
 }
 
 /// Up to `want` repositories after `last` that `visible` accepts, reading the catalog page by
@@ -116,7 +122,10 @@ pub(crate) async fn referrers(
     }
     Ok(JsonPage {
         content_type: OCI_INDEX,
-        body: json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": found }),
+        body: serde_json::to_vec(
+            &json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": found }),
+        )
+        .expect("descriptors serialize"),
         next: None,
         filters: filter.map(|_| "artifactType"),
     })

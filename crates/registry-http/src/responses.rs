@@ -247,7 +247,8 @@ impl IntoResponse for ManifestAnswer {
 /// A JSON document (a listing), with a `Link` to the next page if there is one.
 pub(crate) struct JsonPage {
     pub(crate) content_type: &'static str,
-    pub(crate) body: serde_json::Value,
+    /// The rendered document.
+    pub(crate) body: Vec<u8>,
     pub(crate) next: Option<String>,
     /// `OCI-Filters-Applied`, for filtered referrers.
     pub(crate) filters: Option<&'static str>,
@@ -265,7 +266,7 @@ impl IntoResponse for JsonPage {
         if let Some(filters) = self.filters {
             headers = headers.set(HeaderName::from_static("oci-filters-applied"), filters);
         }
-        headers.answer(StatusCode::OK, Body::from(self.body.to_string()))
+        headers.answer(StatusCode::OK, Body::from(self.body))
     }
 }
 
