@@ -7,7 +7,8 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 # distribution_config FILE ROOTDIR PORT [HTPASSWD]: filesystem storage under ROOTDIR, deletes on,
 # in-memory blob descriptor cache, upload purging off, quiet logs; HTTP Basic from HTPASSWD.
 # With GARAGE_ENDPOINT set (see garage.sh), storage is its bucket `registry` under the key
-# prefix ROOTDIR instead.
+# prefix ROOTDIR instead, and blobs are served through Distribution (no redirects to S3), as
+# this registry serves them by default.
 distribution_config() {
   local file=$1 root=$2 port=$3 htpasswd=${4:-} storage
   if [ -n "${GARAGE_ENDPOINT:-}" ]; then
@@ -19,7 +20,9 @@ distribution_config() {
     secretkey: $GARAGE_SECRET
     secure: false
     v4auth: true
-    rootdirectory: $root"
+    rootdirectory: $root
+  redirect:
+    disable: true"
   else
     storage="  filesystem:
     rootdirectory: $root"
