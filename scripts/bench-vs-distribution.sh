@@ -75,7 +75,7 @@ if [ -n "$s3" ]; then
   # The filesystem part of $out stays; the S3 section is replaced.
   fs_part=$( [ -f "$out" ] && sed '/^## On S3/,$d' "$out" || true)
   {
-    printf '%s\n\n' "$fs_part"
+    [ -z "$fs_part" ] || printf '%s\n\n' "$fs_part"
     echo "## On S3: registry vs Distribution $version on a local single-node Garage"
     echo
     echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
