@@ -30,20 +30,22 @@ cargo build --release -q -p registry-cli -p registry-benches
 target="${CARGO_TARGET_DIR:-target}/release"
 pa=$(port); pb=$(port)
 
-storage=("$work/registry")
+storage="$work/registry"
+ours_env=()
 if [ -n "$s3" ]; then
   . scripts/lib/garage.sh
   garage_start "$work"
   # Tens of GiB of pushed blobs: removed also when a run fails (the logs stay in $work).
   trap 'kill $GARAGE_PID 2>/dev/null || true; rm -rf "$work/garage"' EXIT
-  storage=(s3://registry/registry AWS_ENDPOINT_URL="$GARAGE_ENDPOINT" AWS_REGION=garage
-           AWS_ACCESS_KEY_ID="$GARAGE_KEY" AWS_SECRET_ACCESS_KEY="$GARAGE_SECRET")
+  storage=s3://registry/registry
+  ours_env=(AWS_ENDPOINT_URL="$GARAGE_ENDPOINT" AWS_REGION=garage
+            AWS_ACCESS_KEY_ID="$GARAGE_KEY" AWS_SECRET_ACCESS_KEY="$GARAGE_SECRET")
   distribution_config "$work/distribution.yml" /distribution "$pb"
 else
   distribution_config "$work/distribution.yml" "$work/distribution" "$pb"
 fi
 
-env RUST_LOG=warn "${storage[@]:1}" "$target/registry" serve --listen "127.0.0.1:$pa" --storage "${storage[0]}" 2>"$work/registry.log" &
+env RUST_LOG=warn "${ours_env[@]}" "$target/registry" serve --listen "127.0.0.1:$pa" --storage "$storage" 2>"$work/registry.log" &
 ours=$!
 # Go's AWS SDK refuses a CA bundle (AWS_CA_BUNDLE, which some machines set) with a custom
 # endpoint's transport; the loopback Garage is plain HTTP.

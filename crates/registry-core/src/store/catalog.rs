@@ -29,12 +29,14 @@ impl ObjectRegistry {
     /// changed since the last listing (it is read before listing, so a cached list is never
     /// older than its generation); otherwise one small read.
     pub(super) async fn all_repositories(&self) -> Result<Arc<Vec<RepoName>>> {
-        let generation =
-            match super::get_small_in(self.volatile(), &layout::catalog_generation()).await? {
-                Some(g) => g,
-                // Storage written before generations existed: start one.
-                None => self.catalog_changed().await?,
-            };
+        let generation = match self
+            .get_small_from(self.volatile(), &layout::catalog_generation())
+            .await?
+        {
+            Some(g) => g,
+            // Storage written before generations existed: start one.
+            None => self.catalog_changed().await?,
+        };
         if let Some((cached, list)) = &*self.catalog.lock().expect("not poisoned") {
             if *cached == generation {
                 return Ok(list.clone());

@@ -260,8 +260,9 @@ impl ObjectRegistry {
     /// The sorted tags of `repo`. The generation is read before listing, so a list cached
     /// under it can only be newer than the generation, never older.
     async fn all_tags(&self, repo: &RepoName) -> Result<Arc<Vec<Tag>>> {
-        // The scratch view keeps the same keys as the store (one read on a filesystem).
-        let generation = self.get_small(&layout::tags_generation(repo)).await?;
+        let generation = self
+            .get_small_from(self.volatile(), &layout::tags_generation(repo))
+            .await?;
         if let Some(g) = &generation {
             let cache = self.tag_lists.lock().expect("not poisoned");
             if let Some((cached, list)) = cache.get(repo) {

@@ -179,29 +179,37 @@ impl ObjectRegistry {
         self.scratch.as_ref().unwrap_or(&self.store)
     }
 
-    /// Reads a whole small object; `None` when absent. On a local filesystem the file is read
-    /// in one blocking call (object_store's takes two: open, then read), which is most of what
-    /// a manifest or tag read costs; such reads bypass wrappers of the store (the storage
-    /// metrics do not count them).
+    /// The file holding `path`, when the storage is a local directory. Keys with
+    /// percent-encoded parts are the store's to map to file names.
+    fn local_file(&self, path: &Path) -> Option<std::path::PathBuf> {
+        let root = self.staging.as_ref()?;
+        (!path.as_ref().contains('%')).then(|| root.join(path.as_ref()))
+    }
+
+    /// Reads a whole small object from `store` (the store or its scratch view, which keep the
+    /// same keys); `None` when absent. On a local filesystem the file is read in one blocking
+    /// call (object_store's takes two: open, then read), which is most of what a manifest or
+    /// tag read costs; such reads bypass wrappers of the store (the storage metrics do not
+    /// count them).
+    async fn get_small_from(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        path: &Path,
+    ) -> Result<Option<Bytes>> {
+        let Some(file) = self.local_file(path) else {
+            return get_small_in(store, path).await;
+        };
+        blocking_local(move || match std::fs::read(file) {
+            Ok(bytes) => Ok(Some(Bytes::from(bytes))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        })
+        .await
+    }
+
+    /// [`Self::get_small_from`] the durable store.
     async fn get_small(&self, path: &Path) -> Result<Option<Bytes>> {
-        match &self.staging {
-            // Keys with percent-encoded parts are the store's to map to file names.
-            Some(root) if !path.as_ref().contains('%') => {
-                let file = root.join(path.as_ref());
-                let read = tokio::task::spawn_blocking(move || std::fs::read(file))
-                    .await
-                    .map_err(std::io::Error::other);
-                match read {
-                    Ok(Ok(bytes)) => Ok(Some(Bytes::from(bytes))),
-                    Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                    Ok(Err(e)) | Err(e) => Err(Error::Storage(object_store::Error::Generic {
-                        store: "LocalFileSystem",
-                        source: Box::new(e),
-                    })),
-                }
-            }
-            _ => get_small_in(&self.store, path).await,
-        }
+        self.get_small_from(&self.store, path).await
     }
 
     /// Like [`Self::get_small`], answered from the metadata cache when it may be (see
@@ -241,14 +249,9 @@ impl ObjectRegistry {
     /// missing file is created by the store (a temporary file renamed into place: no reader
     /// ever sees it empty).
     async fn put_generation(&self, path: &Path, value: Bytes) -> Result<()> {
-        if let Some(root) = self
-            .staging
-            .as_ref()
-            .filter(|_| !path.as_ref().contains('%'))
-        {
-            let file = root.join(path.as_ref());
+        if let Some(file) = self.local_file(path) {
             let bytes = value.clone();
-            let rewritten = tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
+            let rewritten = blocking_local(move || {
                 use std::os::unix::fs::FileExt;
                 let f = match std::fs::OpenOptions::new().write(true).open(&file) {
                     Ok(f) => f,
@@ -261,15 +264,7 @@ impl ObjectRegistry {
                 f.write_all_at(&bytes, 0)?;
                 Ok(true)
             })
-            .await
-            .map_err(std::io::Error::other)
-            .and_then(|r| r)
-            .map_err(|e| {
-                Error::Storage(object_store::Error::Generic {
-                    store: "LocalFileSystem",
-                    source: Box::new(e),
-                })
-            })?;
+            .await?;
             if rewritten {
                 return Ok(());
             }
@@ -358,6 +353,22 @@ impl ObjectRegistry {
         }
         Ok(exists)
     }
+}
+
+/// Runs file operations on the blocking pool; their errors are storage errors.
+async fn blocking_local<T: Send + 'static>(
+    op: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(op)
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(|e| {
+            Error::Storage(object_store::Error::Generic {
+                store: "LocalFileSystem",
+                source: Box::new(e),
+            })
+        })
 }
 
 async fn get_small_in(store: &Arc<dyn ObjectStore>, path: &Path) -> Result<Option<Bytes>> {
