@@ -4,7 +4,9 @@
 use std::ops::Range;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
 use object_store::{GetOptions, GetRange, PutPayload};
 
 use super::ObjectRegistry;
@@ -35,23 +37,15 @@ impl ObjectRegistry {
         digest: &Digest,
         cached: bool,
     ) -> Result<Option<u64>> {
+        if cached {
+            let key = layout::layer_link_text(repo, digest);
+            return self.get_cached(key, link_size).await;
+        }
         let path = layout::layer_link(repo, digest);
-        let read = if cached {
-            self.get_cached(&path).await?
-        } else {
-            self.get_small(&path).await?
-        };
-        let Some(bytes) = read else {
-            return Ok(None);
-        };
-        std::str::from_utf8(&bytes)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .map(Some)
-            .ok_or_else(|| Error::Corrupt {
-                path: path.to_string(),
-                reason: "link does not hold a size".into(),
-            })
+        match self.get_small(&path).await? {
+            Some(raw) => link_size(&path, raw).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Makes an existing global blob visible in `repo`.
@@ -158,4 +152,15 @@ impl BlobStore for ObjectRegistry {
         }
         self.delete_quiet(&layout::layer_link(repo, digest)).await
     }
+}
+
+/// The size a blob link holds.
+fn link_size(path: &Path, raw: Bytes) -> Result<u64> {
+    std::str::from_utf8(&raw)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| Error::Corrupt {
+            path: path.to_string(),
+            reason: "link does not hold a size".into(),
+        })
 }

@@ -1,6 +1,8 @@
 //! The metadata cache: the small objects a pull reads on every request (tags, manifest
 //! revisions, blob links) kept in memory for a bounded time, so a warm manifest GET or blob
-//! HEAD makes no storage request.
+//! HEAD makes no storage request. Entries hold the object as its reader decoded it (a tag's
+//! target, a revision's media type and bytes, a link's size), so a hit neither parses nor
+//! copies; the bounds count the size of the object as stored.
 //!
 //! # What may be stale, and for how long
 //! Several nodes may share the storage and none tells the others what it wrote, so an entry is
@@ -25,12 +27,12 @@
 //! are not kept until some expire. Misses are not cached: an object pushed on another node is
 //! visible at once.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use object_store::path::Path;
 
 /// The longest `cache_ttl` that keeps the guarantee about garbage collection.
@@ -42,7 +44,7 @@ pub(super) const MAX_BYTES: usize = 64 << 20;
 /// Larger objects are always read from storage.
 pub(super) const MAX_ENTRY: usize = 256 << 10;
 
-/// Small objects by key, each with the instant the read that fetched it began.
+/// Small objects by key, decoded, each with the instant the read that fetched it began.
 #[derive(Debug)]
 pub(super) struct MetadataCache {
     ttl: Duration,
@@ -53,8 +55,18 @@ pub(super) struct MetadataCache {
 
 #[derive(Debug, Default)]
 struct Entries {
-    map: HashMap<Path, (Instant, Bytes)>,
+    /// By the key's text, so a lookup needs no [`Path`].
+    map: HashMap<Box<str>, Entry>,
     bytes: usize,
+}
+
+#[derive(Debug)]
+struct Entry {
+    /// When the read that found it began.
+    at: Instant,
+    /// The stored object's size.
+    len: usize,
+    value: Arc<dyn Any + Send + Sync>,
 }
 
 /// Taken before a read whose result may fill the cache.
@@ -78,11 +90,15 @@ impl MetadataCache {
         !self.ttl.is_zero()
     }
 
-    /// The object, if it was read less than `ttl` ago and not written since.
-    pub(super) fn get(&self, path: &Path) -> Option<Bytes> {
+    /// The object as decoded into a `T`, if it was read less than `ttl` ago and not written
+    /// since. (An entry kept as another type is a miss.)
+    pub(super) fn get<T: Clone + 'static>(&self, key: &str) -> Option<T> {
         let inner = self.inner.lock().expect("not poisoned");
-        let (at, bytes) = inner.map.get(path)?;
-        (at.elapsed() < self.ttl).then(|| bytes.clone())
+        let entry = inner.map.get(key)?;
+        if entry.at.elapsed() >= self.ttl {
+            return None;
+        }
+        entry.value.downcast_ref::<T>().cloned()
     }
 
     /// To be taken before reading an object that [`Self::fill`] may keep.
@@ -93,10 +109,17 @@ impl MetadataCache {
         }
     }
 
-    /// Keeps what a read that began at `ticket` found, unless this process wrote anything
-    /// meanwhile or the cache is full of live entries.
-    pub(super) fn fill(&self, ticket: Ticket, path: &Path, bytes: &Bytes) {
-        if !self.enabled() || bytes.len() > MAX_ENTRY {
+    /// Keeps what a read that began at `ticket` found (an object of `len` bytes, decoded into
+    /// `value`), unless this process wrote anything meanwhile or the cache is full of live
+    /// entries.
+    pub(super) fn fill<T: Clone + Send + Sync + 'static>(
+        &self,
+        ticket: Ticket,
+        path: &Path,
+        len: usize,
+        value: &T,
+    ) {
+        if !self.enabled() || len > MAX_ENTRY {
             return;
         }
         let mut inner = self.inner.lock().expect("not poisoned");
@@ -104,21 +127,23 @@ impl MetadataCache {
         if self.writes.load(Ordering::Acquire) != ticket.writes {
             return;
         }
-        if inner.map.len() >= MAX_ENTRIES || inner.bytes + bytes.len() > MAX_BYTES {
+        if inner.map.len() >= MAX_ENTRIES || inner.bytes + len > MAX_BYTES {
             let ttl = self.ttl;
-            inner.map.retain(|_, (at, _)| at.elapsed() < ttl);
-            inner.bytes = inner.map.values().map(|(_, b)| b.len()).sum();
-            if inner.map.len() >= MAX_ENTRIES || inner.bytes + bytes.len() > MAX_BYTES {
+            inner.map.retain(|_, e| e.at.elapsed() < ttl);
+            inner.bytes = inner.map.values().map(|e| e.len).sum();
+            if inner.map.len() >= MAX_ENTRIES || inner.bytes + len > MAX_BYTES {
                 return;
             }
         }
-        if let Some((_, old)) = inner
-            .map
-            .insert(path.clone(), (ticket.began, bytes.clone()))
-        {
-            inner.bytes -= old.len();
+        let entry = Entry {
+            at: ticket.began,
+            len,
+            value: Arc::new(value.clone()),
+        };
+        if let Some(old) = inner.map.insert(path.as_ref().into(), entry) {
+            inner.bytes -= old.len;
         }
-        inner.bytes += bytes.len();
+        inner.bytes += len;
     }
 
     /// Forgets `path` once it was written or deleted, and keeps reads in flight (which may
@@ -129,8 +154,8 @@ impl MetadataCache {
             return;
         }
         let mut inner = self.inner.lock().expect("not poisoned");
-        if let Some((_, old)) = inner.map.remove(path) {
-            inner.bytes -= old.len();
+        if let Some(old) = inner.map.remove(path.as_ref()) {
+            inner.bytes -= old.len;
         }
     }
 }
@@ -138,6 +163,7 @@ impl MetadataCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     fn path(s: &str) -> Path {
         Path::from(s)
@@ -148,10 +174,11 @@ mod tests {
         let cache = MetadataCache::new(Duration::from_millis(50));
         let ticket = cache.ticket();
         std::thread::sleep(Duration::from_millis(30));
-        cache.fill(ticket, &path("a"), &Bytes::from_static(b"x"));
-        assert_eq!(cache.get(&path("a")).as_deref(), Some(&b"x"[..]));
+        cache.fill(ticket, &path("a"), 1, &Bytes::from_static(b"x"));
+        assert_eq!(cache.get::<Bytes>("a").as_deref(), Some(&b"x"[..]));
+        assert_eq!(cache.get::<u64>("a"), None, "kept as another type");
         std::thread::sleep(Duration::from_millis(25));
-        assert_eq!(cache.get(&path("a")), None, "50 ms after the read began");
+        assert_eq!(cache.get::<Bytes>("a"), None, "50 ms after the read began");
     }
 
     #[test]
@@ -159,36 +186,36 @@ mod tests {
         let cache = MetadataCache::new(Duration::from_secs(1));
         let ticket = cache.ticket();
         cache.forget(&path("other"));
-        cache.fill(ticket, &path("a"), &Bytes::from_static(b"old"));
-        assert_eq!(cache.get(&path("a")), None);
+        cache.fill(ticket, &path("a"), 3, &Bytes::from_static(b"old"));
+        assert_eq!(cache.get::<Bytes>("a"), None);
         let ticket = cache.ticket();
-        cache.fill(ticket, &path("a"), &Bytes::from_static(b"new"));
-        assert!(cache.get(&path("a")).is_some());
+        cache.fill(ticket, &path("a"), 3, &Bytes::from_static(b"new"));
+        assert!(cache.get::<Bytes>("a").is_some());
         cache.forget(&path("a"));
-        assert_eq!(cache.get(&path("a")), None);
+        assert_eq!(cache.get::<Bytes>("a"), None);
     }
 
     #[test]
     fn bounded_and_off_at_zero() {
         let off = MetadataCache::new(Duration::ZERO);
-        off.fill(off.ticket(), &path("a"), &Bytes::from_static(b"x"));
-        assert_eq!(off.get(&path("a")), None);
+        off.fill(off.ticket(), &path("a"), 1, &Bytes::from_static(b"x"));
+        assert_eq!(off.get::<Bytes>("a"), None);
 
         let cache = MetadataCache::new(Duration::from_secs(60));
         assert_eq!(cache.ttl, MAX_TTL, "clamped");
         let big = Bytes::from(vec![0; MAX_ENTRY + 1]);
-        cache.fill(cache.ticket(), &path("big"), &big);
-        assert_eq!(cache.get(&path("big")), None);
+        cache.fill(cache.ticket(), &path("big"), big.len(), &big);
+        assert_eq!(cache.get::<Bytes>("big"), None);
         let entry = Bytes::from(vec![0; MAX_ENTRY]);
         for i in 0..(MAX_BYTES / MAX_ENTRY + 10) {
-            cache.fill(cache.ticket(), &path(&format!("e{i}")), &entry);
+            cache.fill(cache.ticket(), &path(&format!("e{i}")), entry.len(), &entry);
         }
         let inner = cache.inner.lock().unwrap();
         assert!(inner.bytes <= MAX_BYTES);
         assert_eq!(inner.map.len(), MAX_BYTES / MAX_ENTRY);
         assert_eq!(
             inner.bytes,
-            inner.map.values().map(|(_, b)| b.len()).sum::<usize>()
+            inner.map.values().map(|e| e.len).sum::<usize>()
         );
     }
 }

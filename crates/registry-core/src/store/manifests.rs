@@ -79,27 +79,22 @@ struct TagTarget {
 impl ObjectRegistry {
     /// A manifest revision as stored now (for writes and deletions).
     async fn revision(&self, repo: &RepoName, digest: &Digest) -> Result<Option<Revision>> {
-        self.read_revision(repo, digest, false).await
+        let path = layout::revision_link(repo, digest);
+        match self.get_small(&path).await? {
+            Some(raw) => Revision::decode(&path, raw).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// A manifest revision for a pull: possibly from the metadata cache.
-    async fn revision_cached(&self, repo: &RepoName, digest: &Digest) -> Result<Option<Revision>> {
-        self.read_revision(repo, digest, true).await
-    }
-
-    async fn read_revision(
+    async fn revision_cached(
         &self,
         repo: &RepoName,
         digest: &Digest,
-        cached: bool,
-    ) -> Result<Option<Revision>> {
-        let path = layout::revision_link(repo, digest);
-        let raw = if cached {
-            self.get_cached(&path).await?
-        } else {
-            self.get_small(&path).await?
-        };
-        raw.map(|raw| Revision::decode(&path, raw)).transpose()
+    ) -> Result<Option<Arc<Revision>>> {
+        let key = layout::revision_link_text(repo, digest);
+        self.get_cached(key, |path, raw| Revision::decode(path, raw).map(Arc::new))
+            .await
     }
 
     /// What a reference names, for a pull (possibly from the metadata cache).
@@ -107,12 +102,15 @@ impl ObjectRegistry {
         let unknown = || Error::ManifestUnknown(reference.to_string());
         match reference {
             Reference::Tag(t) => {
-                let path = layout::tag(repo, t);
-                let raw = self.get_cached(&path).await?.ok_or_else(unknown)?;
-                let target: TagTarget = super::parse_json(&path, &raw)?;
+                let target = self
+                    .get_cached(layout::tag_text(repo, t), |path, raw| {
+                        super::parse_json::<TagTarget>(path, &raw).map(Arc::new)
+                    })
+                    .await?
+                    .ok_or_else(unknown)?;
                 Ok(ManifestInfo {
-                    digest: target.digest,
-                    media_type: target.media_type,
+                    digest: target.digest.clone(),
+                    media_type: target.media_type.clone(),
                     size: target.size,
                 })
             }
@@ -350,7 +348,7 @@ impl ManifestStore for ObjectRegistry {
             .revision_cached(repo, &digest)
             .await?
             .ok_or_else(|| Error::ManifestUnknown(reference.to_string()))?;
-        Ok((rev.info(&digest), rev.bytes))
+        Ok((rev.info(&digest), rev.bytes.clone()))
     }
 
     async fn manifest_delete(&self, repo: &RepoName, reference: &Reference) -> Result<()> {

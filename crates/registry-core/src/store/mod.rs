@@ -212,21 +212,36 @@ impl ObjectRegistry {
         self.get_small_from(&self.store, path).await
     }
 
-    /// Like [`Self::get_small`], answered from the metadata cache when it may be (see
-    /// `cache`): for reads that serve pulls, never for those a write decides on.
-    async fn get_cached(&self, path: &Path) -> Result<Option<Bytes>> {
-        if !self.cache.enabled() || self.lease_active(false).await? {
-            return self.get_small(path).await;
-        }
-        if let Some(bytes) = self.cache.get(path) {
-            return Ok(Some(bytes));
+    /// Reads a small object and decodes it with `decode`, answered from the metadata cache
+    /// when it may be (see `cache`): for reads that serve pulls, never for those a write
+    /// decides on. The cache keeps the decoded value, so a hit does not decode again.
+    /// The key is given as its text (`layout::…_text`): a hit needs no [`Path`].
+    async fn get_cached<T>(
+        &self,
+        key: String,
+        decode: impl FnOnce(&Path, Bytes) -> Result<T>,
+    ) -> Result<Option<T>>
+    where
+        T: Clone + Send + Sync + 'static,
+    {
+        let cacheable = self.cache.enabled() && !self.lease_active(false).await?;
+        if cacheable {
+            if let Some(value) = self.cache.get::<T>(&key) {
+                return Ok(Some(value));
+            }
         }
         let ticket = self.cache.ticket();
-        let found = self.get_small(path).await?;
-        if let Some(bytes) = &found {
-            self.cache.fill(ticket, path, bytes);
+        // Entries are filled under the path's own text, the text writes forget.
+        let path = &layout::path(key);
+        let Some(raw) = self.get_small(path).await? else {
+            return Ok(None);
+        };
+        let len = raw.len();
+        let value = decode(path, raw)?;
+        if cacheable {
+            self.cache.fill(ticket, path, len, &value);
         }
-        Ok(found)
+        Ok(Some(value))
     }
 
     /// Writes a small object the metadata cache may hold. The cache forgets it once the write
