@@ -232,6 +232,31 @@ async fn connections_that_hang_are_closed() {
         "{took:?}"
     );
 
+    // A request head that trickles in, a byte a second, is cut off after the idle timeout
+    // too: the bound is on the whole head, not on each read.
+    let mut trickle = TcpStream::connect(&server.addr).unwrap();
+    trickle
+        .set_read_timeout(Some(Duration::from_millis(1000)))
+        .unwrap();
+    let started = Instant::now();
+    trickle.write_all(b"GET /v2/ HTTP/1.1\r\nX-Slow: ").unwrap();
+    let closed = loop {
+        let mut buf = [0u8; 512];
+        match trickle.read(&mut buf) {
+            Ok(_) => break started.elapsed(), // an answer, or the end: either way cut off
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => break started.elapsed(),
+        }
+        if trickle.write_all(b"a").is_err() || started.elapsed() > Duration::from_secs(15) {
+            break started.elapsed();
+        }
+    };
+    assert!(
+        closed >= Duration::from_millis(1900) && closed < Duration::from_secs(8),
+        "{closed:?}"
+    );
+
     // A body that stops arriving gets 408 with the JSON error, and the connection closes.
     let location = common::start_upload(&http, &base, "slow").await;
     let mut stalled = TcpStream::connect(&server.addr).unwrap();

@@ -47,15 +47,19 @@ impl Endpoint {
         if rest == "_catalog" {
             return Ok(Endpoint::Catalog);
         }
-        let segs: Vec<&str> = rest.split('/').collect();
-        let n = segs.len();
+        // The last three segments (`""` where there are fewer); the name is what precedes the
+        // last `count` of them.
+        let mut tail = rest.rsplitn(4, '/');
+        let last: [&str; 3] = std::array::from_fn(|_| tail.next().unwrap_or(""));
+        let segments = rest.split('/').count();
         let name = |count: usize| -> Result<RepoName, ApiError> {
-            if n <= count {
+            if segments <= count {
                 return Err(not_found());
             }
-            Ok(segs[..n - count].join("/").parse()?)
+            let suffix: usize = last[..count].iter().map(|s| s.len() + 1).sum();
+            Ok(rest[..rest.len() - suffix].parse()?)
         };
-        let at = |i: usize| if n >= i { segs[n - i] } else { "" };
+        let at = |i: usize| last[i - 1];
         match (at(3), at(2), at(1)) {
             (_, "blobs", "uploads") | ("blobs", "uploads", "") => {
                 Ok(Endpoint::Uploads(name(if at(1).is_empty() {

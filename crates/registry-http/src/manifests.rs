@@ -1,6 +1,7 @@
 //! Manifest GET/HEAD (with `Accept` negotiation), PUT and DELETE.
 
 use axum::body::Body;
+use axum::http::header::ACCEPT;
 use axum::http::Method;
 use registry_core::manifest::{essence, MANIFEST_TYPES};
 use registry_core::{Reference, RepoName, Tag};
@@ -11,18 +12,16 @@ use crate::{ApiError, ApiResult, ErrorCode, RegistryState, Req};
 /// Whether the client's `Accept` headers admit `media_type`. The stored manifest is served
 /// unless the client lists only manifest types and not this one; it is never converted.
 fn acceptable(req: &Req, media_type: &str) -> bool {
-    let listed: Vec<&str> = req
+    let mut listed = req
         .headers
-        .get_all("accept")
+        .get_all(ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(essence)
         .filter(|t| !t.is_empty())
-        .collect();
-    listed.is_empty()
-        || listed.contains(&media_type)
-        || listed.iter().any(|t| !MANIFEST_TYPES.contains(t))
+        .peekable();
+    listed.peek().is_none() || listed.any(|t| t == media_type || !MANIFEST_TYPES.contains(&t))
 }
 
 pub(crate) async fn get(

@@ -245,9 +245,7 @@ impl RegistryBuilder {
         if self.request_log {
             app = app.layer(axum::middleware::from_fn(crate::log::log_requests));
         }
-        let app = axum::Router::new()
-            .fallback_service(crate::Api::new(state, self.request_log))
-            .merge(app);
+        let app = crate::App::with_api(crate::Api::new(state, self.request_log), app);
         let (tls, acme) = match (self.tls, self.acme) {
             (_, Some(managed)) => {
                 let state = match managed.state {
@@ -294,7 +292,7 @@ impl RegistryBuilder {
 /// A registry ready to serve; see the module documentation.
 #[derive(Clone)]
 pub struct Registry {
-    app: Router,
+    app: crate::App,
     storage: ObjectRegistry,
     metrics: Option<Arc<Metrics>>,
     guard: Option<Arc<Guard>>,
@@ -325,9 +323,11 @@ impl Registry {
         }
     }
 
-    /// The API (`/v2/…`, `/healthz`, and `/metrics` if so built) as an axum router.
+    /// The API (`/v2/…`, `/healthz`, and `/metrics` if so built) as an axum router, to merge
+    /// into an application (`registry serve` uses [`Self::site`], which skips the router for
+    /// API paths).
     pub fn router(&self) -> Router {
-        self.app.clone()
+        self.app.clone().into_router()
     }
 
     /// The storage it serves.
@@ -391,7 +391,7 @@ impl Registry {
     ) -> Option<Site> {
         let acme = self.acme.clone()?;
         Some(Site {
-            app: crate::acme::challenge_router(acme, https_port),
+            app: crate::acme::challenge_router(acme, https_port).into(),
             tls: None,
             ..self.site(name, hostname)
         })

@@ -22,7 +22,6 @@ use crate::guard::Connection;
 use crate::metrics::ConnectionMetrics;
 use crate::{ApiError, ErrorCode};
 use axum::extract::Request;
-use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -31,7 +30,6 @@ use registry_auth::ip::IpRanges;
 use registry_auth::tls::{ClientCertificate, TlsConfig, ACME_TLS_ALPN};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
-use tower::ServiceExt;
 
 use body::{Exchange, RequestBody, ResponseBody};
 pub use conn::ConnectionSettings;
@@ -47,7 +45,7 @@ pub struct Site {
     /// Further names it answers to (lowercase), such as the other names of its certificate.
     pub aliases: Vec<String>,
     /// What serves its requests.
-    pub app: Router,
+    pub app: crate::App,
     /// Set on TLS listeners (then on every site of the address).
     pub tls: Option<Arc<TlsConfig>>,
     /// How the address bounds connections (the same for every site of the address).
@@ -184,7 +182,7 @@ impl Sites {
 
     /// The app that serves `r` on a connection whose handshake picked site `fixed` (TLS), or
     /// the host names it gave if none (or another) does.
-    fn app_for<B>(&self, r: &Request<B>, fixed: Option<usize>) -> Result<Router, String> {
+    fn app_for<B>(&self, r: &Request<B>, fixed: Option<usize>) -> Result<crate::App, String> {
         // Every name the request gives, and the TLS handshake's, must lead to one site.
         let hosts = request_hosts(r);
         let named = hosts.iter().flatten().map(|h| self.find(Some(h)));
@@ -231,10 +229,13 @@ fn request_hosts<B>(r: &Request<B>) -> [Option<&str>; 2] {
 pub async fn serve(listener: TcpListener, sites: Arc<Sites>, stop: watch::Receiver<bool>) {
     let settings = sites.connection.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // No header read timeout of hyper's: the watchdog already closes a connection with no
+    // request in flight for the idle timeout, which bounds a request head arriving slowly,
+    // and hyper's timer cost a timer-wheel entry for every request.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(settings.idle_timeout);
+        .header_read_timeout(None);
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
     let limits = Limits::new(settings.clone(), sites.exempt.clone());
@@ -342,7 +343,7 @@ impl Connecting {
                 let request = Request::from_parts(parts, axum::body::Body::new(body));
                 async move {
                     let response = match app {
-                        Ok(app) => app.oneshot(request).await?,
+                        Ok(app) => app.call(request).await,
                         Err(hosts) => misdirected(&hosts),
                     };
                     let response = if end.exchange().timed_out() {
@@ -443,10 +444,7 @@ fn request_timeout() -> axum::response::Response {
 fn error_response(code: ErrorCode, message: impl Into<String>) -> axum::response::Response {
     use axum::response::IntoResponse;
     let mut response = ApiError::new(code, message).into_response();
-    response.headers_mut().insert(
-        "docker-distribution-api-version",
-        http::HeaderValue::from_static("registry/2.0"),
-    );
+    crate::set_api_version(response.headers_mut());
     response
 }
 
@@ -534,7 +532,7 @@ mod tests {
             name: name.into(),
             hostname: host.map(str::to_owned),
             aliases: Vec::new(),
-            app: Router::new(),
+            app: axum::Router::new().into(),
             tls: None,
             connection: ConnectionSettings::default(),
             trusted_proxies: IpRanges::none(),
