@@ -155,7 +155,7 @@ impl BlobStore for ObjectRegistry {
 }
 
 /// The size a blob link holds.
-fn link_size(path: &Path, raw: Bytes) -> Result<u64> {
+pub(super) fn link_size(path: &Path, raw: Bytes) -> Result<u64> {
     std::str::from_utf8(&raw)
         .ok()
         .and_then(|s| s.trim().parse().ok())

@@ -130,6 +130,9 @@ impl ObjectRegistry {
         repo: &RepoName,
         parsed: &manifest::ParsedManifest,
     ) -> Result<()> {
+        if self.local_file(&layout::blobs_root()).is_some() {
+            return self.check_local_references(repo, parsed).await;
+        }
         let checks: Vec<_> = parsed
             .required_references()
             .map(|d| self.check_reference(repo, parsed.kind, d))
@@ -158,6 +161,47 @@ impl ObjectRegistry {
         }
     }
 
+    /// [`Self::check_references`] on a local filesystem: every link read in one blocking call
+    /// (one per reference cost two thread hand-offs each).
+    async fn check_local_references(
+        &self,
+        repo: &RepoName,
+        parsed: &manifest::ParsedManifest,
+    ) -> Result<()> {
+        let kind = parsed.kind;
+        let mut links = Vec::new();
+        for d in parsed.required_references() {
+            let path = match kind {
+                ManifestKind::Image => layout::layer_link(repo, &d.digest),
+                ManifestKind::Index => layout::revision_link(repo, &d.digest),
+            };
+            let file = self.local_file(&path);
+            links.push((d.digest.clone(), path, file));
+        }
+        let missing = super::blocking_local(move || {
+            for (digest, path, file) in links {
+                let found = match file.map(std::fs::read) {
+                    Some(Ok(raw)) => Some(raw),
+                    Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    Some(Err(e)) => return Err(e),
+                    None => None, // a key the store escapes: no such link is ever written
+                };
+                match found {
+                    None => return Ok(Some(Error::ManifestBlobUnknown(digest))),
+                    Some(raw) if kind == ManifestKind::Image => {
+                        if let Err(e) = super::blobs::link_size(&path, raw.into()) {
+                            return Ok(Some(e));
+                        }
+                    }
+                    Some(_) => {}
+                }
+            }
+            Ok(None)
+        })
+        .await?;
+        missing.map_or(Ok(()), Err)
+    }
+
     /// Stores a verified manifest: its revision, its referrer entry, its tags.
     async fn commit_manifest(
         &self,
@@ -171,37 +215,54 @@ impl ObjectRegistry {
         self.ensure_repo(repo).await?;
 
         let size = bytes.len() as u64;
-        self.put_small(
-            &layout::revision_link(repo, &digest),
-            Revision::encode(&parsed.media_type, bytes),
-        )
-        .await?;
-        if let Some(subject) = &parsed.subject {
-            let descriptor = Descriptor {
-                media_type: parsed.media_type.clone(),
-                digest: digest.clone(),
-                size,
-                artifact_type: parsed.artifact_type.clone(),
-                annotations: parsed.annotations.clone(),
-                urls: None,
-                platform: None,
-            };
-            self.put_json(
-                &layout::referrer(repo, &subject.digest, &digest),
-                &descriptor,
-            )
-            .await?;
-        }
         let target = TagTarget {
             digest: digest.clone(),
             media_type: parsed.media_type.clone(),
             size,
         };
-        if let Reference::Tag(t) = reference {
-            self.set_tag(repo, t, &target).await?;
+        let target = Bytes::from(serde_json::to_vec(&target).expect("plain data serializes"));
+        let named = match reference {
+            Reference::Tag(t) => Some(t),
+            Reference::Digest(_) => None,
+        };
+        // The tags are readied while the revision is written (on a filesystem: written and
+        // fsynced beside their files, so those fsyncs overlap the revision's) and put in place
+        // only once the revision and its referrer entry are stored.
+        let stage_tags =
+            futures::future::try_join_all(named.into_iter().chain(tags).map(|t| {
+                self.prepare_small(layout::tag(repo, t), PutPayload::from(target.clone()))
+            }));
+        let write_revision = async {
+            self.put_small(
+                &layout::revision_link(repo, &digest),
+                Revision::encode(&parsed.media_type, bytes),
+            )
+            .await?;
+            if let Some(subject) = &parsed.subject {
+                let descriptor = Descriptor {
+                    media_type: parsed.media_type.clone(),
+                    digest: digest.clone(),
+                    size,
+                    artifact_type: parsed.artifact_type.clone(),
+                    annotations: parsed.annotations.clone(),
+                    urls: None,
+                    platform: None,
+                };
+                self.put_json(
+                    &layout::referrer(repo, &subject.digest, &digest),
+                    &descriptor,
+                )
+                .await?;
+            }
+            Ok(())
+        };
+        let (staged, ()) = futures::try_join!(stage_tags, write_revision)?;
+        let mut added = false;
+        for tag in staged {
+            added |= self.publish_small(tag).await?;
         }
-        for t in tags {
-            self.set_tag(repo, t, &target).await?;
+        if added {
+            self.tags_changed(repo).await?;
         }
         Ok(PutManifest {
             digest,
@@ -235,16 +296,6 @@ impl ObjectRegistry {
         Ok(serde_json::from_slice::<Index>(&bytes)
             .map(|i| i.manifests)
             .unwrap_or_default())
-    }
-
-    async fn set_tag(&self, repo: &RepoName, tag: &Tag, target: &TagTarget) -> Result<()> {
-        let path = layout::tag(repo, tag);
-        let added = !self.exists(&path).await?;
-        self.put_json(&path, target).await?;
-        if added {
-            self.tags_changed(repo).await?;
-        }
-        Ok(())
     }
 
     /// Records that the set of tags of `repo` changed; called after the change is stored, so a

@@ -8,6 +8,7 @@
 mod blobs;
 mod cache;
 mod catalog;
+mod durable;
 mod fsck;
 mod gc;
 mod manifests;
@@ -95,9 +96,24 @@ pub struct ObjectRegistry {
     staging: Option<Arc<std::path::PathBuf>>,
     /// Tags, manifest revisions and blob links read recently (see `cache`).
     cache: Arc<cache::MetadataCache>,
+    /// Small durable writes on a local filesystem (see `durable`).
+    durable: Arc<durable::DurableWrites>,
 }
 
 type CachedCatalog = (Bytes, Arc<Vec<RepoName>>);
+
+/// A small object's next content (see [`ObjectRegistry::prepare_small`]).
+struct PreparedSmall {
+    path: Path,
+    payload: Payload,
+}
+
+enum Payload {
+    /// Written and fsynced beside the file.
+    Local(durable::Staged),
+    /// To be put.
+    Object(PutPayload),
+}
 
 /// What [`ObjectRegistry::with_presigned_reads`] was given.
 #[derive(Clone)]
@@ -129,6 +145,7 @@ impl ObjectRegistry {
             lease: Arc::default(),
             appends: Arc::default(),
             staging: None,
+            durable: Arc::default(),
         }
     }
 
@@ -246,11 +263,63 @@ impl ObjectRegistry {
 
     /// Writes a small object the metadata cache may hold. The cache forgets it once the write
     /// is done (or failed), which also keeps reads in flight from caching the old value.
+    /// On a local filesystem the write is `durable`'s, which shares directory fsyncs between
+    /// concurrent writers (it bypasses wrappers of the store, as local reads do).
     async fn put_small(&self, path: &Path, payload: PutPayload) -> Result<()> {
-        let written = self.store.put(path, payload).await;
+        self.write_small(path, payload, false).await.map(drop)
+    }
+
+    /// Readies a small object's next content without putting it in place: on a filesystem it
+    /// is written and fsynced beside its target (see `durable`); elsewhere nothing is done yet.
+    async fn prepare_small(&self, path: Path, payload: PutPayload) -> Result<PreparedSmall> {
+        let payload = match self.local_file(&path) {
+            Some(file) => Payload::Local(
+                blocking_local(move || {
+                    let parts: Vec<&[u8]> = payload.iter().map(|b| b.as_ref()).collect();
+                    durable::stage(&file, &parts)
+                })
+                .await?,
+            ),
+            None => Payload::Object(payload),
+        };
+        Ok(PreparedSmall { path, payload })
+    }
+
+    /// Puts a prepared object in place, durably; tells whether it is new (on a filesystem
+    /// that costs no extra call; elsewhere the object is looked for first).
+    async fn publish_small(&self, prepared: PreparedSmall) -> Result<bool> {
+        let path = prepared.path;
+        match prepared.payload {
+            Payload::Local(staged) => {
+                let durable = self.durable.clone();
+                let published = blocking_local(move || durable.publish(staged)).await;
+                self.cache.forget(&path);
+                published
+            }
+            Payload::Object(payload) => self.write_small(&path, payload, true).await,
+        }
+    }
+
+    async fn write_small(&self, path: &Path, payload: PutPayload, ask_new: bool) -> Result<bool> {
+        let written = match self.local_file(path) {
+            Some(file) => {
+                let durable = self.durable.clone();
+                blocking_local(move || {
+                    let parts: Vec<&[u8]> = payload.iter().map(|b| b.as_ref()).collect();
+                    durable.put(&file, &parts)
+                })
+                .await
+            }
+            None => {
+                let new = !ask_new || !self.exists(path).await?;
+                match self.store.put(path, payload).await {
+                    Ok(_) => Ok(new),
+                    Err(e) => Err(e.into()),
+                }
+            }
+        };
         self.cache.forget(path);
-        written?;
-        Ok(())
+        written
     }
 
     /// Rewrites a generation object (`tags_generation`, `catalog_generation`: a random value
