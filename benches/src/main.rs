@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Parser;
 use registry_benches::report::{summarize, table, Sample};
 use registry_benches::server::usage;
@@ -112,6 +112,7 @@ async fn main() -> Result<()> {
         let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); targets.len()];
         for round in 0..args.rounds {
             for (i, t) in targets.iter().enumerate() {
+                settle()?;
                 let before = t.pid.and_then(usage);
                 let mut sample = run(t, w, round, sizes).await?;
                 let after = t.pid.and_then(usage);
@@ -140,5 +141,17 @@ async fn main() -> Result<()> {
     if let Some(path) = &args.output {
         std::fs::write(path, &out)?;
     }
+    Ok(())
+}
+
+/// Writes back what earlier rounds left dirty in the page cache before a round starts, so no
+/// round pays for another's writeback: Distribution does not fsync, and without this the round
+/// after one of its pushes ran while the kernel wrote back its gigabytes (our manifest PUTs,
+/// which fsync, were up to 30 % slower in the first round after the push workloads).
+fn settle() -> Result<()> {
+    let status = std::process::Command::new("sync")
+        .status()
+        .context("running sync")?;
+    anyhow::ensure!(status.success(), "sync failed: {status}");
     Ok(())
 }
