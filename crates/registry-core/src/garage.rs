@@ -215,7 +215,8 @@ impl Garage {
             .enable_all()
             .build()
             .expect("runtime");
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Generous: on two busy cores (tests running beside it) Garage once took over 30 s.
+        let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             let ok = rt.block_on(async {
                 store
@@ -224,7 +225,10 @@ impl Garage {
             });
             match ok {
                 Ok(_) => return,
-                Err(e) if Instant::now() > deadline => panic!("garage S3 is not ready: {e}"),
+                Err(e) if Instant::now() > deadline => panic!(
+                    "garage S3 is not ready: {e}\ngarage's log:\n{}",
+                    std::fs::read_to_string(self.log()).unwrap_or_default()
+                ),
                 Err(_) => std::thread::sleep(Duration::from_millis(200)),
             }
         }
