@@ -30,17 +30,6 @@ impl Default for Headers {
     }
 }
 
-/// A digest's text, built in one allocation (`to_string` goes through the formatter and grows
-/// its string twice).
-fn digest_text(digest: &Digest) -> String {
-    let (algorithm, hex) = (digest.algorithm().as_str(), digest.hex());
-    let mut text = String::with_capacity(algorithm.len() + 1 + hex.len());
-    text.push_str(algorithm);
-    text.push(':');
-    text.push_str(hex);
-    text
-}
-
 /// `"<digest>"`, an entity tag.
 fn etag(digest: &str) -> String {
     let mut etag = String::with_capacity(digest.len() + 2);
@@ -62,12 +51,6 @@ impl HeaderText for &str {
     }
 }
 
-impl HeaderText for &String {
-    fn header_value(self) -> Option<HeaderValue> {
-        HeaderValue::from_str(self).ok()
-    }
-}
-
 impl HeaderText for String {
     fn header_value(self) -> Option<HeaderValue> {
         HeaderValue::try_from(self).ok()
@@ -82,7 +65,7 @@ impl HeaderText for u64 {
 
 impl HeaderText for &Digest {
     fn header_value(self) -> Option<HeaderValue> {
-        digest_text(self).header_value()
+        self.to_string().header_value()
     }
 }
 
@@ -253,14 +236,19 @@ pub(crate) enum BlobAnswer {
     },
 }
 
-fn blob_headers(digest: &Digest, length: u64) -> Headers {
-    let digest = digest_text(digest);
+/// What every answer carrying content says of it: type, length, digest and entity tag.
+fn content_headers(content_type: &str, length: u64, digest: &Digest) -> Headers {
+    let digest = digest.to_string();
     let etag = etag(&digest);
     Headers::default()
-        .set(CONTENT_TYPE, "application/octet-stream")
+        .set(CONTENT_TYPE, content_type)
         .set(CONTENT_LENGTH, length)
         .set(DOCKER_CONTENT_DIGEST, digest)
         .set(HeaderName::from_static("etag"), etag)
+}
+
+fn blob_headers(digest: &Digest, length: u64) -> Headers {
+    content_headers("application/octet-stream", length, digest)
         .set(HeaderName::from_static("accept-ranges"), "bytes")
         .set(HeaderName::from_static("cache-control"), "max-age=31536000")
 }
@@ -308,17 +296,10 @@ pub(crate) struct ManifestAnswer {
 impl IntoResponse for ManifestAnswer {
     fn into_response(self) -> Response {
         let info = &self.info;
-        let digest = digest_text(&info.digest);
-        let etag = etag(&digest);
-        Headers::default()
-            .set(CONTENT_TYPE, &info.media_type)
-            .set(CONTENT_LENGTH, info.size)
-            .set(DOCKER_CONTENT_DIGEST, digest)
-            .set(HeaderName::from_static("etag"), etag)
-            .answer(
-                StatusCode::OK,
-                self.bytes.map_or_else(Body::empty, Body::from),
-            )
+        content_headers(&info.media_type, info.size, &info.digest).answer(
+            StatusCode::OK,
+            self.bytes.map_or_else(Body::empty, Body::from),
+        )
     }
 }
 

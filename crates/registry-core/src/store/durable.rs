@@ -28,6 +28,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use object_store::PutPayload;
+
 /// Attempts before a parent directory that keeps vanishing is an error.
 const ATTEMPTS: usize = 5;
 
@@ -36,7 +38,8 @@ const ATTEMPTS: usize = 5;
 pub(super) struct DurableWrites {
     /// Directories with writers in them now; an entry goes when its last writer is done.
     dirs: Mutex<HashMap<PathBuf, Arc<DirSync>>>,
-    /// Directory fsyncs made after renames, in all.
+    /// Directory fsyncs made after renames, in all (for the tests).
+    #[cfg(test)]
     dir_fsyncs: AtomicU64,
 }
 
@@ -49,10 +52,10 @@ struct DirSync {
 }
 
 impl DurableWrites {
-    /// Writes `parts`, in order, as the whole content of `file`, durably (blocking). Tells
-    /// whether `file` is new (did not exist just before it was replaced).
-    pub(super) fn put(&self, file: &Path, parts: &[&[u8]]) -> io::Result<bool> {
-        self.publish(stage(file, parts)?)
+    /// Writes `payload` as the whole content of `file`, durably (blocking). Tells whether
+    /// `file` is new (did not exist just before it was replaced).
+    pub(super) fn put(&self, file: &Path, payload: &PutPayload) -> io::Result<bool> {
+        self.publish(stage(file, payload)?)
     }
 
     /// Puts a staged file in place durably (blocking); tells whether it is new.
@@ -79,6 +82,7 @@ impl DurableWrites {
             } else {
                 // Every rename counted here finished before this fsync begins.
                 let covered = state.renamed.load(Ordering::Acquire);
+                #[cfg(test)]
                 self.dir_fsyncs.fetch_add(1, Ordering::Relaxed);
                 File::open(dir)
                     .and_then(|d| d.sync_all())
@@ -110,8 +114,8 @@ impl Drop for Staged {
     }
 }
 
-/// Writes `parts`, in order, to a new staging file beside `file` and fsyncs it (blocking).
-pub(super) fn stage(file: &Path, parts: &[&[u8]]) -> io::Result<Staged> {
+/// Writes `payload` to a new staging file beside `file` and fsyncs it (blocking).
+pub(super) fn stage(file: &Path, payload: &PutPayload) -> io::Result<Staged> {
     let dir = file
         .parent()
         .ok_or_else(|| io::Error::new(ErrorKind::InvalidInput, "a file has a directory"))?;
@@ -120,7 +124,7 @@ pub(super) fn stage(file: &Path, parts: &[&[u8]]) -> io::Result<Staged> {
         file: file.to_path_buf(),
         staging,
     };
-    parts.iter().try_for_each(|p| f.write_all(p))?;
+    payload.iter().try_for_each(|part| f.write_all(part))?;
     f.sync_all()?;
     Ok(staged)
 }
@@ -142,7 +146,11 @@ fn create_staging(file: &Path, dir: &Path) -> io::Result<(File, PathBuf)> {
             Err(e) if e.kind() == ErrorKind::AlreadyExists => n += 1,
             Err(e) if e.kind() == ErrorKind::NotFound && attempts < ATTEMPTS => {
                 attempts += 1;
-                create_dirs(dir)?;
+                match create_dirs(dir) {
+                    // A parent removed while the directories were being made: again.
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    other => other?,
+                }
             }
             Err(e) => return Err(e),
         }
@@ -179,14 +187,21 @@ fn create_dirs(dir: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    fn payload(parts: &[&'static [u8]]) -> PutPayload {
+        parts.iter().map(|p| bytes::Bytes::from_static(p)).collect()
+    }
+
     #[test]
     fn writes_replace_whole_files_and_create_directories() {
         let root = tempfile::tempdir().unwrap();
         let writes = DurableWrites::default();
         let file = root.path().join("a/b/c");
-        assert!(writes.put(&file, &[b"hello ", b"world"]).unwrap(), "new");
+        assert!(
+            writes.put(&file, &payload(&[b"hello ", b"world"])).unwrap(),
+            "new"
+        );
         assert_eq!(std::fs::read(&file).unwrap(), b"hello world");
-        assert!(!writes.put(&file, &[b"x"]).unwrap(), "replaced");
+        assert!(!writes.put(&file, &payload(&[b"x"])).unwrap(), "replaced");
         assert_eq!(std::fs::read(&file).unwrap(), b"x");
         let names = || -> Vec<_> {
             let dir = std::fs::read_dir(root.path().join("a/b")).unwrap();
@@ -198,14 +213,14 @@ mod tests {
             "idle directories are forgotten"
         );
 
-        let staged = stage(&file, &[b"next"]).unwrap();
+        let staged = stage(&file, &payload(&[b"next"])).unwrap();
         assert_eq!(
             std::fs::read(&file).unwrap(),
             b"x",
             "not in place before it is published"
         );
         drop(staged);
-        let staged = stage(&file, &[b"next"]).unwrap();
+        let staged = stage(&file, &payload(&[b"next"])).unwrap();
         assert!(!writes.publish(staged).unwrap());
         assert_eq!(std::fs::read(&file).unwrap(), b"next");
         assert_eq!(names(), ["c"], "a dropped staging file is removed");
@@ -220,10 +235,8 @@ mod tests {
                 let (writes, dir) = (writes.clone(), root.path().join("tags"));
                 std::thread::spawn(move || {
                     for j in 0..20 {
-                        let body = format!("{i}-{j}");
-                        writes
-                            .put(&dir.join(format!("t{i}")), &[body.as_bytes()])
-                            .unwrap();
+                        let body = PutPayload::from(format!("{i}-{j}").into_bytes());
+                        writes.put(&dir.join(format!("t{i}")), &body).unwrap();
                     }
                 })
             })

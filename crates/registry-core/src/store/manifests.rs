@@ -130,76 +130,24 @@ impl ObjectRegistry {
         repo: &RepoName,
         parsed: &manifest::ParsedManifest,
     ) -> Result<()> {
-        if self.local_file(&layout::blobs_root()).is_some() {
-            return self.check_local_references(repo, parsed).await;
-        }
-        let checks: Vec<_> = parsed
-            .required_references()
-            .map(|d| self.check_reference(repo, parsed.kind, d))
-            .collect();
-        futures::stream::iter(checks)
-            .buffered(16)
-            .try_collect::<Vec<()>>()
-            .await?;
-        Ok(())
-    }
-
-    async fn check_reference(
-        &self,
-        repo: &RepoName,
-        kind: ManifestKind,
-        d: &Descriptor,
-    ) -> Result<()> {
-        let present = match kind {
-            ManifestKind::Image => self.linked_size(repo, &d.digest).await?.is_some(),
-            ManifestKind::Index => self.exists(&layout::revision_link(repo, &d.digest)).await?,
-        };
-        if present {
-            Ok(())
-        } else {
-            Err(Error::ManifestBlobUnknown(d.digest.clone()))
-        }
-    }
-
-    /// [`Self::check_references`] on a local filesystem: every link read in one blocking call
-    /// (one per reference cost two thread hand-offs each).
-    async fn check_local_references(
-        &self,
-        repo: &RepoName,
-        parsed: &manifest::ParsedManifest,
-    ) -> Result<()> {
-        let kind = parsed.kind;
-        let mut links = Vec::new();
-        for d in parsed.required_references() {
-            let path = match kind {
+        let references: Vec<&Descriptor> = parsed.required_references().collect();
+        let paths: Vec<_> = references
+            .iter()
+            .map(|d| match parsed.kind {
                 ManifestKind::Image => layout::layer_link(repo, &d.digest),
                 ManifestKind::Index => layout::revision_link(repo, &d.digest),
+            })
+            .collect();
+        let found = self.get_small_many(&paths).await?;
+        for ((d, path), raw) in references.iter().zip(&paths).zip(found) {
+            let Some(raw) = raw else {
+                return Err(Error::ManifestBlobUnknown(d.digest.clone()));
             };
-            let file = self.local_file(&path);
-            links.push((d.digest.clone(), path, file));
-        }
-        let missing = super::blocking_local(move || {
-            for (digest, path, file) in links {
-                let found = match file.map(std::fs::read) {
-                    Some(Ok(raw)) => Some(raw),
-                    Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => None,
-                    Some(Err(e)) => return Err(e),
-                    None => None, // a key the store escapes: no such link is ever written
-                };
-                match found {
-                    None => return Ok(Some(Error::ManifestBlobUnknown(digest))),
-                    Some(raw) if kind == ManifestKind::Image => {
-                        if let Err(e) = super::blobs::link_size(&path, raw.into()) {
-                            return Ok(Some(e));
-                        }
-                    }
-                    Some(_) => {}
-                }
+            if parsed.kind == ManifestKind::Image {
+                super::blobs::link_size(path, raw)?;
             }
-            Ok(None)
-        })
-        .await?;
-        missing.map_or(Ok(()), Err)
+        }
+        Ok(())
     }
 
     /// Stores a verified manifest: its revision, its referrer entry, its tags.
