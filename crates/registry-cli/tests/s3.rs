@@ -407,28 +407,40 @@ async fn redirect_mode_serves_blobs_from_s3() {
     )
     .await;
 
+    // The redirect's location, after checking that following it (as clients do) gets the
+    // right bytes, from S3.
     let no_follow = Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let r = no_follow
-        .get(format!("{base}/v2/redir/app/blobs/{layer}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::TEMPORARY_REDIRECT);
-    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    let redirect = |digest: String| {
+        let (http, no_follow, base) = (http.clone(), no_follow.clone(), base.clone());
+        async move {
+            let url = format!("{base}/v2/redir/app/blobs/{digest}");
+            let r = no_follow.get(&url).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::TEMPORARY_REDIRECT);
+            let location = r.headers()["location"].to_str().unwrap().to_owned();
+            let got = http.get(&url).send().await.unwrap().bytes().await.unwrap();
+            assert_eq!(sha256(&got), digest);
+            location
+        }
+    };
+    let location = redirect(layer.clone()).await;
     assert!(location.starts_with(&garage.endpoint), "{location}");
-    // Following it (as clients do) gets the right bytes, from S3.
-    let got = http
-        .get(format!("{base}/v2/redir/app/blobs/{layer}"))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    assert_eq!(sha256(&got), layer);
+    // A blob whose session streamed into a multipart upload: the redirect goes to where its
+    // bytes are, not to the pointer at its key.
+    let big = data(7 * 1024 * 1024 + 5, 6);
+    let placed = chunked_push(
+        &http,
+        &[&base],
+        &base,
+        "redir/app",
+        &big,
+        &[6 * 1024 * 1024, 1024 * 1024 + 5],
+    )
+    .await;
+    let location = redirect(placed).await;
+    assert!(location.contains("/placed/"), "{location}");
     // HEAD is answered by the registry; unknown blobs are still 404 BLOB_UNKNOWN.
     let r = http
         .head(format!("{base}/v2/redir/app/blobs/{layer}"))

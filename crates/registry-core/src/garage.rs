@@ -8,7 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::multipart::MultipartStore;
 use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt};
 
@@ -246,7 +247,16 @@ impl Garage {
 
     /// An object store over the bucket, under `prefix` (one per test, so tests do not meet).
     pub fn store(&self, prefix: &str) -> Arc<dyn ObjectStore> {
-        let s3 = AmazonS3Builder::new()
+        Arc::new(PrefixStore::new(self.client(), prefix))
+    }
+
+    /// Multipart uploads of the bucket, under `prefix` (the same keys as [`Self::store`]).
+    pub fn multipart(&self, prefix: &str) -> Arc<dyn MultipartStore> {
+        Arc::new(PrefixStore::new(self.client(), prefix))
+    }
+
+    fn client(&self) -> AmazonS3 {
+        AmazonS3Builder::new()
             .with_endpoint(&self.endpoint)
             .with_region(REGION)
             .with_bucket_name(BUCKET)
@@ -254,8 +264,7 @@ impl Garage {
             .with_secret_access_key(SECRET)
             .with_allow_http(true)
             .build()
-            .expect("S3 client");
-        Arc::new(PrefixStore::new(s3, prefix))
+            .expect("S3 client")
     }
 
     /// Where Garage keeps its files.

@@ -1,7 +1,10 @@
 //! The storage key layout, drawn once. Every key the registry reads or writes is built here.
 //!
 //! ```text
-//! blobs/<alg>/<hex[..2]>/<hex>/data               content-addressed bytes of layers and configs
+//! blobs/<alg>/<hex[..2]>/<hex>/data               content-addressed bytes of layers and configs, or
+//!                                                  a pointer to where they are (see store::placed)
+//! placed/<id>                                      bytes an upload session streamed into a
+//!                                                  multipart upload; a blob's pointer names them
 //! repositories/<name>/_layers/<alg>/<hex>          link: the blob is in the repository; holds its size
 //! repositories/<name>/_manifests/revisions/<alg>/<hex>  the manifest, in the repository:
 //!                                                  "<mediaType>\n" then its exact bytes
@@ -185,6 +188,16 @@ pub fn catalog_marker(repo: &RepoName) -> Path {
 /// Rewritten whenever a repository is created (outside `catalog/`, so listings never see it).
 pub fn catalog_generation() -> Path {
     Path::from("catalog_generation")
+}
+
+/// The root of bytes placed by upload sessions' multipart uploads.
+pub fn placed_root() -> Path {
+    Path::from("placed")
+}
+
+/// Where the multipart upload of session `id` puts its bytes.
+pub fn placed(id: &str) -> Path {
+    placed_root().join(id)
 }
 
 /// The root of upload sessions.

@@ -1,4 +1,4 @@
-//! `ObservedStore`: an `ObjectStore` wrapper that reports the duration and outcome of every
+//! `ObservedStore` (and `ObservedMultipart` for multipart uploads): an `ObjectStore` wrapper that reports the duration and outcome of every
 //! backend operation to a [`StoreObserver`] (metrics, tracing). It changes no behaviour. Streaming
 //! operations (list, delete_stream) report when their stream ends; reads report when the object's
 //! head arrives, not when its last byte does.
@@ -12,10 +12,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
+use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions, Result,
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartId, MultipartUpload, ObjectMeta,
+    ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions, Result,
 };
 
 /// Receives one call per backend operation.
@@ -168,6 +169,74 @@ impl ObjectStore for ObservedStore {
         let start = Instant::now();
         let r = self.inner.rename_opts(from, to, options).await;
         self.record("rename", start, &r);
+        r
+    }
+}
+
+/// Multipart uploads that report each operation to an observer, as [`ObservedStore`] does.
+pub struct ObservedMultipart {
+    inner: Arc<dyn MultipartStore>,
+    observer: Arc<dyn StoreObserver>,
+}
+
+impl fmt::Debug for ObservedMultipart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObservedMultipart")
+            .field("observer", &self.observer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ObservedMultipart {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn MultipartStore>, observer: Arc<dyn StoreObserver>) -> Self {
+        ObservedMultipart { inner, observer }
+    }
+
+    fn record<T>(&self, op: &'static str, start: Instant, result: &Result<T>) {
+        let ok = !matches!(result, Err(e) if !matches!(e, object_store::Error::NotFound { .. }));
+        self.observer.observe(op, start.elapsed(), ok);
+    }
+}
+
+#[async_trait]
+impl MultipartStore for ObservedMultipart {
+    async fn create_multipart(&self, path: &Path) -> Result<MultipartId> {
+        let start = Instant::now();
+        let r = self.inner.create_multipart(path).await;
+        self.record("create_multipart", start, &r);
+        r
+    }
+
+    async fn put_part(
+        &self,
+        path: &Path,
+        id: &MultipartId,
+        part_idx: usize,
+        data: PutPayload,
+    ) -> Result<PartId> {
+        let start = Instant::now();
+        let r = self.inner.put_part(path, id, part_idx, data).await;
+        self.record("put_part", start, &r);
+        r
+    }
+
+    async fn complete_multipart(
+        &self,
+        path: &Path,
+        id: &MultipartId,
+        parts: Vec<PartId>,
+    ) -> Result<PutResult> {
+        let start = Instant::now();
+        let r = self.inner.complete_multipart(path, id, parts).await;
+        self.record("complete_multipart", start, &r);
+        r
+    }
+
+    async fn abort_multipart(&self, path: &Path, id: &MultipartId) -> Result<()> {
+        let start = Instant::now();
+        let r = self.inner.abort_multipart(path, id).await;
+        self.record("abort_multipart", start, &r);
         r
     }
 }

@@ -10,7 +10,7 @@
 //!   a whole request may take a day (a slow pull of a big blob is not cut off) but a read that
 //!   makes no progress fails after `stall_timeout` (60 s) and connecting after 5 s; operations on
 //!   small objects fail after `metadata_timeout` (5 s, [`TimeoutStore`]); optional presigned
-//!   redirects for blob reads.
+//!   redirects for blob reads; upload sessions stream into one multipart upload each.
 //! - **Memory**: for tests; lost when dropped.
 //!
 //! ```
@@ -32,6 +32,7 @@ use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::chunked::ChunkedStore;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
+use object_store::multipart::MultipartStore;
 use object_store::prefix::PrefixStore;
 use object_store::signer::Signer;
 use object_store::{ClientConfigKey, ObjectStore, RetryConfig};
@@ -190,6 +191,9 @@ pub struct OpenedStorage {
     pub store: Arc<dyn ObjectStore>,
     /// Upload chunks after the first (see [`ObjectRegistry::with_scratch`]).
     pub scratch: Option<Arc<dyn ObjectStore>>,
+    /// Multipart uploads of the same storage, for upload sessions (see
+    /// [`ObjectRegistry::with_multipart`]).
+    pub multipart: Option<Arc<dyn MultipartStore>>,
     /// Tunables for the backend.
     pub options: StoreOptions,
     /// The root directory of a filesystem store, where uploads append in place (see
@@ -203,6 +207,7 @@ impl fmt::Debug for OpenedStorage {
         f.debug_struct("OpenedStorage")
             .field("store", &self.store.to_string())
             .field("scratch", &self.scratch.as_ref().map(|s| s.to_string()))
+            .field("multipart", &self.multipart.is_some())
             .field("options", &self.options)
             .field("redirects", &self.presigner.is_some())
             .finish()
@@ -224,6 +229,7 @@ pub fn open(location: &StorageLocation) -> Result<OpenedStorage> {
         StorageLocation::Memory => Ok(OpenedStorage {
             store: Arc::new(InMemory::new()),
             scratch: None,
+            multipart: None,
             options: StoreOptions::default(),
             staging: None,
             presigner: None,
@@ -242,6 +248,15 @@ impl OpenedStorage {
         self
     }
 
+    /// Wraps the multipart uploads (e.g. in an `ObservedMultipart` for metrics).
+    pub fn map_multipart(
+        mut self,
+        wrap: impl Fn(Arc<dyn MultipartStore>) -> Arc<dyn MultipartStore>,
+    ) -> OpenedStorage {
+        self.multipart = self.multipart.map(wrap);
+        self
+    }
+
     /// The registry over this storage.
     pub fn registry(self) -> ObjectRegistry {
         let mut registry = ObjectRegistry::new(self.store, self.options);
@@ -250,6 +265,9 @@ impl OpenedStorage {
         }
         if let Some(root) = self.staging {
             registry = registry.with_local_staging(root);
+        }
+        if let Some(multipart) = self.multipart {
+            registry = registry.with_multipart(multipart);
         }
         if let Some((signer, prefix)) = self.presigner {
             registry = registry.with_presigned_reads(signer, &prefix, REDIRECT_TTL);
@@ -278,6 +296,7 @@ fn open_filesystem(dir: &Path) -> Result<OpenedStorage> {
     Ok(OpenedStorage {
         store: view(true)?,
         scratch: Some(view(false)?),
+        multipart: None,
         options: StoreOptions {
             // Local writes go straight to a staged file, so a small buffer suffices.
             write_buffer: 1024 * 1024,
@@ -294,16 +313,21 @@ fn open_filesystem(dir: &Path) -> Result<OpenedStorage> {
 fn open_s3(loc: &S3Location) -> Result<OpenedStorage> {
     loc.validate()?;
     let s3 = Arc::new(s3_client(loc)?);
-    let store: Arc<dyn ObjectStore> = match loc.prefix.as_str() {
-        "" => s3.clone(),
-        p => Arc::new(PrefixStore::new(s3.clone(), p)),
-    };
+    let (store, multipart): (Arc<dyn ObjectStore>, Arc<dyn MultipartStore>) =
+        match loc.prefix.as_str() {
+            "" => (s3.clone(), s3.clone()),
+            p => (
+                Arc::new(PrefixStore::new(s3.clone(), p)),
+                Arc::new(PrefixStore::new(AmazonS3::clone(&s3), p)),
+            ),
+        };
     let metadata_timeout = loc.metadata_timeout.unwrap_or(Duration::from_secs(5));
     Ok(OpenedStorage {
         store: Arc::new(TimeoutStore::new(store, metadata_timeout)),
         scratch: None,
+        multipart: Some(multipart),
         // Streaming writes become S3 multipart uploads of 8 MiB parts; S3 copies at most
-        // 5 GiB in one request.
+        // 5 GiB in one request (sessions started before multipart sessions still rename).
         options: StoreOptions {
             copy_limit: 5 << 30,
             ..StoreOptions::default()

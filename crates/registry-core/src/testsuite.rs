@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use object_store::ObjectStore;
+use object_store::multipart::MultipartStore;
+use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::digest::{Algorithm, Digest};
 use crate::error::Error;
@@ -25,6 +26,8 @@ pub struct Backend {
     pub scratch: Option<Arc<dyn ObjectStore>>,
     /// The directory of a filesystem store, when uploads append to staging files there.
     pub staging: Option<std::path::PathBuf>,
+    /// Multipart uploads of the store, when upload sessions stream into them (S3).
+    pub multipart: Option<Arc<dyn MultipartStore>>,
 }
 
 impl Backend {
@@ -34,6 +37,7 @@ impl Backend {
             store,
             scratch: None,
             staging: None,
+            multipart: None,
         }
     }
 
@@ -48,9 +52,16 @@ impl Backend {
                 // Small, so that merged chunks and streamed publishing are exercised too.
                 coalesce_below: 100 * 1024,
                 copy_limit: 150 * 1024,
+                // Parts of multipart sessions from 96 KiB (S3 takes 5 MiB parts; Garage and
+                // memory take any): held bytes and growing parts are exercised too.
+                part_min: 96 * 1024,
                 ..StoreOptions::default()
             },
         );
+        let r = match &self.multipart {
+            Some(m) => r.with_multipart(m.clone()),
+            None => r,
+        };
         let r = match &self.scratch {
             Some(s) => r.with_scratch(s.clone()),
             None => r,
@@ -84,6 +95,10 @@ pub async fn run_all_backends<F: Fn() -> Backend>(fresh: F) {
     if staged.staging.is_some() {
         staged_uploads_write_each_byte_once(staged).await;
     }
+    let placed = fresh();
+    if placed.multipart.is_some() {
+        multipart_sessions_are_placed_and_collected(placed).await;
+    }
     cancel_and_unknown_sessions(registry(fresh())).await;
     mount_between_repositories(registry(fresh())).await;
     manifests_tags_and_referrers(registry(fresh())).await;
@@ -96,6 +111,199 @@ pub async fn run_all_backends<F: Fn() -> Backend>(fresh: F) {
     sha512_blobs(registry(fresh())).await;
     fsck_finds_and_repairs(fresh()).await;
     gc_deletes_only_garbage(registry(fresh())).await;
+}
+
+/// Sessions streaming into multipart uploads (S3): chunks below a part are held, parts cut
+/// from chunks of any size, the finish completes the upload and points the blob's key at it;
+/// reads (whole and ranged), fsck and garbage collection follow the pointer; a cancelled
+/// session leaves nothing; bytes no pointer names are collected; a session started by a node
+/// without multipart uploads finishes on one with them.
+async fn multipart_sessions_are_placed_and_collected(backend: Backend) {
+    use crate::store::GcOptions;
+    let r = repo("placed");
+    let nodes = [backend.registry(), backend.registry(), backend.registry()];
+    // With 96 KiB parts: held, held, parts (and held rest), held, parts, last bytes at finish.
+    let sizes = [50_000, 30_000, 250_000, 10_000, 330_000, 7_000];
+    let total: usize = sizes.iter().sum();
+    let bytes = data(total, 77);
+    let d = Digest::of(Algorithm::Sha256, &bytes);
+    let up = nodes[0].upload_start(&r, Algorithm::Sha256).await.unwrap();
+    let mut offset = 0;
+    for (i, n) in sizes[..sizes.len() - 1].iter().enumerate() {
+        let chunk = &bytes[offset..offset + n];
+        let status = nodes[i % 2]
+            .upload_append(&r, &up.id, Some(offset as u64), None, body(chunk, 4096))
+            .await
+            .unwrap();
+        offset += n;
+        assert_eq!(status.size, offset as u64);
+    }
+    let last = &bytes[offset..];
+    nodes[2]
+        .upload_finish(&r, &up.id, &d, Some((None, body(last, 1000))))
+        .await
+        .unwrap();
+    // The blob's key holds a pointer; the bytes are where the session put them.
+    let key = crate::layout::blob(&d);
+    let stored = backend.store.head(&key).await.unwrap();
+    assert_eq!(stored.size, 128, "a pointer");
+    let placed = crate::layout::placed(&up.id);
+    assert_eq!(
+        backend.store.head(&placed).await.unwrap().size,
+        total as u64
+    );
+    let session: Vec<_> = backend
+        .store
+        .list(Some(&crate::layout::upload_dir(&up.id)))
+        .collect()
+        .await;
+    assert!(session.is_empty(), "the session is gone: {session:?}");
+    for s in &nodes {
+        assert_eq!(s.blob_size(&r, &d).await.unwrap(), total as u64);
+        assert_eq!(read_all(s, &r, &d, None).await, bytes);
+        // Ranges past the pointer's length, and within it.
+        assert_eq!(
+            read_all(s, &r, &d, Some(300_000..300_100)).await,
+            &bytes[300_000..300_100]
+        );
+        assert_eq!(read_all(s, &r, &d, Some(10..20)).await, &bytes[10..20]);
+    }
+    // Pushing the same bytes again leaves the pointer as it is.
+    assert_eq!(push_blob(&nodes[1], &r, &bytes).await, d);
+    assert_eq!(read_all(&nodes[0], &r, &d, None).await, bytes);
+    let summary = nodes[0].fsck(false, |p| panic!("{p}")).await.unwrap();
+    assert_eq!(summary.blob_bytes, total as u64, "{summary:?}");
+
+    // A cancelled session aborts its multipart upload and leaves nothing.
+    let gone = nodes[0].upload_start(&r, Algorithm::Sha256).await.unwrap();
+    nodes[0]
+        .upload_append(&r, &gone.id, None, None, body(&data(200_000, 3), 8192))
+        .await
+        .unwrap();
+    nodes[1].upload_cancel(&r, &gone.id).await.unwrap();
+    assert!(!exists(&backend, &crate::layout::placed(&gone.id)).await);
+
+    // A wrong digest ends the session; nothing is published.
+    let wrong = nodes[0].upload_start(&r, Algorithm::Sha256).await.unwrap();
+    let other = data(220_000, 4);
+    nodes[0]
+        .upload_append(&r, &wrong.id, None, None, body(&other, 8192))
+        .await
+        .unwrap();
+    let claimed = Digest::of(Algorithm::Sha256, b"something else");
+    assert!(matches!(
+        nodes[1].upload_finish(&r, &wrong.id, &claimed, None).await,
+        Err(Error::DigestMismatch { .. })
+    ));
+    assert!(!exists(&backend, &crate::layout::blob(&claimed)).await);
+    assert!(!exists(&backend, &crate::layout::placed(&wrong.id)).await);
+
+    // A session of a node without multipart uploads finishes on one with them.
+    let plain = Backend {
+        multipart: None,
+        ..backend.clone()
+    }
+    .registry();
+    let old = plain.upload_start(&r, Algorithm::Sha256).await.unwrap();
+    let earlier = data(180_000, 9);
+    plain
+        .upload_append(&r, &old.id, None, None, body(&earlier, 8192))
+        .await
+        .unwrap();
+    let de = Digest::of(Algorithm::Sha256, &earlier);
+    nodes[0]
+        .upload_finish(&r, &old.id, &de, None)
+        .await
+        .unwrap();
+    assert_eq!(read_all(&plain, &r, &de, None).await, earlier);
+
+    // Garbage collection: bytes no pointer names (a finish that crashed before pointing),
+    // unless a session may still point to them; then an unlinked placed blob, pointer first.
+    let orphan = crate::layout::placed("00000000-0000-4000-8000-000000000001");
+    backend
+        .store
+        .put(&orphan, Bytes::from_static(b"left by a crash").into())
+        .await
+        .unwrap();
+    let live = nodes[0].upload_start(&r, Algorithm::Sha256).await.unwrap();
+    let pending = crate::layout::placed(&live.id);
+    backend
+        .store
+        .put(&pending, Bytes::from_static(b"being finished").into())
+        .await
+        .unwrap();
+    nodes[0].blob_delete(&r, &d).await.unwrap();
+    // (Timestamps have whole seconds on some stores.)
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let options = GcOptions {
+        grace: Duration::ZERO,
+        settle: Duration::ZERO,
+        upload_max_age: Duration::from_secs(3600),
+        ..GcOptions::default()
+    };
+    let mut deleted = Vec::new();
+    nodes[1]
+        .gc(&options, |del| deleted.push((del.kind, del.path.clone())))
+        .await
+        .unwrap();
+    assert!(deleted.contains(&("blob", key.to_string())), "{deleted:?}");
+    assert!(
+        deleted.contains(&("placed", orphan.to_string())),
+        "{deleted:?}"
+    );
+    assert!(!exists(&backend, &key).await);
+    assert!(
+        !exists(&backend, &placed).await,
+        "the pointer's bytes go too"
+    );
+    assert!(!exists(&backend, &orphan).await);
+    assert!(
+        exists(&backend, &pending).await,
+        "its session may still point to it"
+    );
+    assert!(matches!(
+        nodes[0].blob_read(&r, &d, None).await,
+        Err(Error::BlobUnknown(_))
+    ));
+
+    // fsck hashes a pointer's bytes; repair moves a corrupt pointer and its bytes aside.
+    let bad = data(200_000, 12);
+    let up = nodes[0].upload_start(&r, Algorithm::Sha256).await.unwrap();
+    nodes[0]
+        .upload_append(&r, &up.id, None, None, body(&bad, 8192))
+        .await
+        .unwrap();
+    let db = Digest::of(Algorithm::Sha256, &bad);
+    nodes[0].upload_finish(&r, &up.id, &db, None).await.unwrap();
+    let bytes_at = crate::layout::placed(&up.id);
+    backend
+        .store
+        .put(&bytes_at, vec![0u8; bad.len()].into())
+        .await
+        .unwrap();
+    let mut problems = Vec::new();
+    let summary = nodes[1]
+        .fsck(true, |p| problems.push(p.clone()))
+        .await
+        .unwrap();
+    assert!(
+        matches!(problems.as_slice(), [Problem::CorruptBlob { path, .. }, ..] if *path == crate::layout::blob(&db).to_string()),
+        "{problems:?}"
+    );
+    assert_eq!(
+        summary.repaired, 2,
+        "the blob, then its dangling link: {problems:?}"
+    );
+    assert!(!exists(&backend, &crate::layout::blob(&db)).await);
+    assert!(!exists(&backend, &bytes_at).await);
+}
+
+async fn exists(backend: &Backend, path: &object_store::path::Path) -> bool {
+    match backend.store.head(path).await {
+        Ok(_) => true,
+        Err(object_store::Error::NotFound { .. }) => false,
+        Err(e) => panic!("{e}"),
+    }
 }
 
 /// A body of `data` in chunks of `chunk` bytes.

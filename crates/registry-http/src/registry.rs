@@ -26,7 +26,7 @@ use axum::Router;
 use registry_acme::{Acme, AcmeSettings, StateStore};
 use registry_auth::tls::{ClientAuth, TlsConfig};
 use registry_auth::{Guard, GuardSettings};
-use registry_core::observe::ObservedStore;
+use registry_core::observe::{ObservedMultipart, ObservedStore};
 use registry_core::open::StorageLocation;
 use registry_core::{GcOptions, ObjectRegistry, Storage};
 use tokio::net::TcpListener;
@@ -190,7 +190,9 @@ impl RegistryBuilder {
             opened.options.cache_ttl = ttl;
         }
         if let Some(m) = &metrics {
-            opened = opened.map_stores(|store| Arc::new(ObservedStore::new(store, m.clone())));
+            opened = opened
+                .map_stores(|store| Arc::new(ObservedStore::new(store, m.clone())))
+                .map_multipart(|mp| Arc::new(ObservedMultipart::new(mp, m.clone())));
         }
         let storage = opened.registry();
         let keys = self.guard.keys()?;

@@ -12,8 +12,9 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use axum::Router;
 use object_store::memory::InMemory;
+use object_store::multipart::MultipartStore;
 use object_store::ObjectStore;
-use registry_core::observe::{ObservedStore, StoreObserver};
+use registry_core::observe::{ObservedMultipart, ObservedStore, StoreObserver};
 use registry_core::{Algorithm, Digest, ObjectRegistry, StoreOptions};
 use registry_http::{router, ApiConfig, RegistryState};
 use tower::ServiceExt;
@@ -46,16 +47,20 @@ impl Counter {
 }
 
 struct Node {
-    store: Arc<dyn ObjectStore>,
+    store: Arc<InMemory>,
     counter: Arc<Counter>,
     app: Router,
 }
 
 impl Node {
-    fn new(store: Arc<dyn ObjectStore>, counter: Arc<Counter>) -> Node {
+    /// A node as on S3: every write durable, upload sessions in multipart uploads.
+    fn new(store: Arc<InMemory>, counter: Arc<Counter>) -> Node {
         let observed: Arc<dyn ObjectStore> =
             Arc::new(ObservedStore::new(store.clone(), counter.clone()));
-        let registry = ObjectRegistry::new(observed, StoreOptions::default());
+        let multipart: Arc<dyn MultipartStore> =
+            Arc::new(ObservedMultipart::new(store.clone(), counter.clone()));
+        let registry =
+            ObjectRegistry::new(observed, StoreOptions::default()).with_multipart(multipart);
         let app = router(RegistryState::new(Arc::new(registry), ApiConfig::default()));
         Node {
             store,
@@ -210,6 +215,60 @@ async fn storage_requests_per_api_call_are_as_documented() {
         "POST ?mount=&from= (cross-repository mount)",
         mount,
         StatusCode::CREATED,
+    );
+
+    // A layer of two 6 MiB chunks: each is a part of the session's multipart upload.
+    let big: Vec<u8> = (0..12u32 << 20).map(|i| (i % 251) as u8).collect();
+    let big_digest = sha256(&big);
+    let (_, mut location, _) = node
+        .call(Method::POST, "/v2/app/blobs/uploads/", &[], vec![])
+        .await;
+    for (i, half) in big.chunks(6 << 20).enumerate() {
+        let start = i * (6 << 20);
+        let range = format!("{start}-{}", start + half.len() - 1);
+        let patched = node
+            .call(
+                Method::PATCH,
+                &location,
+                &[("content-range", range.as_str())],
+                half.to_vec(),
+            )
+            .await;
+        location = patched.1.clone();
+        let call = match i {
+            0 => "PATCH (first chunk of 6 MiB: a part of a multipart upload)",
+            _ => "PATCH (next chunk of 6 MiB)",
+        };
+        expect(call, patched, StatusCode::ACCEPTED);
+    }
+    let finished = node
+        .call(
+            Method::PUT,
+            &format!(
+                "{location}{}digest={big_digest}",
+                if location.contains('?') { '&' } else { '?' }
+            ),
+            &[],
+            vec![],
+        )
+        .await;
+    expect(
+        "PUT ?digest= (finish after parts: complete, point)",
+        finished,
+        StatusCode::CREATED,
+    );
+    expect(
+        "GET /v2/<name>/blobs/<digest> (placed blob, cold)",
+        node.cold()
+            .await
+            .call(
+                Method::GET,
+                &format!("/v2/app/blobs/{big_digest}"),
+                &[],
+                vec![],
+            )
+            .await,
+        StatusCode::OK,
     );
 
     // Blobs.

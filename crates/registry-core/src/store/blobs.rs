@@ -68,8 +68,8 @@ impl BlobStore for ObjectRegistry {
         let Some(p) = &self.presigner else {
             return Ok(None);
         };
-        self.blob_size(repo, digest).await?;
-        let key = layout::blob(digest);
+        let size = self.blob_size(repo, digest).await?;
+        let key = self.blob_bytes_key(layout::blob(digest), size).await?;
         let path = match p.prefix.as_str() {
             "" => key,
             prefix => object_store::path::Path::from(format!("{prefix}/{key}")),
@@ -93,14 +93,15 @@ impl BlobStore for ObjectRegistry {
         digest: &Digest,
         range: Option<Range<u64>>,
     ) -> Result<BlobRead> {
-        if self.linked_size_cached(repo, digest).await?.is_none() {
+        let Some(linked) = self.linked_size_cached(repo, digest).await? else {
             return Err(Error::BlobUnknown(digest.clone()));
-        }
+        };
         let options = GetOptions {
             range: range.map(GetRange::Bounded),
             ..Default::default()
         };
-        let result = match self.store.get_opts(&layout::blob(digest), options).await {
+        let key = layout::blob(digest);
+        let result = match self.get_blob_bytes(&key, linked, options).await {
             Ok(r) => r,
             Err(object_store::Error::NotFound { .. }) => {
                 return Err(Error::BlobUnknown(digest.clone()))

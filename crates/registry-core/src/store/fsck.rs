@@ -3,8 +3,11 @@
 //! needs is in its repository, that every blob link has its bytes and every tag its manifest.
 //! Reads stream and listings are walked as they come, so memory stays bounded on any store.
 //!
-//! Repair moves corrupt blobs and manifests aside (under `lost+found/<unix time>/`, nothing is
-//! deleted) and drops the links and tags that lead nowhere, so that clients see the content as
+//! A blob key holding a pointer (see `store::placed`) is checked by hashing the bytes it
+//! points to; a pointer to missing bytes is a problem of its own.
+//!
+//! Repair moves corrupt blobs (a pointer with its bytes), dangling pointers and corrupt
+//! manifests aside (under `lost+found/<unix time>/`, nothing is deleted) and drops the links and tags that lead nowhere, so that clients see the content as
 //! missing and push it again. Repair is safe while the registry serves: it only ever removes a
 //! blob whose bytes are wrong, and only links and tags that lead to nothing.
 
@@ -38,6 +41,13 @@ pub enum Problem {
     StrayObject {
         /// The object's key.
         path: String,
+    },
+    /// A blob's pointer (see `store::placed`) to bytes that are not stored.
+    DanglingPointer {
+        /// The blob's key.
+        path: String,
+        /// Where the bytes should be.
+        placed: String,
     },
     /// A repository's link to a blob whose bytes are not stored.
     DanglingLink {
@@ -74,6 +84,9 @@ impl std::fmt::Display for Problem {
                 write!(f, "{path}: corrupt blob: its bytes hash to {actual}")
             }
             Problem::StrayObject { path } => write!(f, "{path}: not a blob key"),
+            Problem::DanglingPointer { path, placed } => {
+                write!(f, "{path}: points to {placed}, which is missing")
+            }
             Problem::DanglingLink { path } => {
                 write!(f, "{path}: link to a blob whose bytes are missing")
             }
@@ -111,6 +124,17 @@ pub struct FsckSummary {
     pub problems: u64,
     /// Keys moved aside or removed by repair.
     pub repaired: u64,
+}
+
+/// What re-hashing one object under `blobs/` found.
+enum Checked {
+    Sound,
+    /// Its key names no digest.
+    Stray,
+    /// Its bytes hash to this; the second is the placed bytes of a pointer, moved aside with it.
+    Corrupt(Digest, Option<Path>),
+    /// A pointer to these missing bytes.
+    Dangling(Path),
 }
 
 /// The digest a blob key names: `blobs/<alg>/<xx>/<hex>/data`.
@@ -177,45 +201,67 @@ impl ObjectRegistry {
             .map(|meta| async move {
                 let meta = meta?;
                 let Some(digest) = blob_digest(&meta.location) else {
-                    return Ok::<_, Error>((meta.location, None, meta.size));
+                    return Ok::<_, Error>((meta.location, Checked::Stray, meta.size));
                 };
-                let actual = self.hash_object(&meta.location, digest.algorithm()).await?;
-                Ok((meta.location, Some((digest, actual)), meta.size))
+                // A pointer's bytes are where it points.
+                let pointer = self.pointer_at(&meta).await?;
+                let (bytes, size) = match &pointer {
+                    Some(p) => (p.path(), p.size),
+                    None => (meta.location.clone(), meta.size),
+                };
+                let checked = match self.hash_object(&bytes, digest.algorithm()).await {
+                    Ok(actual) if actual == digest => Checked::Sound,
+                    Ok(actual) => Checked::Corrupt(actual, pointer.map(|p| p.path())),
+                    Err(Error::Storage(object_store::Error::NotFound { .. }))
+                        if pointer.is_some() =>
+                    {
+                        Checked::Dangling(bytes)
+                    }
+                    Err(e) => return Err(e),
+                };
+                Ok((meta.location, checked, size))
             })
             .buffer_unordered(CONCURRENCY);
-        let mut corrupt = Vec::new();
+        let (mut corrupt, mut moved_too) = (Vec::new(), Vec::new());
         while let Some(checked) = checks.next().await {
-            let (path, digests, size) = checked?;
+            let (path, checked, size) = checked?;
             summary.blobs += 1;
             summary.blob_bytes += size;
-            match digests {
-                None => found(
-                    Problem::StrayObject {
+            let problem = match checked {
+                Checked::Sound => continue,
+                Checked::Stray => Problem::StrayObject {
+                    path: path.to_string(),
+                },
+                Checked::Corrupt(actual, placed) => {
+                    moved_too.extend(placed);
+                    Problem::CorruptBlob {
                         path: path.to_string(),
-                    },
-                    &mut summary,
-                ),
-                Some((expected, actual)) if expected != actual => {
-                    found(
-                        Problem::CorruptBlob {
-                            path: path.to_string(),
-                            actual,
-                        },
-                        &mut summary,
-                    );
-                    corrupt.push(path);
+                        actual,
+                    }
                 }
-                Some(_) => {}
+                Checked::Dangling(placed) => Problem::DanglingPointer {
+                    path: path.to_string(),
+                    placed: placed.to_string(),
+                },
+            };
+            if !matches!(problem, Problem::StrayObject { .. }) {
+                corrupt.push(path);
             }
+            found(problem, &mut summary);
         }
         drop(checks);
         if repair {
-            for path in corrupt {
-                self.store
-                    .rename(&path, &layout::lost_and_found(now, &path))
-                    .await?;
-                summary.repaired += 1;
+            // A corrupt pointer's bytes go aside with it; they are not a blob of their own.
+            for path in corrupt.iter().chain(&moved_too) {
+                match (self.store)
+                    .rename(path, &layout::lost_and_found(now, path))
+                    .await
+                {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
+            summary.repaired += corrupt.len() as u64;
         }
 
         // Repositories: links, then manifests, then tags (so that what repair drops in one

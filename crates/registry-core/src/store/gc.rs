@@ -115,7 +115,8 @@ impl Default for GcOptions {
 pub struct Deletion {
     /// The key.
     pub path: String,
-    /// What it is: "manifest", "link", "blob", "upload".
+    /// What it is: "manifest", "link", "blob", "placed" (bytes of an upload no blob points
+    /// to), "upload".
     pub kind: &'static str,
     /// Bytes freed.
     pub size: u64,
@@ -353,12 +354,14 @@ impl ObjectRegistry {
             for batch in garbage.chunks(BATCH) {
                 let free = self.doom(batch, options, &mut pins, &mut summary).await?;
                 for (_, meta) in batch.iter().filter(|(d, _)| free.contains(d)) {
-                    if !options.dry_run {
-                        self.delete_quiet(&meta.location).await?;
-                    }
+                    let size = if options.dry_run {
+                        self.pointer_at(meta).await?.map_or(meta.size, |p| p.size)
+                    } else {
+                        self.delete_blob_object(meta).await?
+                    };
                     summary.blobs += 1;
-                    summary.bytes += meta.size;
-                    report(&deletion(meta, "blob", meta.size));
+                    summary.bytes += size;
+                    report(&deletion(meta, "blob", size));
                 }
                 self.undoom(batch, options).await?;
                 if renew() {
@@ -369,6 +372,13 @@ impl ObjectRegistry {
                 summary.uploads =
                     crate::storage::UploadStore::upload_purge(self, options.upload_max_age).await?
                         as u64;
+                // Bytes of multipart uploads no blob points to (after the purge, which ends
+                // the sessions of finishes that never wrote their pointer).
+                for meta in self.orphaned_placed(|m| is_young(m, cutoff)).await? {
+                    self.delete_quiet(&meta.location).await?;
+                    summary.bytes += meta.size;
+                    report(&deletion(&meta, "placed", meta.size));
+                }
                 // Marks left by a killed collection.
                 for meta in self.list_all(&layout::gc_doomed_root()).await? {
                     self.delete_quiet(&meta.location).await?;

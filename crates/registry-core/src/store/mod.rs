@@ -12,12 +12,14 @@ mod durable;
 mod fsck;
 mod gc;
 mod manifests;
+mod placed;
 mod uploads;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use object_store::multipart::MultipartStore;
 use object_store::path::Path;
 use object_store::signer::Signer;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -50,6 +52,10 @@ pub struct StoreOptions {
     /// The largest object the backend's `rename` (a copy on S3) takes; larger ones are
     /// published by a streamed copy. AWS S3 copies at most 5 GiB in one request.
     pub copy_limit: u64,
+    /// The smallest part of a session's multipart upload but the last (S3: 5 MiB). Parts grow
+    /// from it as an upload grows (see `store/uploads/multipart.rs`); chunks are held in the
+    /// session until this much has arrived.
+    pub part_min: u64,
     /// How long tags, manifests and blob links read from storage are trusted without reading
     /// them again: what another node changed is answered from this node's memory for at most
     /// this long (see `store/cache.rs`). Zero reads storage on every request; at most
@@ -64,6 +70,7 @@ impl Default for StoreOptions {
             write_concurrency: 2,
             coalesce_below: 1024 * 1024,
             copy_limit: u64::MAX,
+            part_min: 5 << 20,
             cache_ttl: std::time::Duration::from_secs(1),
         }
     }
@@ -75,6 +82,9 @@ pub struct ObjectRegistry {
     store: Arc<dyn ObjectStore>,
     /// A non-durable view of the same storage for upload chunks after the first (see `uploads`).
     scratch: Option<Arc<dyn ObjectStore>>,
+    /// The same storage's multipart uploads (S3): an upload session streams its chunks into
+    /// one multipart upload (see `uploads::multipart`).
+    multipart: Option<Multipart>,
     options: StoreOptions,
     /// Repositories whose catalog marker is known to exist. A cache only: markers are never
     /// removed, so a stale entry cannot be wrong.
@@ -98,6 +108,16 @@ pub struct ObjectRegistry {
     cache: Arc<cache::MetadataCache>,
     /// Small durable writes on a local filesystem (see `durable`).
     durable: Arc<durable::DurableWrites>,
+}
+
+/// A store's multipart uploads (the trait has no `Debug`).
+#[derive(Clone)]
+struct Multipart(Arc<dyn MultipartStore>);
+
+impl std::fmt::Debug for Multipart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Multipart")
+    }
 }
 
 type CachedCatalog = (Bytes, Arc<Vec<RepoName>>);
@@ -137,6 +157,7 @@ impl ObjectRegistry {
             cache: Arc::new(cache::MetadataCache::new(options.cache_ttl)),
             store,
             scratch: None,
+            multipart: None,
             options,
             known_repos: Arc::default(),
             tag_lists: Arc::default(),
@@ -156,6 +177,15 @@ impl ObjectRegistry {
     /// fails the upload's digest check, it is never published.
     pub fn with_scratch(mut self, scratch: Arc<dyn ObjectStore>) -> Self {
         self.scratch = Some(scratch);
+        self
+    }
+
+    /// Streams the chunks of new upload sessions into one multipart upload of `multipart`
+    /// (the same storage as the store, by the same keys) and publishes the result through a
+    /// pointer at the blob's key: every byte is written once and finishing copies nothing (see
+    /// `uploads::multipart` and `placed`). Sessions already started keep their parts.
+    pub fn with_multipart(mut self, multipart: Arc<dyn MultipartStore>) -> Self {
+        self.multipart = Some(Multipart(multipart));
         self
     }
 

@@ -1,6 +1,9 @@
 //! Upload sessions kept entirely in the backend. On a local filesystem (when the registry has
 //! a staging root) every chunk is appended to one staging file and the finish renames it: see
-//! [`staged`]. Elsewhere (S3, memory) each chunk is written to its own object under
+//! [`staged`]. On S3 (when the registry has multipart uploads) chunks stream into one multipart
+//! upload per session and the finish points the blob's key at it: see [`multipart`]; chunks
+//! too small for a part are held as below until a part's worth has arrived. Otherwise (memory,
+//! and sessions started before either existed) each chunk is written to its own object under
 //! `uploads/<id>/`, and the blob becomes visible only after its digest is verified, by a
 //! rename (one chunk) or a streamed concatenation (several) into its content-addressed key;
 //! the rest of this documentation is about that scheme.
@@ -50,6 +53,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
+mod multipart;
 mod race;
 mod staged;
 
@@ -80,6 +84,10 @@ struct UploadState {
     /// `staged`); `None` when every byte is synced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     unsynced: Option<String>,
+    /// The session streams into a multipart upload (see `multipart`): its parts hold the
+    /// first bytes, `parts` the rest (held). Sessions without it keep all bytes in `parts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    placed: Option<multipart::Placed>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -236,7 +244,7 @@ impl ObjectRegistry {
     async fn append(
         &self,
         id: &str,
-        mut state: UploadState,
+        state: UploadState,
         start: Option<u64>,
         len: Option<u64>,
         body: ByteStream,
@@ -244,6 +252,21 @@ impl ObjectRegistry {
         if state.staged {
             return self.append_staged(id, state, start, len, body).await;
         }
+        if state.placed.is_some() {
+            return self.append_placed(id, state, start, len, body).await;
+        }
+        self.append_parts(id, state, start, len, body).await
+    }
+
+    /// Appends one chunk as an object of its own (or rewritten with a small last one).
+    async fn append_parts(
+        &self,
+        id: &str,
+        mut state: UploadState,
+        start: Option<u64>,
+        len: Option<u64>,
+        body: ByteStream,
+    ) -> Result<UploadState> {
         if let Some(start) = start {
             if start != state.size {
                 return Err(Error::RangeInvalid {
@@ -339,6 +362,9 @@ impl ObjectRegistry {
     async fn publish(&self, id: &str, state: &UploadState, target: &Path) -> Result<()> {
         if state.staged {
             return self.publish_staged(id, state, target).await;
+        }
+        if state.placed.as_ref().is_some_and(|p| !p.parts.is_empty()) {
+            return self.publish_placed(id, state, target).await;
         }
         match state.parts.as_slice() {
             [] => {
@@ -506,6 +532,7 @@ impl ObjectRegistry {
     /// lists. Objects it does not list (a racing writer's chunk) are left to the purge.
     async fn remove_session(&self, id: &str, state: &UploadState) -> Result<()> {
         delete_quiet(self.volatile(), &layout::upload_state(id)).await?;
+        self.abort_placed(id, state).await;
         for part in &state.parts {
             delete_quiet(self.part_store(part), &part.path(id)).await?;
         }
@@ -549,18 +576,26 @@ impl ObjectRegistry {
     }
 
     /// Verifies the session's data against `digest` and makes the blob exist at `target`.
+    /// Returns whether the session's bytes were published (not when the blob existed).
     async fn verify_and_publish(
         &self,
         id: &str,
         state: &UploadState,
         digest: &Digest,
         target: &Path,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let saved = state
             .hasher
             .as_ref()
             .and_then(Hasher::restore)
             .filter(|h| h.algorithm() == digest.algorithm());
+        if saved.is_none() && state.placed.as_ref().is_some_and(|p| !p.parts.is_empty()) {
+            // Parts cannot be read before their upload completes.
+            return self
+                .publish_placed_verified(id, state, digest, target)
+                .await
+                .map(|()| true);
+        }
         let exists = self.exists(target).await?;
         let published = match (saved, exists) {
             (Some(h), _) => {
@@ -572,7 +607,7 @@ impl ObjectRegistry {
                     });
                 }
                 if exists {
-                    return Ok(());
+                    return Ok(false);
                 }
                 self.publish(id, state, target).await
             }
@@ -586,7 +621,7 @@ impl ObjectRegistry {
                         actual,
                     });
                 }
-                return Ok(());
+                return Ok(false);
             }
             (None, false) => self.publish_verified(id, state, digest, target).await,
         };
@@ -594,7 +629,7 @@ impl ObjectRegistry {
             Err(e @ Error::DigestMismatch { .. }) => Err(e),
             // A concurrent finish of the same session may have moved the data already.
             Err(e) if !self.exists(target).await? => Err(e),
-            _ => Ok(()),
+            published => Ok(published.is_ok()),
         }
     }
 }
@@ -611,6 +646,8 @@ impl UploadStore for ObjectRegistry {
             hasher: Some(Hasher::new(algorithm).save()),
             staged: self.staging.is_some(),
             unsynced: None,
+            placed: (self.multipart.is_some() && self.staging.is_none() && self.scratch.is_none())
+                .then(multipart::Placed::default),
         };
         put_json_in(self.volatile(), &layout::upload_state(&id), &state).await?;
         Ok(UploadStatus { id, size: 0 })
@@ -663,15 +700,23 @@ impl UploadStore for ObjectRegistry {
         // Publishing may reuse stored bytes.
         let published = self
             .publish_safely(digest, || async {
-                self.verify_and_publish(id, &state, digest, &target).await?;
-                self.link_blob(repo, digest, state.size).await
+                let published = self.verify_and_publish(id, &state, digest, &target).await?;
+                self.link_blob(repo, digest, state.size).await?;
+                Ok(published)
             })
             .await;
-        if let Err(e) = published {
-            if matches!(e, Error::DigestMismatch { .. }) {
-                self.remove_session(id, &state).await?;
+        match published {
+            Err(e) => {
+                if matches!(e, Error::DigestMismatch { .. }) {
+                    self.remove_session(id, &state).await?;
+                }
+                return Err(e);
             }
-            return Err(e);
+            // A completed multipart upload is not aborted.
+            Ok(true) if state.placed.as_ref().is_some_and(|p| !p.parts.is_empty()) => {
+                state.placed = None
+            }
+            Ok(_) => {}
         }
         self.remove_session(id, &state).await?;
         Ok(state.size)
@@ -699,7 +744,12 @@ impl UploadStore for ObjectRegistry {
             let stale =
                 match get_json_in::<UploadState>(self.volatile(), &layout::upload_state(&id)).await
                 {
-                    Ok(Some(state)) => state.updated_at < cutoff,
+                    Ok(Some(state)) if state.updated_at < cutoff => {
+                        // (Aborts its multipart upload.)
+                        self.remove_session(&id, &state).await?;
+                        true
+                    }
+                    Ok(Some(_)) => false,
                     // No readable state: judge by the age of whatever is left.
                     Ok(None) | Err(Error::Corrupt { .. }) => {
                         let mut newest = 0;
