@@ -74,6 +74,11 @@ struct UploadState {
     /// Unix seconds of the last change; sessions idle longer than the purge age are removed.
     updated_at: u64,
     size: u64,
+    /// Stored as `held` since sessions stream into multipart uploads: a node of an earlier
+    /// version knows only `parts` and would publish the held bytes of such a session without
+    /// its parts; it finds the document unreadable instead (the session is unknown to it, and
+    /// the client starts over). Documents of earlier versions are read as they are.
+    #[serde(rename = "held", alias = "parts")]
     parts: Vec<Part>,
     /// Hash of all parts so far; `None` if it could not be kept (then finishing re-reads).
     hasher: Option<SavedHasher>,
@@ -770,5 +775,22 @@ impl UploadStore for ObjectRegistry {
             }
         }
         Ok(purged)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Earlier versions' documents are read; theirs cannot read ours (see `parts`).
+    #[test]
+    fn session_documents_across_versions() {
+        let earlier = r#"{"repo":"a/b","updated_at":1,"size":3,"parts":[{"offset":0,"size":3,"nonce":"n"}],"hasher":null}"#;
+        let state: UploadState = serde_json::from_str(earlier).unwrap();
+        assert_eq!(state.parts.len(), 1);
+        assert!(state.placed.is_none());
+        let now = serde_json::to_value(&state).unwrap();
+        assert!(now.get("parts").is_none(), "{now}");
+        assert_eq!(now["held"][0]["size"], 3);
     }
 }
