@@ -105,6 +105,7 @@ else
     echo "  Distribution with the in-memory blob descriptor cache. Rounds alternate A, B, A, B per workload; rates are medians over rounds (slowest and fastest round in parentheses),"
     echo "  p99 over every request. A ratio above 1 favours registry for rates, below 1 for p99, CPU and RSS."
     echo "  Each round starts after \`sync\` (registry-bench runs it), so no round pays for the writeback of the rounds before it."
+    echo "  Each pull-big round is preceded by one unmeasured read of the blob, so both servers serve it from the page cache."
     echo
     cat "$work/table.md"
     for mib in "${chunks[@]}"; do

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use registry_benches::report::{summarize, table, Sample};
 use registry_benches::server::usage;
-use registry_benches::workloads::{prepare, run, Sizes, Target, Workload};
+use registry_benches::workloads::{prepare, run, warm, Sizes, Target, Workload};
 
 /// Load benchmark for OCI registries.
 #[derive(Parser)]
@@ -113,6 +113,7 @@ async fn main() -> Result<()> {
         for round in 0..args.rounds {
             for (i, t) in targets.iter().enumerate() {
                 settle()?;
+                warm(t, w).await?;
                 let before = t.pid.and_then(usage);
                 let mut sample = run(t, w, round, sizes).await?;
                 let after = t.pid.and_then(usage);

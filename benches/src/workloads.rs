@@ -484,6 +484,18 @@ async fn finish_upload(t: &Target, loc: &str, digest: &str) -> Result<Duration> 
     Ok(s.elapsed())
 }
 
+/// Readies a round, unmeasured: pull-big reads its blob once, so that every round of both
+/// servers reads it from the page cache (otherwise a round read it from disk or from memory
+/// depending on what the push workloads had written meanwhile: 778 to 2476 MiB/s in one run).
+pub async fn warm(t: &Target, w: Workload) -> Result<()> {
+    let p = t.prepared.as_ref().context("prepare() first")?;
+    if w == Workload::PullBig {
+        let path = format!("/v2/bench/read/blobs/{}", p.big);
+        raw_get(&t.base, &path, t.authorization.clone()).await?;
+    }
+    Ok(())
+}
+
 /// Runs one round of one workload against one target.
 pub async fn run(t: &Target, w: Workload, round: usize, sizes: Sizes) -> Result<Sample> {
     let p = t.prepared.as_ref().context("prepare() first")?;
