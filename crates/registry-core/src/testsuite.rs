@@ -168,11 +168,21 @@ async fn multipart_sessions_are_placed_and_collected(backend: Backend) {
         );
         assert_eq!(read_all(s, &r, &d, Some(10..20)).await, &bytes[10..20]);
     }
+    // A monolithic upload streams in parts straight to the blob's key: no pointer.
+    let whole = data(400_000, 78);
+    let dw = push_blob(&nodes[2], &r, &whole).await;
+    let stored = backend.store.head(&crate::layout::blob(&dw)).await.unwrap();
+    assert_eq!(stored.size, whole.len() as u64);
+    assert_eq!(read_all(&nodes[0], &r, &dw, None).await, whole);
     // Pushing the same bytes again leaves the pointer as it is.
     assert_eq!(push_blob(&nodes[1], &r, &bytes).await, d);
     assert_eq!(read_all(&nodes[0], &r, &d, None).await, bytes);
     let summary = nodes[0].fsck(false, |p| panic!("{p}")).await.unwrap();
-    assert_eq!(summary.blob_bytes, total as u64, "{summary:?}");
+    assert_eq!(
+        summary.blob_bytes,
+        (total + whole.len()) as u64,
+        "{summary:?}"
+    );
 
     // A cancelled session aborts its multipart upload and leaves nothing.
     let gone = nodes[0].upload_start(&r, Algorithm::Sha256).await.unwrap();

@@ -121,6 +121,37 @@ fn io_to_storage(e: std::io::Error) -> Error {
     }
 }
 
+/// Where [`ObjectRegistry::write_verified`] streams to.
+enum Sink {
+    Buffered(Box<BufWriter>),
+    Parts(Box<multipart::PartWriter>),
+}
+
+impl Sink {
+    async fn put(&mut self, chunk: Bytes) -> Result<()> {
+        match self {
+            Sink::Buffered(w) => w.put(chunk).await.map_err(Error::from),
+            Sink::Parts(w) => w.put(chunk).await,
+        }
+    }
+
+    async fn abort(self) {
+        match self {
+            Sink::Buffered(mut w) => {
+                let _ = w.abort().await;
+            }
+            Sink::Parts(w) => w.abort().await,
+        }
+    }
+
+    async fn finish(self) -> Result<()> {
+        match self {
+            Sink::Buffered(mut w) => w.shutdown().await.map_err(io_to_storage),
+            Sink::Parts(w) => w.complete().await,
+        }
+    }
+}
+
 async fn delete_quiet(store: &Arc<dyn ObjectStore>, path: &Path) -> Result<()> {
     match store.delete(path).await {
         Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
@@ -419,7 +450,10 @@ impl ObjectRegistry {
         declared: Option<u64>,
         target: Option<&Path>,
     ) -> Result<u64> {
-        let mut writer = target.map(|t| (t, self.writer(&self.store, t)));
+        let mut writer = match target {
+            Some(t) => Some((t, self.sink(t)?)),
+            None => None,
+        };
         let mut count = 0u64;
         let outcome: Result<()> = loop {
             let chunk = match chunks.try_next().await {
@@ -429,14 +463,22 @@ impl ObjectRegistry {
             };
             hasher.update(&chunk);
             count += chunk.len() as u64;
-            if let Some((target, w)) = writer.as_mut() {
-                if let Err(e) = w.put(chunk).await {
-                    match self.exists(target).await {
-                        Ok(true) => writer = None,
-                        Ok(false) => break Err(e.into()),
-                        Err(e) => break Err(e),
+            let failed = match writer.as_mut() {
+                Some((target, w)) => match w.put(chunk).await {
+                    Ok(()) => None,
+                    Err(e) => Some((e, self.exists(target).await)),
+                },
+                None => None,
+            };
+            match failed {
+                None => {}
+                Some((_, Ok(true))) => {
+                    if let Some((_, w)) = writer.take() {
+                        w.abort().await;
                     }
                 }
+                Some((e, Ok(false))) => break Err(e),
+                Some((_, Err(e))) => break Err(e),
             }
         };
         let outcome = outcome.and_then(|()| {
@@ -456,18 +498,28 @@ impl ObjectRegistry {
                 })
             }
         });
-        let Some((target, mut w)) = writer else {
+        let Some((target, w)) = writer else {
             return outcome.map(|()| count);
         };
         if let Err(e) = outcome {
-            let _ = w.abort().await;
+            w.abort().await;
             return Err(e);
         }
-        match w.shutdown().await {
+        match w.finish().await {
             Ok(()) => Ok(count),
             Err(_) if self.exists(target).await? => Ok(count),
-            Err(e) => Err(io_to_storage(e)),
+            Err(e) => Err(e),
         }
+    }
+
+    /// A streaming writer of a blob to `target`: parts that grow with the upload where the
+    /// storage has multipart uploads (S3 takes at most 10 000 parts, so fixed 8 MiB parts would
+    /// stop at 78 GiB), else `BufWriter`'s.
+    fn sink(&self, target: &Path) -> Result<Sink> {
+        Ok(match &self.multipart {
+            Some(_) => Sink::Parts(Box::new(self.part_writer(target.clone(), None, 0)?)),
+            None => Sink::Buffered(Box::new(self.writer(&self.store, target))),
+        })
     }
 
     /// Finishes a session that received no data before its final request (a monolithic

@@ -40,7 +40,7 @@ use futures::stream::{BoxStream, FuturesOrdered};
 use futures::{StreamExt, TryStreamExt};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use super::race::Seen;
@@ -89,6 +89,30 @@ impl ObjectRegistry {
     fn multipart_store(&self) -> Result<&Arc<dyn MultipartStore>> {
         self.multipart.as_ref().map(|m| &m.0).ok_or_else(|| {
             Error::Config("an upload session of an S3 node needs multipart uploads".into())
+        })
+    }
+
+    /// A writer of parts to `key`, continuing `upload` from part `next` (or creating an
+    /// upload when it needs one).
+    pub(super) fn part_writer(
+        &self,
+        key: Path,
+        upload: Option<String>,
+        next: usize,
+    ) -> Result<PartWriter> {
+        Ok(PartWriter {
+            mp: self.multipart_store()?.clone(),
+            store: self.store.clone(),
+            key,
+            upload,
+            next,
+            part_min: self.options.part_min,
+            write_buffer: self.options.write_buffer as u64,
+            concurrency: self.options.write_concurrency.max(1),
+            inflight: FuturesOrdered::new(),
+            done: Vec::new(),
+            pending: Vec::new(),
+            pending_len: 0,
         })
     }
 
@@ -177,63 +201,29 @@ impl ObjectRegistry {
         let held: Vec<Bytes> = self.read_parts(id, &state.parts).try_collect().await?;
         let mut source = futures::stream::iter(held.into_iter().map(|b| Ok((b, false))))
             .chain(body.by_ref().map_ok(|b| (b, true)));
-        let concurrency = self.options.write_concurrency.max(1);
-        let mut inflight = FuturesOrdered::new();
-        let (mut done, mut pending, mut pending_len) = (Vec::new(), Vec::new(), 0u64);
+        let mut parts = self.part_writer(key, Some(upload), placed.parts.len())?;
         let mut written = 0u64;
-        let mut next = placed.parts.len();
-        let send = |n: usize, pending: Vec<Bytes>, size: u64| {
-            let (mp, key, upload) = (mp.clone(), key.clone(), upload.clone());
-            async move {
-                if n >= MAX_PARTS {
-                    return Err(Error::Unsupported(
-                        "the upload is larger than S3 allows one object to be".into(),
-                    ));
-                }
-                let part = mp
-                    .put_part(&key, &upload, n, pending.into_iter().collect())
-                    .await?;
-                Ok(PlacedPart {
-                    id: part.content_id,
-                    size,
-                })
-            }
-        };
         let streamed: Result<()> = async {
             while let Some((chunk, new)) = source.try_next().await.map_err(Error::Body)? {
                 if new {
                     hasher.update(&chunk);
                     written += chunk.len() as u64;
                 }
-                pending_len += chunk.len() as u64;
-                pending.push(chunk);
-                let cut =
-                    part_floor(self.options.part_min, next).max(self.options.write_buffer as u64);
-                if pending_len >= cut {
-                    if inflight.len() >= concurrency {
-                        done.push(inflight.next().await.expect("in flight")?);
-                    }
-                    inflight.push_back(send(next, std::mem::take(&mut pending), pending_len));
-                    (next, pending_len) = (next + 1, 0);
-                }
+                parts.put(chunk).await?;
             }
-            if pending_len >= part_floor(self.options.part_min, next) {
-                inflight.push_back(send(next, std::mem::take(&mut pending), pending_len));
-                pending_len = 0;
-            }
-            while let Some(part) = inflight.next().await {
-                done.push(part?);
-            }
-            Ok(())
+            parts.send_if_floor().await
         }
         .await;
+        let done = parts.sent().await;
         streamed?;
+        let done = done?;
         if let Some(declared) = len.filter(|&d| d != written) {
             return Err(Error::SizeInvalid {
                 declared,
                 received: written,
             });
         }
+        let (pending, pending_len) = parts.pending();
         placed.parts.extend(done);
         // What is left below the floor is held, as a chunk of the session.
         let rest = (pending_len > 0).then(|| Part {
@@ -366,6 +356,132 @@ impl ObjectRegistry {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => {
                 tracing::warn!(session = id, error = %e, "could not abort a multipart upload")
+            }
+        }
+    }
+}
+
+/// A part in flight.
+type Sending = futures::future::BoxFuture<'static, Result<PlacedPart>>;
+
+/// Streams bytes into the parts of a multipart upload of `key`, cut as the module
+/// documentation says, up to `write_concurrency` parts in flight. Without an upload to start
+/// from it creates one only when the first part is cut: fewer bytes than that are written with
+/// one PUT by [`PartWriter::complete`].
+pub(super) struct PartWriter {
+    mp: Arc<dyn MultipartStore>,
+    store: Arc<dyn ObjectStore>,
+    key: Path,
+    upload: Option<String>,
+    /// The number of the next part.
+    next: usize,
+    part_min: u64,
+    write_buffer: u64,
+    concurrency: usize,
+    inflight: FuturesOrdered<Sending>,
+    done: Vec<PlacedPart>,
+    pending: Vec<Bytes>,
+    pending_len: u64,
+}
+
+impl PartWriter {
+    /// Adds bytes; sends a part when enough are pending.
+    pub(super) async fn put(&mut self, chunk: Bytes) -> Result<()> {
+        self.pending_len += chunk.len() as u64;
+        self.pending.push(chunk);
+        let cut = part_floor(self.part_min, self.next).max(self.write_buffer);
+        if self.pending_len >= cut {
+            self.send().await?;
+        }
+        Ok(())
+    }
+
+    /// Sends what is pending as a part if it is at least the floor of a part.
+    pub(super) async fn send_if_floor(&mut self) -> Result<()> {
+        if self.pending_len > 0 && self.pending_len >= part_floor(self.part_min, self.next) {
+            self.send().await?;
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self) -> Result<()> {
+        let n = self.next;
+        if n >= MAX_PARTS {
+            return Err(Error::Unsupported(
+                "the upload is larger than S3 allows one object to be".into(),
+            ));
+        }
+        let upload = match &self.upload {
+            Some(upload) => upload.clone(),
+            None => {
+                let upload = self.mp.create_multipart(&self.key).await?;
+                self.upload = Some(upload.clone());
+                upload
+            }
+        };
+        if self.inflight.len() >= self.concurrency {
+            let part = self.inflight.next().await.expect("in flight")?;
+            self.done.push(part);
+        }
+        let (mp, key) = (self.mp.clone(), self.key.clone());
+        let (payload, size): (PutPayload, u64) = (
+            std::mem::take(&mut self.pending).into_iter().collect(),
+            std::mem::take(&mut self.pending_len),
+        );
+        self.inflight.push_back(Box::pin(async move {
+            let part = mp.put_part(&key, &upload, n, payload).await?;
+            Ok(PlacedPart {
+                id: part.content_id,
+                size,
+            })
+        }));
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Waits for the parts in flight; returns every part sent, in order.
+    pub(super) async fn sent(&mut self) -> Result<Vec<PlacedPart>> {
+        while let Some(part) = self.inflight.next().await {
+            self.done.push(part?);
+        }
+        Ok(std::mem::take(&mut self.done))
+    }
+
+    /// The bytes not sent yet, and their count.
+    pub(super) fn pending(&mut self) -> (Vec<Bytes>, u64) {
+        (
+            std::mem::take(&mut self.pending),
+            std::mem::take(&mut self.pending_len),
+        )
+    }
+
+    /// Makes the object exist at the key: the pending bytes as the last part, then the
+    /// completion; or, if no part was cut, one PUT.
+    pub(super) async fn complete(mut self) -> Result<()> {
+        if self.upload.is_none() {
+            let (pending, _) = self.pending();
+            self.store
+                .put(&self.key, pending.into_iter().collect())
+                .await?;
+            return Ok(());
+        }
+        if self.pending_len > 0 {
+            self.send().await?;
+        }
+        let ids = (self.sent().await?.into_iter())
+            .map(|p| PartId { content_id: p.id })
+            .collect();
+        let upload = self.upload.take().expect("created");
+        self.mp.complete_multipart(&self.key, &upload, ids).await?;
+        Ok(())
+    }
+
+    /// Gives up: the multipart upload, if one was created, is aborted.
+    pub(super) async fn abort(mut self) {
+        self.inflight.clear();
+        if let Some(upload) = self.upload.take() {
+            if let Err(e) = self.mp.abort_multipart(&self.key, &upload).await {
+                tracing::warn!(key = %self.key, error = %e, "could not abort a multipart upload");
             }
         }
     }
