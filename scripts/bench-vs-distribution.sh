@@ -56,6 +56,12 @@ for p in $pa $pb; do
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$p/v2/" >/dev/null && break; sleep 0.1; done
 done
 
+# registry-bench drops the page cache before each push round when this is set (root only).
+if [ "$(id -u)" = 0 ]; then
+  export REGISTRY_BENCH_DROP_CACHES=1
+else
+  echo "not root: rounds keep the page cache, so their figures depend on what it holds" >&2
+fi
 cmd=("$target/registry-bench" "http://127.0.0.1:$pa" --pid "$ours" --label registry
      --compare "http://127.0.0.1:$pb" --compare-pid "$theirs" --compare-label distribution "$@")
 "${cmd[@]}" --output "$work/table.md"
@@ -105,7 +111,7 @@ else
     echo "  Distribution with the in-memory blob descriptor cache. Rounds alternate A, B, A, B per workload; rates are medians over rounds (slowest and fastest round in parentheses),"
     echo "  p99 over every request. A ratio above 1 favours registry for rates, below 1 for p99, CPU and RSS."
     echo "  Each round starts after \`sync\` (registry-bench runs it), so no round pays for the writeback of the rounds before it."
-    echo "  Each pull-big round is preceded by one unmeasured read of the blob, so both servers serve it from the page cache."
+    echo "  Before each push round the page cache is dropped (as root), and before each pull round both servers' blobs are read once, unmeasured, so both serve them from the page cache."
     echo
     cat "$work/table.md"
     for mib in "${chunks[@]}"; do

@@ -484,13 +484,19 @@ async fn finish_upload(t: &Target, loc: &str, digest: &str) -> Result<Duration> 
     Ok(s.elapsed())
 }
 
-/// Readies a round, unmeasured: pull-big reads its blob once, so that every round of both
-/// servers reads it from the page cache (otherwise a round read it from disk or from memory
-/// depending on what the push workloads had written meanwhile: 778 to 2476 MiB/s in one run).
+/// Readies a round, unmeasured: the pull workloads read their blobs once, so that every round
+/// of both servers reads them from the page cache (otherwise a round read them from disk or
+/// from memory depending on what other workloads had written meanwhile: pull-big went from
+/// 778 to 2476 MiB/s in one run).
 pub async fn warm(t: &Target, w: Workload) -> Result<()> {
     let p = t.prepared.as_ref().context("prepare() first")?;
-    if w == Workload::PullBig {
-        let path = format!("/v2/bench/read/blobs/{}", p.big);
+    let digests: Vec<&str> = match w {
+        Workload::PullBig => vec![p.big.as_str()],
+        Workload::Pull => p.blobs.iter().map(|b| b.digest.as_str()).collect(),
+        _ => Vec::new(),
+    };
+    for d in digests {
+        let path = format!("/v2/bench/read/blobs/{d}");
         raw_get(&t.base, &path, t.authorization.clone()).await?;
     }
     Ok(())
