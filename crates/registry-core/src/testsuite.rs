@@ -190,8 +190,9 @@ async fn multipart_sessions_are_placed_and_collected(backend: Backend) {
         .upload_append(&r, &gone.id, None, None, body(&data(200_000, 3), 8192))
         .await
         .unwrap();
+    let upload = multipart_upload_of(&backend, &gone.id).await;
     nodes[1].upload_cancel(&r, &gone.id).await.unwrap();
-    assert!(!exists(&backend, &crate::layout::placed(&gone.id)).await);
+    assert_aborted(&backend, &gone.id, &upload).await;
 
     // A wrong digest ends the session; nothing is published.
     let wrong = nodes[0].upload_start(&r, Algorithm::Sha256).await.unwrap();
@@ -201,12 +202,13 @@ async fn multipart_sessions_are_placed_and_collected(backend: Backend) {
         .await
         .unwrap();
     let claimed = Digest::of(Algorithm::Sha256, b"something else");
+    let upload = multipart_upload_of(&backend, &wrong.id).await;
     assert!(matches!(
         nodes[1].upload_finish(&r, &wrong.id, &claimed, None).await,
         Err(Error::DigestMismatch { .. })
     ));
     assert!(!exists(&backend, &crate::layout::blob(&claimed)).await);
-    assert!(!exists(&backend, &crate::layout::placed(&wrong.id)).await);
+    assert_aborted(&backend, &wrong.id, &upload).await;
 
     // A session of a node without multipart uploads finishes on one with them.
     let plain = Backend {
@@ -306,6 +308,39 @@ async fn multipart_sessions_are_placed_and_collected(backend: Backend) {
     );
     assert!(!exists(&backend, &crate::layout::blob(&db)).await);
     assert!(!exists(&backend, &bytes_at).await);
+}
+
+/// The id of session `id`'s multipart upload, from its document.
+async fn multipart_upload_of(backend: &Backend, id: &str) -> String {
+    let raw = backend
+        .store
+        .get(&crate::layout::upload_state(id))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    doc["placed"]["upload"]
+        .as_str()
+        .expect("a multipart upload")
+        .to_owned()
+}
+
+/// Session `id`'s multipart upload was aborted: it takes no part, and completed nothing.
+async fn assert_aborted(backend: &Backend, id: &str, upload: &str) {
+    let key = crate::layout::placed(id);
+    let mp = backend.multipart.as_ref().expect("multipart uploads");
+    let part = mp
+        .put_part(
+            &key,
+            &upload.to_owned(),
+            0,
+            Bytes::from_static(b"late").into(),
+        )
+        .await;
+    assert!(part.is_err(), "the upload still takes parts");
+    assert!(!exists(backend, &key).await);
 }
 
 async fn exists(backend: &Backend, path: &object_store::path::Path) -> bool {

@@ -282,7 +282,8 @@ impl ObjectRegistry {
         Ok(summary)
     }
 
-    async fn hash_object(&self, path: &Path, algorithm: Algorithm) -> Result<Digest> {
+    /// What the object at `path` hashes to.
+    pub(super) async fn hash_object(&self, path: &Path, algorithm: Algorithm) -> Result<Digest> {
         let mut hasher = Hasher::new(algorithm);
         let mut body = self.store.get(path).await?.into_stream();
         while let Some(chunk) = body.try_next().await? {

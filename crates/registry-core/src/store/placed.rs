@@ -86,10 +86,14 @@ impl ObjectRegistry {
         if meta.size != POINTER_LEN {
             return Ok(None);
         }
-        match self.store.get(&meta.location).await {
-            Ok(r) => Ok(Pointer::decode(&r.bytes().await?)),
+        self.pointer_if_any(&meta.location).await
+    }
+
+    /// The pointer at `key`; `None` when it holds none or nothing.
+    async fn pointer_if_any(&self, key: &Path) -> Result<Option<Pointer>> {
+        match self.pointer_of(key).await {
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e.into()),
+            other => Ok(other?),
         }
     }
 
@@ -153,12 +157,7 @@ impl ObjectRegistry {
         self.store
             .put(key, PutPayload::from(pointer.encode()))
             .await?;
-        let now = match self.store.get(key).await {
-            Ok(r) => Pointer::decode(&r.bytes().await?),
-            Err(object_store::Error::NotFound { .. }) => None,
-            Err(e) => return Err(e.into()),
-        };
-        if now.as_ref() == Some(&pointer) {
+        if self.pointer_if_any(key).await?.as_ref() == Some(&pointer) {
             return Ok(true);
         }
         self.delete_quiet(&pointer.path()).await?;

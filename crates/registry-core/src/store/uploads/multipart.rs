@@ -278,12 +278,7 @@ impl ObjectRegistry {
         target: &Path,
     ) -> Result<()> {
         let key = self.complete_placed(id, state).await?;
-        let mut hasher = Hasher::new(digest.algorithm());
-        let mut stored = self.store.get(&key).await?.into_stream();
-        while let Some(chunk) = stored.try_next().await? {
-            hasher.update(&chunk);
-        }
-        let actual = hasher.finish();
+        let actual = self.hash_object(&key, digest.algorithm()).await?;
         if &actual != digest {
             delete_quiet(&self.store, &key).await?;
             return Err(Error::DigestMismatch {
