@@ -90,6 +90,17 @@ pub enum Error {
         /// When the lease expires unless renewed.
         expires_in: std::time::Duration,
     },
+    /// The request is refused whoever makes it (a push to a pull-through cache's repository).
+    #[error("denied: {0}")]
+    Denied(String),
+    /// An upstream registry answered with something unusable (an error status, content that
+    /// does not match its digest, a truncated body): nothing of it was stored.
+    #[error("upstream: {0}")]
+    Upstream(String),
+    /// An upstream registry could not be reached, timed out, or is rate limiting, and nothing
+    /// cached can answer instead.
+    #[error("upstream unavailable: {0}")]
+    UpstreamUnavailable(String),
     /// A setting or location cannot be used as given.
     #[error("{0}")]
     Config(String),

@@ -93,6 +93,13 @@ pub trait BlobStore: Send + Sync {
     async fn blob_url(&self, _repo: &RepoName, _digest: &Digest) -> Result<Option<String>> {
         Ok(None)
     }
+    /// Links into `repo` a blob of `size` bytes that the storage holds, whichever repository
+    /// holds it; `Ok(false)` when it holds no such blob. For filling a pull-through cache
+    /// after the upstream confirmed that its repository has the blob: it bypasses the
+    /// isolation of repositories, so it must never be reachable by a client's request alone.
+    async fn blob_adopt(&self, _repo: &RepoName, _digest: &Digest, _size: u64) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 /// Upload sessions. Their whole state lives in the backend, so any node can continue one.
@@ -139,6 +146,22 @@ pub trait ManifestStore: Send + Sync {
         bytes: Bytes,
         tags: &[Tag],
     ) -> Result<PutManifest>;
+    /// Stores a manifest fetched from an upstream registry, under `reference` and `tags`,
+    /// like [`ManifestStore::manifest_put`] but without requiring what it references: a
+    /// pull-through cache holds an image's layers, or an index's platforms, once they are
+    /// pulled. The bytes are still validated, and must hash to a digest `reference` names.
+    async fn manifest_cache(
+        &self,
+        _repo: &RepoName,
+        _reference: &Reference,
+        _content_type: Option<&str>,
+        _bytes: Bytes,
+        _tags: &[Tag],
+    ) -> Result<PutManifest> {
+        Err(crate::error::Error::Unsupported(
+            "this storage cannot hold a pull-through cache".into(),
+        ))
+    }
     /// Identity of a manifest, without its bytes.
     async fn manifest_info(&self, repo: &RepoName, reference: &Reference) -> Result<ManifestInfo>;
     /// A manifest with its bytes.

@@ -52,6 +52,10 @@ pub enum ErrorCode {
     Unknown,
     /// The storage backend is unavailable.
     Unavailable,
+    /// An upstream registry answered unusably (502).
+    BadGateway,
+    /// An upstream registry cannot be reached and nothing cached answers (503).
+    UpstreamUnavailable,
     /// The request body stopped arriving (408); answered by servers, not handlers.
     RequestTimeout,
     /// The request line is longer than the server reads (414).
@@ -66,11 +70,11 @@ impl ErrorCode {
     /// The code string and HTTP status.
     pub fn parts(self) -> (&'static str, StatusCode) {
         use ErrorCode::{
-            BadRequest, BlobUnknown, BlobUploadInvalid, BlobUploadUnknown, Denied, DigestInvalid,
-            HeadersTooLarge, ManifestBlobUnknown, ManifestInvalid, ManifestUnknown, NameInvalid,
-            NameUnknown, NotFound, PaginationNumberInvalid, RangeInvalid, RequestTimeout,
-            SizeInvalid, TagInvalid, TooLarge, TooManyRequests, Unauthorized, Unavailable, Unknown,
-            Unsupported, UriTooLong,
+            BadGateway, BadRequest, BlobUnknown, BlobUploadInvalid, BlobUploadUnknown, Denied,
+            DigestInvalid, HeadersTooLarge, ManifestBlobUnknown, ManifestInvalid, ManifestUnknown,
+            NameInvalid, NameUnknown, NotFound, PaginationNumberInvalid, RangeInvalid,
+            RequestTimeout, SizeInvalid, TagInvalid, TooLarge, TooManyRequests, Unauthorized,
+            Unavailable, Unknown, Unsupported, UpstreamUnavailable, UriTooLong,
         };
         match self {
             BlobUnknown => ("BLOB_UNKNOWN", StatusCode::NOT_FOUND),
@@ -94,6 +98,8 @@ impl ErrorCode {
             PaginationNumberInvalid => ("PAGINATION_NUMBER_INVALID", StatusCode::BAD_REQUEST),
             Unknown => ("UNKNOWN", StatusCode::INTERNAL_SERVER_ERROR),
             Unavailable => ("UNAVAILABLE", StatusCode::SERVICE_UNAVAILABLE),
+            BadGateway => ("UNAVAILABLE", StatusCode::BAD_GATEWAY),
+            UpstreamUnavailable => ("UNAVAILABLE", StatusCode::SERVICE_UNAVAILABLE),
             RequestTimeout => ("REQUEST_TIMEOUT", StatusCode::REQUEST_TIMEOUT),
             UriTooLong => ("URI_TOO_LONG", StatusCode::URI_TOO_LONG),
             HeadersTooLarge => (
@@ -178,6 +184,9 @@ impl From<CoreError> for ApiError {
             CoreError::Unsupported(_) => (ErrorCode::Unsupported, None),
             CoreError::Body(_) => (ErrorCode::BlobUploadInvalid, None),
             CoreError::Storage(_) | CoreError::GcRunning { .. } => (ErrorCode::Unavailable, None),
+            CoreError::UpstreamUnavailable(_) => (ErrorCode::UpstreamUnavailable, None),
+            CoreError::Denied(_) => (ErrorCode::Denied, None),
+            CoreError::Upstream(_) => (ErrorCode::BadGateway, None),
             CoreError::Corrupt { .. } | CoreError::Config(_) | CoreError::Open { .. } => {
                 (ErrorCode::Unknown, None)
             }
@@ -222,13 +231,16 @@ impl IntoResponse for ApiError {
             .then(|| (fault_id(), self.message.clone()));
         let message = match &fault {
             None => self.message,
-            Some((id, _)) => format!(
-                "{} (request {id})",
-                match self.code {
-                    ErrorCode::Unavailable => "storage is unavailable; try again later",
-                    _ => "the registry failed to complete the request",
+            Some((id, _)) => match self.code {
+                // What an upstream did says nothing about this registry's insides.
+                ErrorCode::BadGateway | ErrorCode::UpstreamUnavailable => {
+                    format!("{} (request {id})", self.message)
                 }
-            ),
+                ErrorCode::Unavailable => {
+                    format!("storage is unavailable; try again later (request {id})")
+                }
+                _ => format!("the registry failed to complete the request (request {id})"),
+            },
         };
         let mut entry = json!({ "code": code, "message": message });
         if let Some(d) = self.detail {
@@ -380,6 +392,21 @@ mod tests {
                 CoreError::GcRunning {
                     expires_in: std::time::Duration::from_secs(9),
                 },
+                "UNAVAILABLE",
+                S::SERVICE_UNAVAILABLE,
+            ),
+            (
+                CoreError::Denied("read-only mirror".into()),
+                "DENIED",
+                S::FORBIDDEN,
+            ),
+            (
+                CoreError::Upstream("digest mismatch".into()),
+                "UNAVAILABLE",
+                S::BAD_GATEWAY,
+            ),
+            (
+                CoreError::UpstreamUnavailable("timed out".into()),
                 "UNAVAILABLE",
                 S::SERVICE_UNAVAILABLE,
             ),

@@ -56,6 +56,7 @@ pub use registry::{
     AcmeState, AcmeTls, BuildError, MetricsExposure, Registry, RegistryBuilder, Running,
 };
 pub use registry_acme;
+pub use registry_proxy;
 
 /// Settings of the API that are not storage.
 #[derive(Clone, Debug)]

@@ -144,6 +144,7 @@ pub struct Metrics {
     gc_deleted: Family<KindLabels, Counter>,
     gc_freed_bytes: Counter<u64, AtomicU64>,
     certificate_expiry: Family<CertificateLabels, Gauge>,
+    mirrors: Arc<MirrorCounters>,
     connections: ConnectionMetrics,
 }
 
@@ -229,6 +230,8 @@ impl Metrics {
         );
         let connections = ConnectionMetrics::default();
         connections.register(&mut registry);
+        let mirrors = Arc::new(MirrorCounters::default());
+        registry.register_collector(Box::new(mirrors.clone()));
         Metrics {
             registry,
             connections,
@@ -243,7 +246,14 @@ impl Metrics {
             gc_deleted,
             gc_freed_bytes,
             certificate_expiry,
+            mirrors,
         }
+    }
+
+    /// Shows the counters of `proxy`'s mirrors (hits, misses, upstream bytes, errors, stale
+    /// answers, labelled by prefix and upstream).
+    pub fn count_mirrors(&self, proxy: Arc<registry_proxy::Proxy>) {
+        let _ = self.mirrors.proxy.set(proxy);
     }
 
     /// Records the expiry (Unix seconds) of the certificate served for `name`.
@@ -278,6 +288,84 @@ impl Metrics {
             .expect("writing to a String");
         out
     }
+}
+
+/// The pull-through cache's counters, read at each scrape.
+#[derive(Default)]
+struct MirrorCounters {
+    proxy: std::sync::OnceLock<Arc<registry_proxy::Proxy>>,
+}
+
+impl std::fmt::Debug for MirrorCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MirrorCounters").finish_non_exhaustive()
+    }
+}
+
+impl prometheus_client::collector::Collector for MirrorCounters {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use registry_proxy::StatsSnapshot;
+        let Some(proxy) = self.proxy.get() else {
+            return Ok(());
+        };
+        let mirrors = proxy.mirrors();
+        type Read = fn(&StatsSnapshot) -> u64;
+        let families: [(&str, &str, Read); 5] = [
+            (
+                "mirror_hits",
+                "Manifests and blobs answered from a mirror's cache",
+                |s| s.hits,
+            ),
+            (
+                "mirror_misses",
+                "Manifests and blobs fetched from a mirror's upstream",
+                |s| s.misses,
+            ),
+            (
+                "mirror_upstream_bytes",
+                "Bytes read from a mirror's upstream",
+                |s| s.upstream_bytes,
+            ),
+            (
+                "mirror_errors",
+                "Upstream requests and fetches of a mirror that failed",
+                |s| s.errors,
+            ),
+            (
+                "mirror_stale",
+                "Cached answers given because a mirror's upstream could not be asked",
+                |s| s.stale,
+            ),
+        ];
+        for (name, help, read) in families {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for m in &mirrors {
+                let labels = MirrorLabels {
+                    prefix: m.prefix.clone(),
+                    upstream: m.upstream.clone(),
+                };
+                let sample = family.encode_family(&labels)?;
+                ConstCounter::new(read(&m.stats)).encode(sample)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MirrorLabels {
+    prefix: String,
+    upstream: String,
 }
 
 impl StoreObserver for Metrics {

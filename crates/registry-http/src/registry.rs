@@ -29,6 +29,7 @@ use registry_auth::{Guard, GuardSettings};
 use registry_core::observe::{ObservedMultipart, ObservedStore};
 use registry_core::open::StorageLocation;
 use registry_core::{GcOptions, ObjectRegistry, Storage};
+use registry_proxy::{MirrorSettings, Proxy, ProxyOptions};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -114,9 +115,19 @@ pub struct RegistryBuilder {
     acme: Option<AcmeTls>,
     connection: ConnectionSettings,
     cache_ttl: Option<Duration>,
+    mirrors: Vec<MirrorSettings>,
+    proxy: ProxyOptions,
 }
 
 impl RegistryBuilder {
+    /// Serves these mirrors of upstream registries beside the instance's own repositories
+    /// (a pull-through cache; see [`registry_proxy`]); none by default.
+    pub fn mirrors(mut self, mirrors: Vec<MirrorSettings>, options: ProxyOptions) -> Self {
+        self.mirrors = mirrors;
+        self.proxy = options;
+        self
+    }
+
     /// How long tags, manifests and blob links are answered from memory (see
     /// [`registry_core::StoreOptions::cache_ttl`]); the default is 1 s.
     pub fn cache_ttl(mut self, ttl: Duration) -> Self {
@@ -206,7 +217,23 @@ impl RegistryBuilder {
             other => other,
         }
         .map(Arc::new);
-        let mut state = RegistryState::new(Arc::new(storage.clone()), self.api);
+        let served: Arc<dyn Storage> = if self.mirrors.is_empty() {
+            Arc::new(storage.clone())
+        } else {
+            let proxy = Arc::new(Proxy::new(
+                Arc::new(storage.clone()),
+                self.mirrors,
+                ProxyOptions {
+                    manifest_max_bytes: self.api.manifest_max_bytes,
+                    ..self.proxy
+                },
+            )?);
+            if let Some(m) = &metrics {
+                m.count_mirrors(proxy.clone());
+            }
+            proxy
+        };
+        let mut state = RegistryState::new(served, self.api);
         if let Some(m) = &metrics {
             state = state.with_metrics(m.clone());
         }
@@ -322,6 +349,8 @@ impl Registry {
             acme: None,
             connection: ConnectionSettings::default(),
             cache_ttl: None,
+            mirrors: Vec::new(),
+            proxy: ProxyOptions::default(),
         }
     }
 

@@ -261,7 +261,8 @@ async fn build(settings: &Settings) -> anyhow::Result<Registry> {
         .guard(settings.guard.clone())
         .metrics(metrics)
         .upload_max_age(settings.upload_max_age)
-        .connection(settings.connection.clone());
+        .connection(settings.connection.clone())
+        .mirrors(settings.mirrors.clone(), Default::default());
     if let Some(every) = settings.gc.interval {
         builder = builder.collect_garbage(every, gc_options(settings));
     }

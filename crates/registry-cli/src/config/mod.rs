@@ -111,6 +111,19 @@
 //! certificates = ["*.ci.example.com"]
 //! repositories = ["team-a/**"]
 //! actions = ["pull", "push", "delete"]
+//!
+//! [[proxy]]               # a pull-through cache of an upstream registry, read-only
+//! prefix = "docker.io"    # pulls of docker.io/… are answered from the cache (docker.io/alpine
+//!                         # is docker.io/library/alpine); pushes under it are refused
+//! url = "https://registry-1.docker.io"
+//! default = true          # also answers names without any prefix the instance does not hold
+//!                         # (library/alpine, as Docker's registry-mirrors ask) [default: false]
+//! username = "ann"        # upstream credentials: Basic, or for its token service
+//! password_file = "docker-hub-token"   # 0600 (or password = "…")
+//! revalidate = "1m"       # a cached tag is checked upstream (HEAD) after this; by digest: never
+//! timeout = "30s"         # connecting, an answer, any read of a body
+//! library = true          # one-component names are library/… [default: true for Docker Hub]
+//! ca = "/etc/registry/upstream-ca.pem"   # trust this CA for the upstream's HTTPS as well
 //! ```
 
 use std::net::SocketAddr;
@@ -128,6 +141,9 @@ use registry_http::{AcmeState, AcmeTls};
 use serde::Deserialize;
 
 mod auth;
+mod mirrors;
+
+pub(crate) use mirrors::RawProxy;
 
 pub(crate) use auth::{RawAuth, RawNetwork, RawRule, TOKEN_KEYS};
 
@@ -157,6 +173,8 @@ pub(crate) struct RawConfig {
     pub network: RawNetwork,
     #[serde(default)]
     pub access: Vec<RawRule>,
+    #[serde(default)]
+    pub proxy: Vec<RawProxy>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -328,6 +346,8 @@ pub(crate) struct Settings {
     pub upload_max_age: Duration,
     pub gc: GcSettings,
     pub metrics: MetricsSettings,
+    /// Mirrors of upstream registries (`[[proxy]]`).
+    pub mirrors: Vec<registry_http::registry_proxy::MirrorSettings>,
 }
 
 impl Settings {
@@ -382,6 +402,9 @@ impl RawConfig {
         if let Some(acme) = self.tls.acme.as_mut() {
             fix(&mut acme.directory_ca);
             acme.state = Some(dir.join(acme.state.as_deref().unwrap_or(Path::new(ACME_STATE))));
+        }
+        for p in &mut self.proxy {
+            p.resolve_paths(dir);
         }
         if let Some(url) = &self.storage.url {
             let relative = !url.contains("://") && Path::new(url).is_relative();
@@ -492,7 +515,12 @@ impl RawConfig {
         if !guard.rules.is_empty() && !authenticates {
             bail!("access rules need authentication: set auth.htpasswd, auth.mode = \"token\" or tls.client_ca");
         }
+        let mirrors = mirrors::validate_mirrors(&self.proxy)?;
+        if mirrors.iter().filter(|m| m.default).count() > 1 {
+            bail!("only one [[proxy]] entry can be the default mirror");
+        }
         Ok(Settings {
+            mirrors,
             hostname,
             protected: self.instance.protected.unwrap_or(false),
             metrics,

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
-use object_store::{GetOptions, GetRange, PutPayload};
+use object_store::{GetOptions, GetRange, ObjectStoreExt, PutPayload};
 
 use super::ObjectRegistry;
 use crate::digest::Digest;
@@ -143,6 +143,37 @@ impl BlobStore for ObjectRegistry {
             Ok(()) => Ok(Some(size)),
             // Not mountable now: the client uploads it instead.
             Err(Error::BlobUnknown(_) | Error::Doomed(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn blob_adopt(&self, repo: &RepoName, digest: &Digest, size: u64) -> Result<bool> {
+        let verify = || async {
+            let key = layout::blob(digest);
+            let meta = match self.store.head(&key).await {
+                Ok(meta) => meta,
+                Err(object_store::Error::NotFound { .. }) => {
+                    return Err(Error::BlobUnknown(digest.clone()))
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let stored = match self.pointer_at(&meta).await? {
+                Some(pointer) => pointer.size,
+                None => meta.size,
+            };
+            if stored == size {
+                Ok(())
+            } else {
+                Err(Error::BlobUnknown(digest.clone()))
+            }
+        };
+        let commit = self.link_blob(repo, digest, size);
+        match self
+            .depend_on(std::slice::from_ref(digest), verify, commit)
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(Error::BlobUnknown(_) | Error::Doomed(_)) => Ok(false),
             Err(e) => Err(e),
         }
     }

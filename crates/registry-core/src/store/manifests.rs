@@ -290,6 +290,30 @@ impl ObjectRegistry {
     }
 }
 
+/// A pushed manifest parsed, and its digest, which must be the one `reference` names, if it
+/// names one.
+fn parse_for_put(
+    reference: &Reference,
+    content_type: Option<&str>,
+    bytes: &Bytes,
+) -> Result<(manifest::ParsedManifest, Digest)> {
+    let parsed = manifest::parse(content_type, bytes)?;
+    let algorithm = match reference {
+        Reference::Digest(d) => d.algorithm(),
+        Reference::Tag(_) => Algorithm::Sha256,
+    };
+    let digest = Digest::of(algorithm, bytes);
+    if let Reference::Digest(d) = reference {
+        if d != &digest {
+            return Err(Error::DigestMismatch {
+                expected: d.clone(),
+                actual: digest,
+            });
+        }
+    }
+    Ok((parsed, digest))
+}
+
 /// How many repositories' tag lists are cached at most.
 const TAG_LIST_CACHE_REPOS: usize = 1024;
 
@@ -303,20 +327,7 @@ impl ManifestStore for ObjectRegistry {
         bytes: Bytes,
         tags: &[Tag],
     ) -> Result<PutManifest> {
-        let parsed = manifest::parse(content_type, &bytes)?;
-        let algorithm = match reference {
-            Reference::Digest(d) => d.algorithm(),
-            Reference::Tag(_) => Algorithm::Sha256,
-        };
-        let digest = Digest::of(algorithm, &bytes);
-        if let Reference::Digest(d) = reference {
-            if d != &digest {
-                return Err(Error::DigestMismatch {
-                    expected: d.clone(),
-                    actual: digest,
-                });
-            }
-        }
+        let (parsed, digest) = parse_for_put(reference, content_type, &bytes)?;
         // Checked and committed safely against a concurrent garbage collection.
         let needs: Vec<Digest> = parsed
             .required_references()
@@ -328,6 +339,19 @@ impl ManifestStore for ObjectRegistry {
             Err(Error::Doomed(d)) => Err(Error::ManifestBlobUnknown(d)),
             other => other,
         }
+    }
+
+    async fn manifest_cache(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        bytes: Bytes,
+        tags: &[Tag],
+    ) -> Result<PutManifest> {
+        let (parsed, digest) = parse_for_put(reference, content_type, &bytes)?;
+        self.commit_manifest(repo, reference, tags, &parsed, &bytes, digest)
+            .await
     }
 
     async fn manifest_info(&self, repo: &RepoName, reference: &Reference) -> Result<ManifestInfo> {
