@@ -216,3 +216,456 @@ timeout = "5s"
     let text = metrics_text(&http, &cache.url()).await;
     assert!(counter(&text, "registry_mirror_stale_total", &[r#"prefix="up""#]) >= 1);
 }
+
+/// What the fake upstream answers.
+enum Reply {
+    /// Status, extra headers, body (`Content-Length` is the body's).
+    Full(u16, Vec<(&'static str, String)>, Vec<u8>),
+    /// 200 with `Content-Length: declared`, then only `body` and a closed connection.
+    Cut(u64, Vec<u8>),
+    /// Reads the request, never answers.
+    Stall,
+    /// 200 with the whole body's length; sends `split` bytes, then the rest once `gate` is open.
+    Gated(
+        std::sync::Arc<Vec<u8>>,
+        usize,
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ),
+}
+
+/// A request the fake upstream received.
+#[derive(Clone, Debug)]
+struct Seen {
+    method: String,
+    path: String,
+    authorized: bool,
+}
+
+/// An HTTP/1.1 upstream that answers each request (one per connection) as `answer` says, and
+/// records what it was asked.
+struct Fake {
+    addr: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>>,
+}
+
+impl Fake {
+    async fn start(answer: impl Fn(&str, &str) -> Reply + Send + Sync + 'static) -> Fake {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let answer = std::sync::Arc::new(answer);
+        let record = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let (answer, record) = (answer.clone(), record.clone());
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&head).to_string();
+                    let mut words = text.split_whitespace();
+                    let method = words.next().unwrap_or("").to_owned();
+                    let path = words.next().unwrap_or("").to_owned();
+                    let authorized = text.to_ascii_lowercase().contains("\r\nauthorization:");
+                    record.lock().unwrap().push(Seen {
+                        method: method.clone(),
+                        path: path.clone(),
+                        authorized,
+                    });
+                    let (status, headers, body, declared) = match answer(&method, &path) {
+                        Reply::Stall => {
+                            tokio::time::sleep(Duration::from_secs(60)).await;
+                            return;
+                        }
+                        Reply::Gated(body, split, gate) => {
+                            let head = format!(
+                                "HTTP/1.1 200 X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                                body.len()
+                            );
+                            let _ = socket.write_all(head.as_bytes()).await;
+                            let _ = socket.write_all(&body[..split]).await;
+                            while !gate.load(std::sync::atomic::Ordering::SeqCst) {
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
+                            let _ = socket.write_all(&body[split..]).await;
+                            let _ = socket.shutdown().await;
+                            return;
+                        }
+                        Reply::Full(s, h, b) => {
+                            let n = b.len() as u64;
+                            (s, h, b, n)
+                        }
+                        Reply::Cut(n, b) => (200, vec![], b, n),
+                    };
+                    let mut out = format!("HTTP/1.1 {status} X\r\ncontent-length: {declared}\r\nconnection: close\r\n");
+                    for (k, v) in headers {
+                        out.push_str(&format!("{k}: {v}\r\n"));
+                    }
+                    out.push_str("\r\n");
+                    let _ = socket.write_all(out.as_bytes()).await;
+                    if method != "HEAD" {
+                        let _ = socket.write_all(&body).await;
+                    }
+                    let _ = socket.shutdown().await;
+                });
+            }
+        });
+        Fake { addr, seen }
+    }
+
+    fn seen(&self, path_part: &str) -> Vec<Seen> {
+        let seen = self.seen.lock().unwrap();
+        seen.iter()
+            .filter(|s| s.path.contains(path_part))
+            .cloned()
+            .collect()
+    }
+}
+
+/// A cache instance mirroring `url` under `up/`, with credentials and `timeout`.
+fn cache_of(work: &Path, url: &str, timeout: &str) -> Server {
+    let config = work.join("cache.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[proxy]]\nprefix = \"up\"\nurl = \"{url}\"\nusername = \"ann\"\npassword = \"up-secret\"\ntimeout = \"{timeout}\"\n"
+        ),
+    )
+    .unwrap();
+    Server::start_logged(&["--config", config.to_str().unwrap()])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn faults_of_an_upstream_are_caught_and_nothing_corrupt_is_stored() {
+    use common::{oci_manifest, sha256};
+    let good = data(300_000, 1);
+    let good_d = sha256(&good);
+    let corrupt = data(300_000, 2);
+    let corrupt_d = sha256(&data(300_000, 3)); // what the upstream claims it is
+    let short = data(300_000, 4);
+    let short_d = sha256(&short);
+    let redirected = data(200_000, 5);
+    let redirected_d = sha256(&redirected);
+    let manifest_a = oci_manifest((&good_d, good.len()), &[]);
+    let manifest_b = oci_manifest((&redirected_d, redirected.len()), &[]);
+    let (a_d, b_d) = (sha256(&manifest_a), sha256(&manifest_b));
+    let wrong_d = sha256(b"not the manifest");
+
+    // Where blobs are redirected to: another origin, which must not see the credentials.
+    let storage = {
+        let redirected = redirected.clone();
+        Fake::start(move |_, _| Reply::Full(200, vec![], redirected.clone())).await
+    };
+    let storage_url = format!("http://{}/bucket/blob", storage.addr);
+    let upstream = {
+        let (good, good_d) = (good.clone(), good_d.clone());
+        let (corrupt, corrupt_d) = (corrupt.clone(), corrupt_d.clone());
+        let (short, short_d, redirected_d) = (short.clone(), short_d.clone(), redirected_d.clone());
+        let (manifest_a, manifest_b) = (manifest_a.clone(), manifest_b.clone());
+        let (a_d, b_d, wrong_d) = (a_d.clone(), b_d.clone(), wrong_d.clone());
+        let oci = || {
+            (
+                "content-type",
+                "application/vnd.oci.image.manifest.v1+json".to_owned(),
+            )
+        };
+        Fake::start(move |method, path| {
+            let blob = |d: &str| path.ends_with(&format!("/blobs/{d}"));
+            let manifest = |r: &str| path.ends_with(&format!("/manifests/{r}"));
+            if blob(&good_d) {
+                Reply::Full(200, vec![], good.clone())
+            } else if blob(&corrupt_d) {
+                Reply::Full(200, vec![], corrupt.clone())
+            } else if blob(&short_d) {
+                Reply::Cut(short.len() as u64, short[..100_000].to_vec())
+            } else if blob(&redirected_d) {
+                Reply::Full(307, vec![("location", storage_url.clone())], vec![])
+            } else if manifest("moving") && method == "HEAD" {
+                // The tag moves between the HEAD and a GET by tag: the GET is by digest.
+                Reply::Full(
+                    200,
+                    vec![("docker-content-digest", a_d.clone()), oci()],
+                    manifest_a.clone(),
+                )
+            } else if manifest("moving") {
+                Reply::Full(200, vec![oci()], manifest_b.clone())
+            } else if manifest(&a_d) {
+                Reply::Full(200, vec![oci()], manifest_a.clone())
+            } else if manifest(&b_d) || manifest(&wrong_d) {
+                // Bytes that are not what the digest names.
+                Reply::Full(200, vec![oci()], manifest_b.clone())
+            } else if manifest("huge") {
+                Reply::Cut(64 * 1024 * 1024, vec![b' '; 1000])
+            } else if manifest("slow") {
+                Reply::Stall
+            } else {
+                Reply::Full(404, vec![], b"{}".to_vec())
+            }
+        })
+        .await
+    };
+    let work = tempfile::tempdir().unwrap();
+    let cache = cache_of(work.path(), &format!("http://{}", upstream.addr), "2s");
+    let http = reqwest::Client::new();
+    let url = |p: &str| format!("{}/v2/up/r/{p}", cache.url());
+
+    // A good blob streams through, with the upstream's credentials sent to it.
+    let r = http
+        .get(url(&format!("blobs/{good_d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), good);
+    let asked = upstream.seen(&good_d);
+    assert!(
+        asked.iter().all(|s| s.authorized && s.method == "GET"),
+        "{asked:?}"
+    );
+
+    // Bytes that do not match their digest reach no client whole, and are not stored: the
+    // next request asks the upstream again.
+    for _ in 0..2 {
+        let r = http
+            .get(url(&format!("blobs/{corrupt_d}")))
+            .send()
+            .await
+            .unwrap();
+        if let Ok(b) = r.bytes().await {
+            assert_ne!(b.len(), corrupt.len(), "a corrupt blob was served whole");
+        }
+    }
+    assert_eq!(upstream.seen(&corrupt_d).len(), 2);
+    // A body cut short: the same.
+    for _ in 0..2 {
+        let r = http
+            .get(url(&format!("blobs/{short_d}")))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.bytes().await.map_or(true, |b| b.len() < short.len()));
+    }
+    assert_eq!(upstream.seen(&short_d).len(), 2);
+
+    // A redirect to another origin is followed without the credentials.
+    let r = http
+        .get(url(&format!("blobs/{redirected_d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), redirected);
+    let at_storage = storage.seen("/bucket/blob");
+    assert_eq!(at_storage.len(), 1);
+    assert!(
+        !at_storage[0].authorized,
+        "credentials went to another host"
+    );
+
+    // A tag that moves during a pull: the manifest is the one the HEAD named.
+    let r = http
+        .get(url("manifests/moving"))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["docker-content-digest"], a_d.as_str());
+    assert_eq!(r.bytes().await.unwrap(), manifest_a);
+
+    // A manifest whose bytes are not its digest: 502, not stored.
+    for _ in 0..2 {
+        let r = http
+            .get(url(&format!("manifests/{wrong_d}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 502);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert!(
+            body["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("hashes to"),
+            "{body}"
+        );
+    }
+    assert_eq!(upstream.seen(&wrong_d).len(), 2);
+    // A huge manifest is refused before it is read; a stalled upstream is given up on.
+    let r = http.get(url("manifests/huge")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    let started = Instant::now();
+    let r = http.get(url("manifests/slow")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let log = cache.logged();
+    assert!(
+        !log.contains("up-secret"),
+        "the upstream password was logged"
+    );
+}
+
+/// 20 clients pull one uncached 200 MiB layer at once: one upstream fetch, and each client
+/// receives bytes before the upstream has sent the whole layer.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_pulls_of_an_uncached_layer_make_one_upstream_fetch() {
+    use futures::StreamExt;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let layer = Arc::new(data(200 * 1024 * 1024, 9));
+    let digest = common::sha256(&layer);
+    let gate = Arc::new(AtomicBool::new(false));
+    let upstream = {
+        let (layer, digest, gate) = (layer.clone(), digest.clone(), gate.clone());
+        Fake::start(move |_, path| {
+            if path.ends_with(&format!("/blobs/{digest}")) {
+                Reply::Gated(layer.clone(), 4 * 1024 * 1024, gate.clone())
+            } else {
+                Reply::Full(404, vec![], b"{}".to_vec())
+            }
+        })
+        .await
+    };
+    let work = tempfile::tempdir().unwrap();
+    // 20 clients hashing 4 GiB in this process and the server share 2 cores: the default
+    // timeout.
+    let cache = cache_of(work.path(), &format!("http://{}", upstream.addr), "30s");
+    let http = reqwest::Client::new();
+    let started = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..20)
+        .map(|_| {
+            let url = format!("{}/v2/up/r/blobs/{digest}", cache.url());
+            let (http, started, layer) = (http.clone(), started.clone(), layer.clone());
+            tokio::spawn(async move {
+                let r = http.get(url).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                let mut body = r.bytes_stream();
+                let (mut same, mut n, mut counted) = (true, 0usize, false);
+                while let Some(chunk) = body.next().await {
+                    let chunk = match chunk {
+                        Ok(c) => c,
+                        Err(e) => return Err(format!("after {n} bytes: {e}")),
+                    };
+                    same &= layer.get(n..n + chunk.len()) == Some(&chunk[..]);
+                    n += chunk.len();
+                    if n >= 1024 * 1024 && !counted {
+                        counted = true;
+                        started.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                Ok((n, same))
+            })
+        })
+        .collect();
+    // Every client has its first MiB while the upstream still holds back all but 4 MiB.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while started.load(Ordering::SeqCst) < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "clients waited for the whole layer"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gate.store(true, Ordering::SeqCst);
+    for c in clients {
+        let (n, same) = c
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{e}; the cache's log:\n{}", cache.logged()));
+        assert_eq!((n, same), (layer.len(), true));
+    }
+    assert_eq!(upstream.seen(&digest).len(), 1, "one upstream fetch");
+    // Now cached: served without the upstream.
+    let r = http
+        .head(format!("{}/v2/up/r/blobs/{digest}", cache.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(upstream.seen(&digest).len(), 1);
+}
+
+/// An upstream with Docker token authentication (this registry in token mode) and a scoped
+/// pull-only token as the mirror's credentials: the cache follows the Bearer challenge.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_authenticated_upstream_is_mirrored_with_a_scoped_token() {
+    use common::cli::{ok, serve};
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    ok(
+        h,
+        &["instance", "create", "default", "--listen", &addr],
+        None,
+    );
+    ok(
+        h,
+        &["user", "add", "bob", "--password-stdin"],
+        Some("bob-password-1"),
+    );
+    ok(h, &["token", "init"], None);
+    let created = ok(
+        h,
+        &[
+            "token",
+            "create",
+            "--name",
+            "mirror",
+            "--scope",
+            "repository:lib/*:pull",
+            "--expires",
+            "1d",
+        ],
+        None,
+    );
+    let secret = created
+        .lines()
+        .find(|l| l.starts_with("rgt_"))
+        .unwrap()
+        .to_owned();
+    let _upstream = serve(h, &addr);
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let image = push(
+        w,
+        "img",
+        &format!("{addr}/lib/app:v1"),
+        &[tar(&[("a", b"token-guarded layer\n")])],
+        "bob:bob-password-1",
+    );
+    let config = w.join("cache.toml");
+    std::fs::write(w.join("token"), format!("{secret}\n")).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "[[proxy]]\nprefix = \"up\"\nurl = \"http://{addr}\"\nusername = \"mirror\"\npassword_file = \"{}\"\n",
+            w.join("token").display()
+        ),
+    )
+    .unwrap();
+    let cache = Server::start(&["--config", config.to_str().unwrap()]);
+    assert_eq!(pull(w, &format!("{}/up/lib/app:v1", cache.addr)), image);
+    // Outside the token's scope the upstream refuses: 502 with what it said, not a hang.
+    let r = reqwest::get(format!("{}/v2/up/other/app/manifests/v1", cache.url()))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let body: serde_json::Value = r.json().await.unwrap();
+    let message = body["errors"][0]["message"].as_str().unwrap();
+    assert!(message.contains("refused access to other/app"), "{message}");
+    assert!(!message.contains(&secret), "{message}");
+}

@@ -264,6 +264,7 @@ impl Proxy {
                     response,
                     spool_dir,
                     stats,
+                    upstream,
                 }))
             })
             .await;

@@ -62,6 +62,8 @@ pub(crate) struct Job {
     pub response: reqwest::Response,
     pub spool_dir: Option<PathBuf>,
     pub stats: Arc<Stats>,
+    /// The upstream, whose timeout bounds each read of the body.
+    pub upstream: Arc<crate::upstream::Upstream>,
 }
 
 impl Fetches {
@@ -117,6 +119,7 @@ struct Run {
     digest: Digest,
     size: u64,
     stats: Arc<Stats>,
+    upstream: Arc<crate::upstream::Upstream>,
 }
 
 type Body = futures::stream::BoxStream<'static, reqwest::Result<Bytes>>;
@@ -131,6 +134,7 @@ async fn begin(job: Job, fetches: Arc<Fetches>, key: (RepoName, Digest)) -> Resu
         response,
         spool_dir: dir,
         stats,
+        upstream,
     } = job;
     let job = Run {
         storage,
@@ -138,6 +142,7 @@ async fn begin(job: Job, fetches: Arc<Fetches>, key: (RepoName, Digest)) -> Resu
         digest,
         size,
         stats,
+        upstream,
     };
     let body = response.bytes_stream().boxed();
     let spool = tokio::task::spawn_blocking(move || match dir {
@@ -233,17 +238,14 @@ async fn pump(
     progress: &watch::Sender<Progress>,
     chunks: &mpsc::Sender<std::io::Result<Bytes>>,
 ) -> Result<()> {
-    let upstream_failed = |e: reqwest::Error| {
-        Error::UpstreamUnavailable(format!("reading {} from upstream: {e}", job.digest))
-    };
     let mut written = 0u64;
     let mut batch: Vec<Bytes> = Vec::new();
     let mut batched = 0usize;
     loop {
-        let next = body.next().await;
+        let next = job.upstream.within(body.next()).await?;
         let end = next.is_none();
         if let Some(chunk) = next {
-            let chunk = chunk.map_err(upstream_failed)?;
+            let chunk = chunk.map_err(|e| job.upstream.unavailable(&e))?;
             job.stats.upstream_bytes(chunk.len() as u64);
             if written + (batched + chunk.len()) as u64 > job.size {
                 return Err(Error::Upstream(format!(

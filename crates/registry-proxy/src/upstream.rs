@@ -121,7 +121,6 @@ impl Upstream {
         let base = format!("{}://{host}", parsed.scheme());
         let mut builder = reqwest::Client::builder()
             .connect_timeout(timeout)
-            .read_timeout(timeout)
             .user_agent(concat!("registry/", env!("CARGO_PKG_VERSION")));
         if let Some(pem) = roots {
             let roots = reqwest::Certificate::from_pem_bundle(pem)
@@ -185,7 +184,7 @@ impl Upstream {
         }
         let mut body = BytesMut::new();
         let mut stream = r.bytes_stream();
-        while let Some(chunk) = stream.next().await {
+        while let Some(chunk) = self.within(stream.next()).await? {
             let chunk = chunk.map_err(|e| self.unavailable(&e))?;
             if body.len() + chunk.len() > max {
                 return Err(self.bad(format!(
@@ -299,8 +298,7 @@ impl Upstream {
                 s if s.is_success() => Ok(Some(response)),
                 StatusCode::NOT_FOUND => Ok(None),
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(self.bad(format!(
-                    "{} refused access to {name} ({status}){}",
-                    self.host,
+                    "refused access to {name} ({status}){}",
                     if self.credentials.is_some() {
                         ""
                     } else {
@@ -315,7 +313,7 @@ impl Upstream {
                     "{} answered {status}",
                     self.host
                 ))),
-                _ => Err(self.bad(format!("{} answered {status}", self.host))),
+                _ => Err(self.bad(format!("answered {status}"))),
             };
         }
     }
@@ -401,8 +399,7 @@ impl Upstream {
         }
         if !status.is_success() {
             return Err(self.bad(format!(
-                "the token service of {} refused a token for {scope} ({status})",
-                self.host
+                "its token service refused a token for {scope} ({status})"
             )));
         }
         #[derive(serde::Deserialize)]
@@ -439,6 +436,15 @@ impl Upstream {
         }
         tokens.insert(scope.to_owned(), (value.clone(), until));
         Ok(value)
+    }
+
+    /// Waits for `next` (a read of a body) at most the timeout. (reqwest's own read timeout
+    /// also counts the time a reader takes between reads, so a fetch held back by a slow
+    /// storage would be cut off.)
+    pub(crate) async fn within<T>(&self, next: impl std::future::Future<Output = T>) -> Result<T> {
+        tokio::time::timeout(self.timeout, next)
+            .await
+            .map_err(|_| self.timed_out())
     }
 
     pub(crate) fn unavailable(&self, e: &reqwest::Error) -> Error {
