@@ -669,3 +669,157 @@ async fn a_token_authenticated_upstream_is_mirrored_with_a_scoped_token() {
     assert!(message.contains("refused access to other/app"), "{message}");
     assert!(!message.contains(&secret), "{message}");
 }
+
+/// Docker (`--registry-mirror`), podman (a `registries.conf` mirror) and containerd (a
+/// `hosts.toml` mirror) pull "Docker Hub" images through the instance, which mirrors a stand-in
+/// for Docker Hub as its default mirror and a second upstream (behind Basic) under its prefix,
+/// while images of its own are pushed to and pulled from it. Only the first pull of an image
+/// reaches the upstream.
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_podman_and_containerd_use_the_instance_as_a_mirror() {
+    use common::tools::{podman, podman_root, Containerd, Docker};
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let hub = Server::start(&[]);
+    let second = Server::start(&[
+        "--htpasswd",
+        bcrypt_user(w, "ann", "up-secret").to_str().unwrap(),
+    ]);
+    let alpine = push(
+        w,
+        "alpine",
+        &format!("{}/library/alpine:latest", hub.addr),
+        &[tar(&[("hello", b"an official image\n")])],
+        "x:y",
+    );
+    let app = push(
+        w,
+        "app",
+        &format!("{}/org/app:v1", second.addr),
+        &[tar(&[("app", b"from the second upstream\n")])],
+        "ann:up-secret",
+    );
+    let config = w.join("cache.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[proxy]]
+prefix = "docker.io"
+url = "{}"
+default = true
+library = true
+
+[[proxy]]
+prefix = "quay.test"
+url = "{}"
+username = "ann"
+password = "up-secret"
+"#,
+            hub.url(),
+            second.url()
+        ),
+    )
+    .unwrap();
+    let cache = Server::start(&["--config", config.to_str().unwrap()]);
+    let c = &cache.addr;
+    let http = reqwest::Client::new();
+    let hub_gets = || async {
+        let text = metrics_text(&http, &hub.url()).await;
+        counter(
+            &text,
+            "registry_http_requests_total",
+            &[r#"endpoint="blob""#, r#"method="GET""#, r#"status="200""#],
+        )
+    };
+
+    // Docker: docker.io pulls go to the mirror (there is no other way out of this machine).
+    let docker = Docker::start_with(
+        &w.join("docker"),
+        &["--registry-mirror", &format!("http://{c}")],
+    );
+    run(docker.cmd(&["pull", "alpine"]));
+    let digests = run(docker.cmd(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{json .RepoDigests}}",
+        "alpine",
+    ]));
+    assert!(
+        String::from_utf8_lossy(&digests.stdout).contains(&alpine),
+        "{digests:?}"
+    );
+    assert_eq!(hub_gets().await, 2, "config and layer, fetched once");
+    // The second upstream by its prefix, and a push of the instance's own.
+    run(docker.cmd(&["pull", &format!("{c}/quay.test/org/app:v1")]));
+    run(docker.cmd(&["tag", "alpine", &format!("{c}/own/docker:v1")]));
+    run(docker.cmd(&["push", &format!("{c}/own/docker:v1")]));
+    run(docker.cmd(&["tag", "alpine", &format!("{c}/quay.test/org/app:mine")]));
+    let err = run_fails(docker.cmd(&["push", &format!("{c}/quay.test/org/app:mine")]));
+    assert!(err.contains("denied") || err.contains("read-only"), "{err}");
+    drop(docker);
+
+    // podman: a mirror entry for docker.io in registries.conf.
+    let root = w.join("podman");
+    podman_root(&root);
+    let registries = root.join("registries.conf");
+    std::fs::write(
+        &registries,
+        format!(
+            "[[registry]]\nprefix = \"docker.io\"\nlocation = \"docker.io\"\n[[registry.mirror]]\nlocation = \"{c}\"\ninsecure = true\n"
+        ),
+    )
+    .unwrap();
+    let podman_env = |args: &[&str]| {
+        let mut cmd = podman(&root, args);
+        cmd.env("CONTAINERS_REGISTRIES_CONF", &registries);
+        cmd
+    };
+    run(podman_env(&["pull", "docker.io/library/alpine:latest"]));
+    run(podman_env(&[
+        "pull",
+        "--tls-verify=false",
+        &format!("{c}/quay.test/org/app:v1"),
+    ]));
+    run(podman_env(&[
+        "pull",
+        "--tls-verify=false",
+        &format!("{c}/own/docker:v1"),
+    ]));
+
+    // containerd: a hosts.toml mirror for docker.io.
+    let hosts = w.join("hosts/docker.io");
+    std::fs::create_dir_all(&hosts).unwrap();
+    std::fs::write(
+        hosts.join("hosts.toml"),
+        format!(
+            "server = \"https://registry-1.docker.io\"\n[host.\"http://{c}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+        ),
+    )
+    .unwrap();
+    let containerd = Containerd::start(&w.join("containerd"));
+    let hosts_dir = w.join("hosts");
+    run(containerd.ctr(&[
+        "images",
+        "pull",
+        "--hosts-dir",
+        hosts_dir.to_str().unwrap(),
+        "docker.io/library/alpine:latest",
+    ]));
+    run(containerd.ctr(&[
+        "images",
+        "pull",
+        "--plain-http",
+        &format!("{c}/quay.test/org/app:v1"),
+    ]));
+    let listed = run(containerd.ctr(&["images", "ls"]));
+    let listed = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert!(
+        listed.contains(&alpine) && listed.contains(&app),
+        "{listed}"
+    );
+
+    // Three clients, one upstream fetch of each blob.
+    assert_eq!(hub_gets().await, 2);
+}

@@ -11,6 +11,9 @@
 //! repositories/<name>/_manifests/tags/<tag>        holds {"digest","mediaType","size"}
 //! repositories/<name>/_manifests/tags_generation   random value, rewritten when tags are added or
 //!                                                  removed (validates cached tag lists)
+//! repositories/<name>/_mirror                     marker: a pull-through cache, whose manifests
+//!                                                  need not have what they reference (it is
+//!                                                  fetched when pulled)
 //! repositories/<name>/_referrers/<alg>/<hex>/<alg>-<hex>
 //!                                                  a referrer of subject <alg>:<hex>; holds its descriptor
 //! catalog/<name>/_repository                       marker: the repository exists (for the catalog)
@@ -122,6 +125,11 @@ pub(crate) fn revision_link_text(repo: &RepoName, d: &Digest) -> String {
         d.algorithm().as_str(),
         d.hex(),
     ])
+}
+
+/// The marker of a repository that is a pull-through cache.
+pub fn mirror_marker(repo: &RepoName) -> Path {
+    join(&["repositories", repo.as_str(), "_mirror"])
 }
 
 /// The directory holding a repository's tags.

@@ -101,6 +101,7 @@ pub async fn run_all_backends<F: Fn() -> Backend>(fresh: F) {
     }
     cancel_and_unknown_sessions(registry(fresh())).await;
     mount_between_repositories(registry(fresh())).await;
+    pull_through_cache_fills(registry(fresh())).await;
     manifests_tags_and_referrers(registry(fresh())).await;
     tag_lists_stay_fresh_across_nodes(fresh()).await;
     metadata_cache_staleness_is_bounded(fresh()).await;
@@ -891,6 +892,52 @@ async fn mount_between_repositories(s: ObjectRegistry) {
     let missing = Digest::of(Algorithm::Sha256, b"nope");
     assert_eq!(s.blob_mount(&b, &a, &missing).await.unwrap(), None);
     assert_eq!(s.blob_mount(&b, &repo("empty"), &d).await.unwrap(), None);
+}
+
+/// What a pull-through cache stores: a manifest without what it references (refused by a
+/// push), its digest still checked; a blob linked from another repository only with the size
+/// the upstream named; fsck expects a cache's missing references; garbage collection keeps a
+/// cached tag's manifest.
+async fn pull_through_cache_fills(s: ObjectRegistry) {
+    let (cache, own) = (repo("docker.io/library/alpine"), repo("own"));
+    let layer = push_blob(&s, &own, b"layer both have").await;
+    let config = Digest::of(Algorithm::Sha256, b"config not fetched yet");
+    let m = image_manifest(&config, 22, &[(layer.clone(), 15)], None);
+    let digest = Digest::of(Algorithm::Sha256, &m);
+    let tag = Reference::Tag("latest".parse().unwrap());
+    let pushed = s.manifest_put(&own, &tag, Some(OCI_MANIFEST), m.clone().into(), &[]);
+    assert!(matches!(pushed.await, Err(Error::ManifestBlobUnknown(_))));
+    let wrong = Reference::Digest(Digest::of(Algorithm::Sha256, b"other"));
+    let cached = s.manifest_cache(&cache, &wrong, Some(OCI_MANIFEST), m.clone().into(), &[]);
+    assert!(matches!(cached.await, Err(Error::DigestMismatch { .. })));
+    let put = s.manifest_cache(&cache, &tag, Some(OCI_MANIFEST), m.clone().into(), &[]);
+    assert_eq!(put.await.unwrap().digest, digest);
+    assert_eq!(s.manifest_get(&cache, &tag).await.unwrap().1, m);
+
+    assert!(!s.blob_adopt(&cache, &layer, 14).await.unwrap());
+    assert!(!s.blob_adopt(&cache, &config, 22).await.unwrap());
+    assert!(matches!(
+        s.blob_size(&cache, &layer).await,
+        Err(Error::BlobUnknown(_))
+    ));
+    assert!(s.blob_adopt(&cache, &layer, 15).await.unwrap());
+    assert_eq!(s.blob_size(&cache, &layer).await.unwrap(), 15);
+
+    let found = s
+        .fsck(false, |p| panic!("a cache is not damage: {p}"))
+        .await;
+    assert_eq!(found.unwrap().problems, 0);
+    let now = crate::store::GcOptions {
+        grace: Duration::ZERO,
+        ..Default::default()
+    };
+    let mut deleted = Vec::new();
+    s.gc(&now, |d| deleted.push(d.path.clone())).await.unwrap();
+    // At most the own repository's unreferenced link (S3 timestamps may make it young).
+    let link = crate::layout::layer_link(&own, &layer).to_string();
+    assert!(deleted.iter().all(|d| *d == link), "{deleted:?}");
+    assert_eq!(s.manifest_get(&cache, &tag).await.unwrap().1, m);
+    assert_eq!(s.blob_size(&cache, &layer).await.unwrap(), 15);
 }
 
 /// An OCI image manifest over `config` and `layers`, with an optional subject.

@@ -113,6 +113,11 @@ pub(crate) struct Docker {
 
 impl Docker {
     pub(crate) fn start(dir: &Path) -> Docker {
+        Docker::start_with(dir, &[])
+    }
+
+    /// A daemon with extra `dockerd` flags (`--registry-mirror URL`).
+    pub(crate) fn start_with(dir: &Path, flags: &[&str]) -> Docker {
         std::fs::create_dir_all(dir).unwrap();
         let socket = dir.join("docker.sock");
         let log = dir.join("dockerd.log");
@@ -128,6 +133,7 @@ impl Docker {
                 "--ip6tables=false",
             ])
             .args(["--bridge=none"])
+            .args(flags)
             .stdin(Stdio::null())
             .stdout(log_file(&log))
             .stderr(log_file(&dir.join("dockerd.err")))

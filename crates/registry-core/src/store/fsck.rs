@@ -350,6 +350,8 @@ impl ObjectRegistry {
         summary: &mut FsckSummary,
         found: &mut impl FnMut(Problem, &mut FsckSummary),
     ) -> Result<HashSet<Digest>> {
+        // A pull-through cache holds what was pulled: missing references are expected.
+        let mirror = self.exists(&layout::mirror_marker(repo)).await?;
         let metas = self.list_all(&layout::revisions_dir(repo)).await?;
         let mut listed: HashSet<Digest> = metas
             .iter()
@@ -393,7 +395,7 @@ impl ObjectRegistry {
                     continue;
                 }
             };
-            for d in parsed.required_references() {
+            for d in parsed.required_references().filter(|_| !mirror) {
                 let d = &d.digest;
                 let present = match parsed.kind {
                     ManifestKind::Image => {

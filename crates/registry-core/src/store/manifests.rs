@@ -8,7 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use object_store::PutPayload;
+use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use super::ObjectRegistry;
@@ -350,6 +350,13 @@ impl ManifestStore for ObjectRegistry {
         tags: &[Tag],
     ) -> Result<PutManifest> {
         let (parsed, digest) = parse_for_put(reference, content_type, &bytes)?;
+        // Before the manifest: fsck never finds a cache's manifest without its marker.
+        let marker = layout::mirror_marker(repo);
+        if !self.exists(&marker).await? {
+            self.store
+                .put(&marker, PutPayload::from_static(b""))
+                .await?;
+        }
         self.commit_manifest(repo, reference, tags, &parsed, &bytes, digest)
             .await
     }
