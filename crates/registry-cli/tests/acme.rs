@@ -155,6 +155,7 @@ fn wizard_to_trusted_https_then_restart_reuses_and_a_corrupt_store_is_replaced()
     answer(&mut p, "Directory", "");
     answer(&mut p, "Allow anonymous read-only pull?", "");
     answer(&mut p, "IP allowlist", "");
+    answer(&mut p, "Cache Docker Hub here too", "");
     p.exp_string("TLS").unwrap();
     p.exp_string("HTTPS with a Let's Encrypt certificate (automatic)")
         .unwrap();

@@ -42,6 +42,7 @@ fn enter_through_the_rest(p: &mut PtySession, fresh: bool) {
     answer(p, "Directory", "");
     answer(p, "Allow anonymous read-only pull?", "");
     answer(p, "IP allowlist", "");
+    answer(p, "Cache Docker Hub here too", "");
     p.exp_string("TLS").unwrap();
     p.exp_string("Let's Encrypt certificate (automatic)")
         .unwrap();
@@ -457,4 +458,88 @@ fn wizard_sets_up_oauth2_with_a_provider() {
         ],
     );
     assert!(err.contains("--oidc-client-secret"), "{err}");
+}
+
+/// Mirrors from `registry config --mirror`, shown by `registry check`, changed with
+/// `registry reconfigure mirror.PREFIX…`; a bad one changes nothing.
+#[test]
+fn mirrors_are_added_by_the_wizard_and_reconfigure() {
+    let work = tempfile::tempdir().unwrap();
+    let home = work.path();
+    let base = [
+        "config",
+        "--non-interactive",
+        "--domain",
+        "r.test",
+        "--auth",
+        "none",
+        "--tls",
+        "none",
+        "--storage",
+        "data",
+        "--public-read",
+        "false",
+    ];
+    let mirrors = [
+        "--mirror",
+        "docker.io=https://registry-1.docker.io",
+        "--mirror",
+        "ghcr.io=https://ghcr.io",
+    ];
+    ok(home, &[&base[..], &mirrors[..]].concat(), None);
+    let toml_path = home.join("instances/default/registry.toml");
+    let config = std::fs::read_to_string(&toml_path).unwrap();
+    assert!(config.contains("[[proxy]]\nprefix = \"docker.io\"\nurl = \"https://registry-1.docker.io\"\ndefault = true"), "{config}");
+    assert!(config.contains("prefix = \"ghcr.io\""), "{config}");
+    let checked = ok(home, &["check"], None);
+    assert!(checked.contains("mirror    docker.io/ -> https://registry-1.docker.io (tags rechecked after 60s, default mirror"), "{checked}");
+
+    std::fs::write(home.join("instances/default/ghcr-token"), "secret\n").unwrap();
+    ok(
+        home,
+        &[
+            "reconfigure",
+            "mirror.ghcr.io.username=ann",
+            "mirror.ghcr.io.password_file=ghcr-token",
+            "mirror.quay.io=https://quay.io",
+            "mirror.quay.io.revalidate=5m",
+        ],
+        None,
+    );
+    let checked = ok(home, &["check"], None);
+    assert!(
+        checked.contains("ghcr.io/ -> https://ghcr.io (tags rechecked after 60s, as ann)"),
+        "{checked}"
+    );
+    assert!(
+        checked.contains("quay.io/ -> https://quay.io (tags rechecked after 300s)"),
+        "{checked}"
+    );
+    assert!(!checked.contains("secret"), "{checked}");
+    for (bad, said) in [
+        (
+            "mirror.nope.default=true",
+            "there is no mirror for \"nope\"",
+        ),
+        ("mirror.bad=ftp://x.test", "http"),
+        ("mirror.Bad=https://x.test", "not a repository name"),
+        ("mirror.docker.io=https://u:pw@x.test", "not in the URL"),
+        ("mirror.quay.io.default=true", "only one"),
+    ] {
+        let before = std::fs::read_to_string(&toml_path).unwrap();
+        let err = fails(home, &["reconfigure", bad]);
+        assert!(err.contains(said), "{bad}: {err}");
+        assert!(!err.contains("pw@"), "{err}");
+        assert_eq!(std::fs::read_to_string(&toml_path).unwrap(), before);
+    }
+    ok(home, &["reconfigure", "mirror.ghcr.io="], None);
+    let config = std::fs::read_to_string(&toml_path).unwrap();
+    assert!(
+        !config.contains("ghcr.io") && config.contains("quay.io"),
+        "{config}"
+    );
+    // A re-run with --mirror none leaves no mirror.
+    ok(home, &[&base[..], &["--mirror", "none"][..]].concat(), None);
+    let config = std::fs::read_to_string(&toml_path).unwrap();
+    assert!(!config.contains("[[proxy]]"), "{config}");
 }

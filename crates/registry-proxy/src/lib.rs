@@ -89,6 +89,30 @@ impl MirrorSettings {
     }
 }
 
+impl MirrorSettings {
+    /// Fails on what [`Proxy::new`] would refuse in this mirror alone: a prefix that is not
+    /// a repository name, an unusable URL or CA bundle.
+    pub fn check(&self) -> Result<()> {
+        check_prefix(&self.prefix)?;
+        upstream::Upstream::new(
+            &self.url,
+            self.credentials.clone(),
+            self.timeout,
+            self.roots.as_deref(),
+        )
+        .map(drop)
+    }
+}
+
+fn check_prefix(prefix: &str) -> Result<()> {
+    if prefix.is_empty() || format!("{prefix}/x").parse::<RepoName>().is_err() {
+        return Err(Error::Config(format!(
+            "mirror prefix {prefix:?} is not a repository name"
+        )));
+    }
+    Ok(())
+}
+
 /// Settings of the cache as a whole.
 #[derive(Clone, Debug)]
 pub struct ProxyOptions {
@@ -168,12 +192,7 @@ impl Proxy {
         let mut ready: Vec<Mirror> = Vec::new();
         let mut default = None;
         for m in mirrors {
-            if format!("{}/x", m.prefix).parse::<RepoName>().is_err() || m.prefix.is_empty() {
-                return Err(Error::Config(format!(
-                    "mirror prefix {:?} is not a repository name",
-                    m.prefix
-                )));
-            }
+            check_prefix(&m.prefix)?;
             if let Some(other) = ready.iter().find(|r| nested(&r.prefix, &m.prefix)) {
                 return Err(Error::Config(format!(
                     "mirror prefixes {:?} and {:?} overlap",

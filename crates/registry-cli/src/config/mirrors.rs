@@ -92,5 +92,79 @@ fn validate(raw: &RawProxy) -> anyhow::Result<MirrorSettings> {
         m.roots =
             Some(std::fs::read(ca).with_context(|| format!("cannot read ca {}", ca.display()))?);
     }
+    m.check()?;
     Ok(m)
+}
+
+/// The fields of a `[[proxy]]` entry that `reconfigure mirror.PREFIX.FIELD=VALUE` sets.
+pub(crate) const MIRROR_FIELDS: [&str; 8] = [
+    "url",
+    "default",
+    "username",
+    "password_file",
+    "revalidate",
+    "timeout",
+    "library",
+    "ca",
+];
+
+/// The `[[proxy]]` entry for `prefix` in an instance's document, created when `create`.
+pub(crate) fn mirror_entry<'d>(
+    doc: &'d mut toml_edit::DocumentMut,
+    prefix: &str,
+    create: bool,
+) -> Option<&'d mut toml_edit::Table> {
+    let prefix = prefix.trim_end_matches('/');
+    if !doc.contains_array_of_tables("proxy") {
+        if !create {
+            return None;
+        }
+        doc.insert("proxy", toml_edit::ArrayOfTables::new().into());
+    }
+    let entries = doc["proxy"].as_array_of_tables_mut()?;
+    let at = entries
+        .iter()
+        .position(|t| t.get("prefix").and_then(|p| p.as_str()) == Some(prefix));
+    let at = match at {
+        Some(i) => i,
+        None if create => {
+            let mut t = toml_edit::Table::new();
+            t["prefix"] = toml_edit::value(prefix);
+            entries.push(t);
+            entries.len() - 1
+        }
+        None => return None,
+    };
+    entries.get_mut(at)
+}
+
+/// Removes the `[[proxy]]` entry for `prefix`; whether there was one.
+pub(crate) fn remove_mirror(doc: &mut toml_edit::DocumentMut, prefix: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    let Some(entries) = doc
+        .get_mut("proxy")
+        .and_then(|p| p.as_array_of_tables_mut())
+    else {
+        return false;
+    };
+    let before = entries.len();
+    entries.retain(|t| t.get("prefix").and_then(|p| p.as_str()) != Some(prefix));
+    let removed = entries.len() != before;
+    if entries.is_empty() {
+        doc.remove("proxy");
+    }
+    removed
+}
+
+/// The prefixes and URLs of an instance's mirrors, and which is the default.
+pub(crate) fn mirrors_of(raw: &[RawProxy]) -> Vec<(String, String, bool)> {
+    raw.iter()
+        .filter_map(|r| {
+            Some((
+                r.prefix.clone()?,
+                r.url.clone()?,
+                r.default.unwrap_or(false),
+            ))
+        })
+        .collect()
 }

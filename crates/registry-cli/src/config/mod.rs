@@ -141,7 +141,7 @@ use registry_http::{AcmeState, AcmeTls};
 use serde::Deserialize;
 
 mod auth;
-mod mirrors;
+pub(crate) mod mirrors;
 
 pub(crate) use mirrors::RawProxy;
 

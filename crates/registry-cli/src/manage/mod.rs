@@ -181,6 +181,21 @@ pub(crate) fn describe(i: &Instance, s: &Settings) -> String {
         guards.push("none: anyone who can connect may push and pull".into());
     }
     out += &format!("  guards    {}\n", guards.join("; "));
+    for m in &s.mirrors {
+        let mut notes = vec![format!("tags rechecked after {:?}", m.revalidate)];
+        if m.default {
+            notes.push("default mirror: also names without a prefix".into());
+        }
+        if let Some(c) = &m.credentials {
+            notes.push(format!("as {}", c.username));
+        }
+        out += &format!(
+            "  mirror    {}/ -> {} ({})\n",
+            m.prefix,
+            m.url,
+            notes.join(", ")
+        );
+    }
     out += &format!("  protected {}\n", if s.protected { "yes" } else { "no" });
     out
 }

@@ -4,6 +4,7 @@
 use anyhow::bail;
 use toml_edit::value;
 
+use crate::config::mirrors::{mirror_entry, remove_mirror, MIRROR_FIELDS};
 use crate::config::parse_hostname;
 use crate::instance::{set_key, Instance};
 
@@ -226,10 +227,56 @@ const KEYS: &[(&str, &str, &str, Kind, &str)] = &[
 
 /// The valid keys, for messages and `--help`.
 pub(crate) fn reconfigure_keys() -> String {
-    KEYS.iter()
+    let mut lines: Vec<String> = KEYS
+        .iter()
         .map(|(k, _, _, _, what)| format!("  {k:<22} {what}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+        .collect();
+    lines.push(format!(
+        "  {:<22} a pull-through cache of the registry at URL, for PREFIX/… (empty: remove it)",
+        "mirror.PREFIX"
+    ));
+    lines.push(format!(
+        "  {:<22} its FIELD: {}",
+        "mirror.PREFIX.FIELD",
+        MIRROR_FIELDS.join(", ")
+    ));
+    lines.join("\n")
+}
+
+/// `mirror.PREFIX=URL` (empty: remove the mirror) or `mirror.PREFIX.FIELD=VALUE`.
+fn set_mirror(doc: &mut toml_edit::DocumentMut, key: &str, v: &str) -> anyhow::Result<()> {
+    let field = MIRROR_FIELDS
+        .iter()
+        .find(|f| key.ends_with(&format!(".{f}")))
+        .copied();
+    let (prefix, field) = match field {
+        Some(f) => (&key[..key.len() - f.len() - 1], f),
+        None => (key, "url"),
+    };
+    if prefix.is_empty() {
+        bail!("mirror.PREFIX needs a prefix (mirror.docker.io=https://registry-1.docker.io)");
+    }
+    if field == "url" && v.is_empty() {
+        if !remove_mirror(doc, prefix) {
+            bail!("there is no mirror for {prefix:?}");
+        }
+        return Ok(());
+    }
+    let Some(entry) = mirror_entry(doc, prefix, field == "url") else {
+        bail!("there is no mirror for {prefix:?}: set mirror.{prefix}=URL first");
+    };
+    let item = match field {
+        _ if v.is_empty() => None,
+        "default" | "library" => Some(value(parse_bool(field, v)?)),
+        _ => Some(value(v)),
+    };
+    match item {
+        Some(item) => entry[field] = item,
+        None => {
+            entry.remove(field);
+        }
+    }
+    Ok(())
 }
 
 fn parse_bool(key: &str, v: &str) -> anyhow::Result<bool> {
@@ -255,6 +302,10 @@ pub(crate) fn reconfigure(i: &Instance, settings: &[String]) -> anyhow::Result<(
         let Some((key, v)) = setting.split_once('=') else {
             bail!("{setting:?} is not KEY=VALUE");
         };
+        if let Some(mirror) = key.strip_prefix("mirror.") {
+            set_mirror(&mut doc, mirror, v)?;
+            continue;
+        }
         let Some(&(_, table, name, kind, _)) = KEYS.iter().find(|k| k.0 == key) else {
             let names: Vec<_> = KEYS.iter().map(|k| k.0).collect();
             bail!("unknown key {key:?}; valid keys: {}", names.join(", "));

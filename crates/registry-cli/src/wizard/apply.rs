@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use toml_edit::{value, Array, DocumentMut, Item};
 
-use super::{Answers, AuthAnswer, TlsAnswer};
+use super::{Answers, AuthAnswer, MirrorAnswer, TlsAnswer, DOCKER_HUB};
 use crate::config::RawConfig;
 use crate::instance::{create_private_dir, set_key, write_private, Instance};
 use crate::{cert, manage};
@@ -24,6 +24,59 @@ fn url_userinfo(s: &str) -> String {
         }
     }
     out
+}
+
+/// Writes the mirrors the wizard was given. A Docker Hub mirror is the default mirror (Docker's
+/// registry-mirrors and containerd's mirrors ask it for `library/…`) unless another one is.
+fn set_mirrors(doc: &mut DocumentMut, answer: &MirrorAnswer) {
+    use crate::config::mirrors::{mirror_entry, remove_mirror};
+    let wanted: Vec<(String, String)> = match answer {
+        MirrorAnswer::Set(list) => {
+            let prefixes: Vec<String> = doc
+                .get("proxy")
+                .and_then(|p| p.as_array_of_tables())
+                .map(|entries| {
+                    entries
+                        .iter()
+                        .filter_map(|t| t.get("prefix")?.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            for p in prefixes {
+                if !list.iter().any(|(w, _)| *w == p) {
+                    remove_mirror(doc, &p);
+                }
+            }
+            list.clone()
+        }
+        MirrorAnswer::DockerHub(false) => {
+            remove_mirror(doc, DOCKER_HUB.0);
+            Vec::new()
+        }
+        MirrorAnswer::DockerHub(true) => {
+            if mirror_entry(doc, DOCKER_HUB.0, false).is_some() {
+                return;
+            }
+            vec![(DOCKER_HUB.0.to_owned(), DOCKER_HUB.1.to_owned())]
+        }
+    };
+    for (prefix, url) in wanted {
+        let has_default = doc
+            .get("proxy")
+            .and_then(|p| p.as_array_of_tables())
+            .is_some_and(|entries| {
+                entries.iter().any(|t| {
+                    t.get("default").and_then(|d| d.as_bool()) == Some(true)
+                        && t.get("prefix").and_then(|p| p.as_str()) != Some(prefix.as_str())
+                })
+            });
+        if let Some(entry) = mirror_entry(doc, &prefix, true) {
+            entry["url"] = value(url);
+            if prefix == DOCKER_HUB.0 && !has_default && !entry.contains_key("default") {
+                entry["default"] = value(true);
+            }
+        }
+    }
 }
 
 /// Writes the instance: validates the new registry.toml first, then certificates, users, the
@@ -153,6 +206,7 @@ pub(crate) fn apply(home: &Path, i: &Instance, answers: &Answers) -> anyhow::Res
         ))
     };
     set_key(&mut doc, "network", "allow", allow);
+    set_mirrors(&mut doc, &a.mirrors);
     drop_empty_tables(&mut doc);
 
     // Validate everything before writing anything.

@@ -111,6 +111,23 @@ pub(crate) struct ConfigArgs {
     /// Addresses that may connect (CIDRs, comma-separated); empty for everyone.
     #[arg(long, value_name = "CIDRS")]
     pub ip_allowlist: Option<String>,
+    /// A pull-through cache of another registry for PREFIX/… (repeat for more; the instance's
+    /// mirrors become these), e.g. docker.io=https://registry-1.docker.io; "none" for none.
+    /// Credentials and the rest: `registry reconfigure mirror.PREFIX.FIELD=VALUE`.
+    #[arg(long = "mirror", value_name = "PREFIX=URL")]
+    pub mirrors: Vec<String>,
+}
+
+/// Docker Hub's registry, as Docker pulls from it.
+pub(crate) const DOCKER_HUB: (&str, &str) = ("docker.io", "https://registry-1.docker.io");
+
+/// What becomes of the instance's mirrors (`[[proxy]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum MirrorAnswer {
+    /// Exactly these (prefix, URL); an existing entry keeps its other settings.
+    Set(Vec<(String, String)>),
+    /// Whether Docker Hub is cached; other mirrors stay as they are.
+    DockerHub(bool),
 }
 
 /// `--auth`: who may use the registry.
@@ -218,6 +235,7 @@ pub(crate) struct Answers {
     pub s3: Option<S3Answer>,
     pub public_read: bool,
     pub ip_allowlist: Vec<String>,
+    pub mirrors: MirrorAnswer,
 }
 
 /// What an existing instance says, as defaults for a re-run.
@@ -235,6 +253,8 @@ struct Current {
     public_read: bool,
     ip_allowlist: Vec<String>,
     oidc: Option<oauth::CurrentOidc>,
+    /// (prefix, URL, default) of each mirror.
+    mirrors: Vec<(String, String, bool)>,
 }
 
 fn current(i: &Instance) -> anyhow::Result<Current> {
@@ -279,6 +299,7 @@ fn current(i: &Instance) -> anyhow::Result<Current> {
         public_read: raw.auth.public_read.unwrap_or(false),
         ip_allowlist: raw.network.allow.clone().unwrap_or_default(),
         oidc: oauth::CurrentOidc::of(&raw),
+        mirrors: crate::config::mirrors::mirrors_of(&raw.proxy),
     })
 }
 
@@ -307,6 +328,7 @@ pub(crate) fn gather(i: &Instance, a: &ConfigArgs) -> anyhow::Result<Answers> {
         )?,
     };
     let ip_allowlist = ask_ip_allowlist(&mut ask, a, &cur)?;
+    let mirrors = ask_mirrors(&mut ask, a, &cur)?;
     let tls = ask_tls(&mut ask, a, &cur, &auth)?;
     if matches!(auth, AuthAnswer::Mtls { .. }) && tls == TlsAnswer::None {
         bail!("mutual TLS needs TLS served by the registry: choose --tls acme, ca or files");
@@ -331,7 +353,41 @@ pub(crate) fn gather(i: &Instance, a: &ConfigArgs) -> anyhow::Result<Answers> {
         s3,
         public_read,
         ip_allowlist,
+        mirrors,
     })
+}
+
+/// Mirrors: from `--mirror` flags, else whether to cache Docker Hub.
+fn ask_mirrors(ask: &mut Asker, a: &ConfigArgs, cur: &Current) -> anyhow::Result<MirrorAnswer> {
+    if a.mirrors.iter().any(|m| m == "none") {
+        if a.mirrors.len() > 1 {
+            bail!("--mirror none means no mirrors: give it alone");
+        }
+        return Ok(MirrorAnswer::Set(Vec::new()));
+    }
+    if !a.mirrors.is_empty() {
+        let mut set = Vec::new();
+        for m in &a.mirrors {
+            let Some((prefix, url)) = m.split_once('=') else {
+                bail!(
+                    "--mirror {m:?}: expected PREFIX=URL (docker.io=https://registry-1.docker.io)"
+                );
+            };
+            let prefix = prefix.trim().trim_end_matches('/');
+            if set.iter().any(|(p, _): &(String, String)| p == prefix) {
+                bail!("--mirror {prefix:?} is given twice");
+            }
+            set.push((prefix.to_owned(), url.trim().to_owned()));
+        }
+        return Ok(MirrorAnswer::Set(set));
+    }
+    let cached = cur.mirrors.iter().any(|(p, _, _)| p == DOCKER_HUB.0);
+    let yes = ask.confirm(
+        "Cache Docker Hub here too (a pull-through mirror: docker.io/… and Docker's registry-mirrors)?",
+        "--mirror",
+        Some(cached),
+    )?;
+    Ok(MirrorAnswer::DockerHub(yes))
 }
 
 /// The registry's domain name.
