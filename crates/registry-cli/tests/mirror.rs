@@ -823,3 +823,74 @@ password = "up-secret"
     // Three clients, one upstream fetch of each blob.
     assert_eq!(hub_gets().await, 2);
 }
+
+/// Eviction: `registry gc --mirror-max-unused` removes a cache no one pulled from while the
+/// instance serves; its own repositories stay; the next pull fetches again.
+#[tokio::test(flavor = "multi_thread")]
+async fn unused_caches_are_evicted_by_garbage_collection() {
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let upstream = Server::start(&[]);
+    let image = push(
+        w,
+        "img",
+        &format!("{}/lib/app:v1", upstream.addr),
+        &[tar(&[("a", &data(500_000, 3)[..])])],
+        "x:y",
+    );
+    let config = w.join("cache.toml");
+    std::fs::write(
+        &config,
+        format!("[[proxy]]\nprefix = \"up\"\nurl = \"{}\"\n", upstream.url()),
+    )
+    .unwrap();
+    let cache = Server::start(&["--config", config.to_str().unwrap()]);
+    let own = push(
+        w,
+        "own",
+        &format!("{}/mine/app:v1", cache.addr),
+        &[tar(&[("own", b"kept\n")])],
+        "x:y",
+    );
+    let http = reqwest::Client::new();
+    let gets = || async {
+        let text = metrics_text(&http, &upstream.url()).await;
+        counter(
+            &text,
+            "registry_http_requests_total",
+            &[r#"endpoint="blob""#, r#"method="GET""#, r#"status="200""#],
+        )
+    };
+    assert_eq!(pull(w, &format!("{}/up/lib/app:v1", cache.addr)), image);
+    assert_eq!(gets().await, 2);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let storage = cache.data();
+    let gc = |max: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_registry"))
+            .args([
+                "gc",
+                "--storage",
+                storage.to_str().unwrap(),
+                "--grace-period",
+                "0s",
+            ])
+            .args(["--mirror-max-unused", max])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let kept = gc("1h");
+    assert!(!kept.contains("evicted"), "{kept}");
+    let evicted = gc("2s");
+    assert!(
+        evicted.contains("evicted 1 unused pull-through caches (1 tags)"),
+        "{evicted}"
+    );
+    assert!(!evicted.contains("mine/app"), "{evicted}");
+    assert_eq!(pull(w, &format!("{}/mine/app:v1", cache.addr)), own);
+    // Fetched again (the metadata cache of the serving instance forgets within a second).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(pull(w, &format!("{}/up/lib/app:v1", cache.addr)), image);
+    assert_eq!(gets().await, 4);
+}

@@ -162,6 +162,11 @@ pub trait ManifestStore: Send + Sync {
             "this storage cannot hold a pull-through cache".into(),
         ))
     }
+    /// Records that a client used the pull-through cache `repo` now (what garbage collection's
+    /// `mirror_max_unused` measures from). Callers need not call it more than about hourly.
+    async fn cache_used(&self, _repo: &RepoName) -> Result<()> {
+        Ok(())
+    }
     /// Identity of a manifest, without its bytes.
     async fn manifest_info(&self, repo: &RepoName, reference: &Reference) -> Result<ManifestInfo>;
     /// A manifest with its bytes.

@@ -910,8 +910,8 @@ async fn pull_through_cache_fills(s: ObjectRegistry) {
     let wrong = Reference::Digest(Digest::of(Algorithm::Sha256, b"other"));
     let cached = s.manifest_cache(&cache, &wrong, Some(OCI_MANIFEST), m.clone().into(), &[]);
     assert!(matches!(cached.await, Err(Error::DigestMismatch { .. })));
-    let put = s.manifest_cache(&cache, &tag, Some(OCI_MANIFEST), m.clone().into(), &[]);
-    assert_eq!(put.await.unwrap().digest, digest);
+    let stored = s.manifest_cache(&cache, &tag, Some(OCI_MANIFEST), m.clone().into(), &[]);
+    assert_eq!(stored.await.unwrap().digest, digest);
     assert_eq!(s.manifest_get(&cache, &tag).await.unwrap().1, m);
 
     assert!(!s.blob_adopt(&cache, &layer, 14).await.unwrap());
@@ -929,6 +929,7 @@ async fn pull_through_cache_fills(s: ObjectRegistry) {
     assert_eq!(found.unwrap().problems, 0);
     let now = crate::store::GcOptions {
         grace: Duration::ZERO,
+        settle: Duration::ZERO,
         ..Default::default()
     };
     let mut deleted = Vec::new();
@@ -938,6 +939,54 @@ async fn pull_through_cache_fills(s: ObjectRegistry) {
     assert!(deleted.iter().all(|d| *d == link), "{deleted:?}");
     assert_eq!(s.manifest_get(&cache, &tag).await.unwrap().1, m);
     assert_eq!(s.blob_size(&cache, &layer).await.unwrap(), 15);
+
+    // Eviction: a cache used within mirror_max_unused stays; one unused for longer goes,
+    // tags and all; the own repository (with a tagged image) is never touched.
+    let own_layer = push_blob(&s, &own, b"own layer").await;
+    let own_config = push_blob(&s, &own, b"{}").await;
+    let own_m = image_manifest(&own_config, 2, &[(own_layer.clone(), 9)], None);
+    put(&s, &own, "v1", OCI_MANIFEST, &own_m).await;
+    s.cache_used(&cache).await.unwrap();
+    let recently = crate::store::GcOptions {
+        mirror_max_unused: Some(Duration::from_secs(3600)),
+        ..now.clone()
+    };
+    let summary = s.gc(&recently, |_| {}).await.unwrap();
+    assert_eq!(summary.evicted, 0);
+    assert_eq!(s.manifest_get(&cache, &tag).await.unwrap().1, m);
+    // (S3 gives the lease's time in whole seconds: more than one since the use.)
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let unused = crate::store::GcOptions {
+        mirror_max_unused: Some(Duration::from_millis(1)),
+        ..now.clone()
+    };
+    let mut gone = Vec::new();
+    let summary = s
+        .gc(&unused, |d| gone.push((d.kind, d.path.clone())))
+        .await
+        .unwrap();
+    assert_eq!((summary.evicted, summary.tags), (1, 1), "{gone:?}");
+    assert!(
+        gone.iter()
+            .all(|(_, p)| p.contains("docker.io/library/alpine") || p.starts_with("blobs/")),
+        "{gone:?}"
+    );
+    assert!(matches!(
+        s.manifest_get(&cache, &tag).await,
+        Err(Error::ManifestUnknown(_))
+    ));
+    assert!(matches!(
+        s.blob_size(&cache, &layer).await,
+        Err(Error::BlobUnknown(_))
+    ));
+    let v1 = Reference::Tag("v1".parse().unwrap());
+    assert_eq!(s.manifest_get(&own, &v1).await.unwrap().1, own_m);
+    assert_eq!(s.blob_size(&own, &own_layer).await.unwrap(), 9);
+    let clean = s
+        .fsck(false, |p| panic!("after eviction: {p}"))
+        .await
+        .unwrap();
+    assert_eq!(clean.problems, 0);
 }
 
 /// An OCI image manifest over `config` and `layers`, with an optional subject.

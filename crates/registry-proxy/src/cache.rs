@@ -62,6 +62,7 @@ impl Proxy {
                 other => return other,
             }
         }
+        self.used(route);
         match reference {
             Reference::Digest(d) => match self.inner.manifest_get(&route.local, reference).await {
                 Err(e) if unknown(&e) => self.fill_manifest(route, d, None).await,
@@ -322,6 +323,7 @@ impl BlobStore for Proxy {
                 other => return other,
             }
         }
+        self.used(&route);
         match self
             .inner
             .blob_read(&route.local, digest, range.clone())
@@ -454,6 +456,10 @@ impl ManifestStore for Proxy {
         self.inner
             .manifest_cache(repo, reference, content_type, bytes, tags)
             .await
+    }
+
+    async fn cache_used(&self, repo: &RepoName) -> Result<()> {
+        self.inner.cache_used(repo).await
     }
 
     async fn manifest_info(&self, repo: &RepoName, reference: &Reference) -> Result<ManifestInfo> {

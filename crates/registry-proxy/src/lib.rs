@@ -175,7 +175,13 @@ pub struct Proxy {
     options: ProxyOptions,
     /// When each cached tag was last confirmed by its upstream (on this node).
     confirmed: Mutex<HashMap<(RepoName, Tag), Instant>>,
+    /// When this node last recorded each cache repository as used.
+    used: Mutex<HashMap<RepoName, Instant>>,
 }
+
+/// A cache repository's use is recorded in the storage at most this often per node (what
+/// garbage collection's `mirror_max_unused` measures is exact to this).
+const USE_RECORDED_EVERY: Duration = Duration::from_secs(3600);
 
 /// The most tag confirmations remembered.
 const MAX_CONFIRMED: usize = 100_000;
@@ -222,6 +228,7 @@ impl Proxy {
             fetches: Arc::default(),
             options,
             confirmed: Mutex::new(HashMap::new()),
+            used: Mutex::new(HashMap::new()),
         })
     }
 
@@ -271,6 +278,29 @@ impl Proxy {
             confirmed.clear();
         }
         confirmed.insert((route.local.clone(), tag.clone()), Instant::now());
+    }
+
+    /// Records (in the background, at most hourly) that a client used the cache of `route`.
+    fn used(&self, route: &Route<'_>) {
+        {
+            let mut used = self.used.lock().expect("not poisoned");
+            if used
+                .get(&route.local)
+                .is_some_and(|at| at.elapsed() < USE_RECORDED_EVERY)
+            {
+                return;
+            }
+            if used.len() >= MAX_CONFIRMED {
+                used.clear();
+            }
+            used.insert(route.local.clone(), Instant::now());
+        }
+        let (inner, local) = (self.inner.clone(), route.local.clone());
+        tokio::spawn(async move {
+            if let Err(e) = inner.cache_used(&local).await {
+                tracing::warn!(repo = %local, error = %e, "recording a cache's use failed");
+            }
+        });
     }
 
     fn forget(&self, route: &Route<'_>, tag: &Tag) {

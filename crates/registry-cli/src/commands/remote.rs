@@ -153,6 +153,7 @@ fn offer_gc(home: &Path, target: &client::Target, run: bool, ask: bool) -> anyho
         delete_untagged: false,
         grace_period: None,
         break_lease: false,
+        mirror_max_unused: None,
     };
     super::storage::gc(home, args)
 }

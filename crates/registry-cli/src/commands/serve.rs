@@ -296,6 +296,7 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 pub(crate) fn gc_options(settings: &Settings) -> GcOptions {
     GcOptions {
         delete_untagged: settings.gc.delete_untagged,
+        mirror_max_unused: settings.gc.mirror_max_unused,
         grace: settings.gc.grace,
         upload_max_age: settings.upload_max_age,
         ..GcOptions::default()

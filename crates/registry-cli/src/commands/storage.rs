@@ -54,6 +54,10 @@ pub(crate) struct GcArgs {
     /// minute for it to expire. Make sure no other collection runs.
     #[arg(long)]
     pub break_lease: bool,
+    /// Evict pull-through caches no one pulled from for this long (e.g. 30d) [default: the
+    /// instance's gc.mirror_max_unused, else never].
+    #[arg(long, value_name = "DURATION")]
+    pub mirror_max_unused: Option<String>,
 }
 
 /// The arguments of `registry fsck`.
@@ -74,6 +78,7 @@ pub(crate) fn gc(home: &Path, args: GcArgs) -> anyhow::Result<()> {
         delete_untagged,
         grace_period,
         break_lease,
+        mirror_max_unused,
     } = args;
     let (location, mut options) = match &store.storage {
         Some(s) => (
@@ -95,6 +100,10 @@ pub(crate) fn gc(home: &Path, args: GcArgs) -> anyhow::Result<()> {
     if let Some(g) = grace_period {
         options.grace = config::parse_duration(&g).context("--grace-period")?;
     }
+    if let Some(m) = mirror_max_unused {
+        options.mirror_max_unused =
+            Some(config::parse_duration(&m).context("--mirror-max-unused")?);
+    }
     run(async move {
         let registry = registry_core::open::open(&location)?.registry();
         let verb = if dry_run { "would delete" } else { "deleted" };
@@ -114,6 +123,12 @@ pub(crate) fn gc(home: &Path, args: GcArgs) -> anyhow::Result<()> {
             "{verb}: {} manifests, {} links, {} blobs; {} bytes freed; {} upload sessions removed; {} kept because a push needed them",
             summary.manifests, summary.links, summary.blobs, summary.bytes, summary.uploads, summary.pinned
         );
+        if summary.evicted > 0 {
+            println!(
+                "evicted {} unused pull-through caches ({} tags)",
+                summary.evicted, summary.tags
+            );
+        }
         Ok(())
     })
 }

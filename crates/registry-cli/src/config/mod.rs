@@ -44,6 +44,8 @@
 //! interval = "24h"        # unset: only when `registry gc` is run
 //! grace = "1h"            # what was written more recently is kept
 //! delete_untagged = false # manifests no tag reaches are garbage too
+//! mirror_max_unused = "30d" # [[proxy]] caches no one pulled from for this long are evicted
+//!                         # (your own repositories never are) [default: kept]
 //!
 //! [metrics]
 //! enabled = true          # Prometheus metrics at GET /metrics
@@ -289,6 +291,7 @@ pub(crate) struct RawGc {
     pub interval: Option<String>,
     pub grace: Option<String>,
     pub delete_untagged: Option<bool>,
+    pub mirror_max_unused: Option<String>,
 }
 
 /// Garbage collection inside `serve`.
@@ -298,6 +301,8 @@ pub(crate) struct GcSettings {
     pub interval: Option<Duration>,
     pub grace: Duration,
     pub delete_untagged: bool,
+    /// Pull-through caches unused for longer are evicted.
+    pub mirror_max_unused: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -463,6 +468,11 @@ impl RawConfig {
             },
             grace: parse_duration(self.gc.grace.as_deref().unwrap_or("1h")).context("gc.grace")?,
             delete_untagged: self.gc.delete_untagged.unwrap_or(false),
+            mirror_max_unused: match &self.gc.mirror_max_unused {
+                Some(m) => Some(parse_duration(m).context("gc.mirror_max_unused")?)
+                    .filter(|d| !d.is_zero()),
+                None => None,
+            },
         };
         let metrics = match (self.metrics.enabled.unwrap_or(true), self.metrics.listen) {
             (false, _) => MetricsSettings::Off,

@@ -3,7 +3,9 @@
 //! storage. It never deletes anything reachable, nor anything a writer is about to depend on.
 //!
 //! # What is kept
-//! Roots are every tag and, unless `delete_untagged`, every manifest revision. From a root the
+//! Roots are every tag and, unless `delete_untagged`, every manifest revision (except in a
+//! pull-through cache unused for longer than `mirror_max_unused`: it is evicted whole, tags
+//! first). From a root the
 //! mark follows index → child manifests, manifest → config and layers, manifest → subject; a
 //! referrer of a kept manifest is kept too. Whatever was written (or rewritten) less than
 //! `grace` before the collection began is kept whatever it is: an upload's blob before its
@@ -91,6 +93,10 @@ pub struct GcOptions {
     /// Take over the lease of another collection (one that was killed), instead of refusing
     /// to run while it has not expired.
     pub break_lease: bool,
+    /// Pull-through caches (repositories marked `_mirror`) no client used for longer than
+    /// this are evicted: their tags, manifests and blob links go, and with them blobs nothing
+    /// else links. The instance's own repositories are never touched. `None`: kept forever.
+    pub mirror_max_unused: Option<Duration>,
     /// The wait after writing the lease (see the module documentation, and `store/cache.rs`:
     /// nodes stop answering from their metadata caches within it); only tests that have no
     /// concurrent writers or readers shorten it.
@@ -105,6 +111,7 @@ impl Default for GcOptions {
             grace: Duration::from_secs(3600),
             upload_max_age: Duration::from_secs(24 * 3600),
             break_lease: false,
+            mirror_max_unused: None,
             settle: SETTLE,
         }
     }
@@ -137,6 +144,10 @@ pub struct GcSummary {
     pub uploads: u64,
     /// Garbage kept because a writer depended on it at the time.
     pub pinned: u64,
+    /// Pull-through caches evicted for being unused (`mirror_max_unused`).
+    pub evicted: u64,
+    /// Tags deleted with evicted caches.
+    pub tags: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -294,7 +305,7 @@ impl ObjectRegistry {
                 due
             };
             let mut summary = GcSummary::default();
-            let live = self.mark(options, cutoff).await?;
+            let live = self.mark(options, now, cutoff).await?;
             if renew() {
                 self.write_lease(&owner).await?;
             }
@@ -303,6 +314,20 @@ impl ObjectRegistry {
             let mut linked: HashSet<Digest> = HashSet::new();
             for (repo, kept) in live {
                 let repo = &repo;
+                if kept.evicted {
+                    // Its tags first: no tag is ever left naming a deleted manifest.
+                    summary.evicted += 1;
+                    for meta in self.list_all(&layout::tags_dir(repo)).await? {
+                        if !options.dry_run {
+                            self.delete_quiet(&meta.location).await?;
+                        }
+                        summary.tags += 1;
+                        report(&deletion(&meta, "tag", 0));
+                    }
+                    if !options.dry_run {
+                        self.tags_changed(repo).await?;
+                    }
+                }
                 let metas = kept.revisions;
                 let garbage = candidates(metas, super::fsck::link_digest, |d, meta| {
                     !kept.manifests.contains(d) && !is_young(meta, cutoff)
@@ -489,15 +514,39 @@ impl ObjectRegistry {
     }
 
     /// What each repository keeps.
-    async fn mark(&self, options: &GcOptions, cutoff: u64) -> Result<HashMap<RepoName, Kept>> {
+    async fn mark(
+        &self,
+        options: &GcOptions,
+        now: u64,
+        cutoff: u64,
+    ) -> Result<HashMap<RepoName, Kept>> {
         let mut live = HashMap::new();
         for repo in self.all_repositories().await?.iter() {
-            live.insert(
-                repo.clone(),
-                self.mark_repository(repo, options, cutoff).await?,
-            );
+            let kept = if self.unused_mirror(repo, options, now).await? {
+                Kept {
+                    revisions: self.list_all(&layout::revisions_dir(repo)).await?,
+                    evicted: true,
+                    ..Kept::default()
+                }
+            } else {
+                self.mark_repository(repo, options, cutoff).await?
+            };
+            live.insert(repo.clone(), kept);
         }
         Ok(live)
+    }
+
+    /// Whether `repo` is a pull-through cache no client used within `mirror_max_unused` (its
+    /// marker is rewritten as it is used, see [`crate::storage::ManifestStore::cache_used`]).
+    async fn unused_mirror(&self, repo: &RepoName, options: &GcOptions, now: u64) -> Result<bool> {
+        let Some(max) = options.mirror_max_unused else {
+            return Ok(false);
+        };
+        match self.store.head(&layout::mirror_marker(repo)).await {
+            Ok(meta) => Ok(stamp(&meta) < now.saturating_sub(max.as_micros() as u64)),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn mark_repository(
@@ -618,6 +667,8 @@ struct Kept {
     revisions: Vec<ObjectMeta>,
     manifests: HashSet<Digest>,
     blobs: HashSet<Digest>,
+    /// An unused pull-through cache: everything in it goes, tags too.
+    evicted: bool,
 }
 
 /// When an object was last written, unix microseconds of the storage's clock.

@@ -361,6 +361,13 @@ impl ManifestStore for ObjectRegistry {
             .await
     }
 
+    async fn cache_used(&self, repo: &RepoName) -> Result<()> {
+        self.store
+            .put(&layout::mirror_marker(repo), PutPayload::from_static(b""))
+            .await?;
+        Ok(())
+    }
+
     async fn manifest_info(&self, repo: &RepoName, reference: &Reference) -> Result<ManifestInfo> {
         self.resolve(repo, reference).await
     }
