@@ -882,6 +882,23 @@ async fn unused_caches_are_evicted_by_garbage_collection() {
     };
     let kept = gc("1h");
     assert!(!kept.contains("evicted"), "{kept}");
+    // A quota the cache fits in changes nothing either.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_registry"))
+        .args([
+            "gc",
+            "--storage",
+            storage.to_str().unwrap(),
+            "--grace-period",
+            "0s",
+        ])
+        .args(["--mirror-max-bytes", "1MiB"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.contains("deleted: ") && !out.contains("evicted"),
+        "{out}"
+    );
     let evicted = gc("2s");
     assert!(
         evicted.contains("evicted 1 unused pull-through caches (1 tags)"),

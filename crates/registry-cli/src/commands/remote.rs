@@ -154,6 +154,7 @@ fn offer_gc(home: &Path, target: &client::Target, run: bool, ask: bool) -> anyho
         grace_period: None,
         break_lease: false,
         mirror_max_unused: None,
+        mirror_max_bytes: None,
     };
     super::storage::gc(home, args)
 }

@@ -297,6 +297,7 @@ pub(crate) fn gc_options(settings: &Settings) -> GcOptions {
     GcOptions {
         delete_untagged: settings.gc.delete_untagged,
         mirror_max_unused: settings.gc.mirror_max_unused,
+        mirror_max_bytes: settings.gc.mirror_max_bytes,
         grace: settings.gc.grace,
         upload_max_age: settings.upload_max_age,
         ..GcOptions::default()

@@ -58,6 +58,10 @@ pub(crate) struct GcArgs {
     /// instance's gc.mirror_max_unused, else never].
     #[arg(long, value_name = "DURATION")]
     pub mirror_max_unused: Option<String>,
+    /// Evict the least recently pulled caches while the caches hold more than this (e.g.
+    /// 100GiB) [default: the instance's gc.mirror_max_bytes, else no quota].
+    #[arg(long, value_name = "SIZE")]
+    pub mirror_max_bytes: Option<String>,
 }
 
 /// The arguments of `registry fsck`.
@@ -79,6 +83,7 @@ pub(crate) fn gc(home: &Path, args: GcArgs) -> anyhow::Result<()> {
         grace_period,
         break_lease,
         mirror_max_unused,
+        mirror_max_bytes,
     } = args;
     let (location, mut options) = match &store.storage {
         Some(s) => (
@@ -103,6 +108,9 @@ pub(crate) fn gc(home: &Path, args: GcArgs) -> anyhow::Result<()> {
     if let Some(m) = mirror_max_unused {
         options.mirror_max_unused =
             Some(config::parse_duration(&m).context("--mirror-max-unused")?);
+    }
+    if let Some(b) = mirror_max_bytes {
+        options.mirror_max_bytes = Some(config::parse_size(&b).context("--mirror-max-bytes")?);
     }
     run(async move {
         let registry = registry_core::open::open(&location)?.registry();

@@ -46,6 +46,7 @@
 //! delete_untagged = false # manifests no tag reaches are garbage too
 //! mirror_max_unused = "30d" # [[proxy]] caches no one pulled from for this long are evicted
 //!                         # (your own repositories never are) [default: kept]
+//! mirror_max_bytes = "100GiB" # above this, the least recently pulled caches are evicted
 //!
 //! [metrics]
 //! enabled = true          # Prometheus metrics at GET /metrics
@@ -292,6 +293,7 @@ pub(crate) struct RawGc {
     pub grace: Option<String>,
     pub delete_untagged: Option<bool>,
     pub mirror_max_unused: Option<String>,
+    pub mirror_max_bytes: Option<String>,
 }
 
 /// Garbage collection inside `serve`.
@@ -303,6 +305,8 @@ pub(crate) struct GcSettings {
     pub delete_untagged: bool,
     /// Pull-through caches unused for longer are evicted.
     pub mirror_max_unused: Option<Duration>,
+    /// Above this, the least recently used pull-through caches are evicted.
+    pub mirror_max_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -471,6 +475,10 @@ impl RawConfig {
             mirror_max_unused: match &self.gc.mirror_max_unused {
                 Some(m) => Some(parse_duration(m).context("gc.mirror_max_unused")?)
                     .filter(|d| !d.is_zero()),
+                None => None,
+            },
+            mirror_max_bytes: match &self.gc.mirror_max_bytes {
+                Some(b) => Some(parse_size(b).context("gc.mirror_max_bytes")?),
                 None => None,
             },
         };

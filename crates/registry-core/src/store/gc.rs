@@ -4,8 +4,8 @@
 //!
 //! # What is kept
 //! Roots are every tag and, unless `delete_untagged`, every manifest revision (except in a
-//! pull-through cache unused for longer than `mirror_max_unused`: it is evicted whole, tags
-//! first). From a root the
+//! pull-through cache unused for longer than `mirror_max_unused`, or among the least recently
+//! used while the caches hold more than `mirror_max_bytes`: it is evicted whole, tags first). From a root the
 //! mark follows index → child manifests, manifest → config and layers, manifest → subject; a
 //! referrer of a kept manifest is kept too. Whatever was written (or rewritten) less than
 //! `grace` before the collection began is kept whatever it is: an upload's blob before its
@@ -97,6 +97,10 @@ pub struct GcOptions {
     /// this are evicted: their tags, manifests and blob links go, and with them blobs nothing
     /// else links. The instance's own repositories are never touched. `None`: kept forever.
     pub mirror_max_unused: Option<Duration>,
+    /// While the pull-through caches hold more than this many bytes of blobs (each cache's
+    /// linked blobs that its manifests reference, a layer shared by two caches counted in
+    /// both), the least recently used are evicted. `None`: no quota.
+    pub mirror_max_bytes: Option<u64>,
     /// The wait after writing the lease (see the module documentation, and `store/cache.rs`:
     /// nodes stop answering from their metadata caches within it); only tests that have no
     /// concurrent writers or readers shorten it.
@@ -112,6 +116,7 @@ impl Default for GcOptions {
             upload_max_age: Duration::from_secs(24 * 3600),
             break_lease: false,
             mirror_max_unused: None,
+            mirror_max_bytes: None,
             settle: SETTLE,
         }
     }
@@ -521,32 +526,72 @@ impl ObjectRegistry {
         cutoff: u64,
     ) -> Result<HashMap<RepoName, Kept>> {
         let mut live = HashMap::new();
+        // Caches within their age: (when last used, bytes held, name), for the quota.
+        let mut caches: Vec<(u64, u64, RepoName)> = Vec::new();
         for repo in self.all_repositories().await?.iter() {
-            let kept = if self.unused_mirror(repo, options, now).await? {
-                Kept {
-                    revisions: self.list_all(&layout::revisions_dir(repo)).await?,
-                    evicted: true,
-                    ..Kept::default()
-                }
+            let used = match options
+                .mirror_max_unused
+                .or(options.mirror_max_bytes.map(|_| Duration::ZERO))
+            {
+                Some(_) => self.cache_last_used(repo).await?,
+                None => None,
+            };
+            let unused = match (used, options.mirror_max_unused) {
+                (Some(at), Some(max)) => at < now.saturating_sub(max.as_micros() as u64),
+                _ => false,
+            };
+            let kept = if unused {
+                self.evicted(repo).await?
             } else {
-                self.mark_repository(repo, options, cutoff).await?
+                let kept = self.mark_repository(repo, options, cutoff).await?;
+                if let (Some(at), Some(_)) = (used, options.mirror_max_bytes) {
+                    caches.push((at, self.cache_bytes(repo, &kept).await?, repo.clone()));
+                }
+                kept
             };
             live.insert(repo.clone(), kept);
+        }
+        if let Some(quota) = options.mirror_max_bytes {
+            let mut total: u64 = caches.iter().map(|c| c.1).sum();
+            caches.sort();
+            for (_, bytes, repo) in caches {
+                if total <= quota {
+                    break;
+                }
+                live.insert(repo.clone(), self.evicted(&repo).await?);
+                total -= bytes;
+            }
         }
         Ok(live)
     }
 
-    /// Whether `repo` is a pull-through cache no client used within `mirror_max_unused` (its
-    /// marker is rewritten as it is used, see [`crate::storage::ManifestStore::cache_used`]).
-    async fn unused_mirror(&self, repo: &RepoName, options: &GcOptions, now: u64) -> Result<bool> {
-        let Some(max) = options.mirror_max_unused else {
-            return Ok(false);
-        };
+    /// What an evicted cache keeps: nothing (its revisions, as listed, are the candidates).
+    async fn evicted(&self, repo: &RepoName) -> Result<Kept> {
+        Ok(Kept {
+            revisions: self.list_all(&layout::revisions_dir(repo)).await?,
+            evicted: true,
+            ..Kept::default()
+        })
+    }
+
+    /// When a client last used `repo`, if it is a pull-through cache (its marker is rewritten
+    /// as it is used, see [`crate::storage::ManifestStore::cache_used`]).
+    async fn cache_last_used(&self, repo: &RepoName) -> Result<Option<u64>> {
         match self.store.head(&layout::mirror_marker(repo)).await {
-            Ok(meta) => Ok(stamp(&meta) < now.saturating_sub(max.as_micros() as u64)),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Ok(meta) => Ok(Some(stamp(&meta))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Bytes of the blobs a cache links that its kept manifests reference.
+    async fn cache_bytes(&self, repo: &RepoName, kept: &Kept) -> Result<u64> {
+        let links = self.list_all(&layout::layers_dir(repo)).await?;
+        Ok(links
+            .iter()
+            .filter_map(|m| super::fsck::link_digest(&m.location))
+            .filter_map(|d| kept.sizes.get(&d))
+            .sum())
     }
 
     async fn mark_repository(
@@ -612,8 +657,10 @@ impl ObjectRegistry {
             }
             match parsed.kind {
                 ManifestKind::Image => {
-                    kept.blobs
-                        .extend(parsed.references.iter().map(|r| r.digest.clone()));
+                    for r in &parsed.references {
+                        kept.blobs.insert(r.digest.clone());
+                        kept.sizes.insert(r.digest.clone(), r.size);
+                    }
                 }
                 ManifestKind::Index => {
                     for r in &parsed.references {
@@ -667,6 +714,8 @@ struct Kept {
     revisions: Vec<ObjectMeta>,
     manifests: HashSet<Digest>,
     blobs: HashSet<Digest>,
+    /// The sizes the kept manifests give their blobs.
+    sizes: HashMap<Digest, u64>,
     /// An unused pull-through cache: everything in it goes, tags too.
     evicted: bool,
 }
