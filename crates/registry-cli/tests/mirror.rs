@@ -911,3 +911,120 @@ async fn unused_caches_are_evicted_by_garbage_collection() {
     assert_eq!(pull(w, &format!("{}/up/lib/app:v1", cache.addr)), image);
     assert_eq!(gets().await, 4);
 }
+
+/// A multi-platform index is cached with the platforms that are pulled, no others; deleting a
+/// cached manifest evicts it (the next pull fetches it again).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_index_caches_the_platforms_pulled() {
+    use common::{oci_manifest, sha256};
+    let upstream = Server::start_logged(&[]);
+    let http = reqwest::Client::new();
+    let up = upstream.url();
+    let blob = |bytes: Vec<u8>| {
+        let (http, up) = (http.clone(), up.clone());
+        async move {
+            let d = sha256(&bytes);
+            let r = http
+                .post(format!("{up}/v2/r/blobs/uploads/?digest={d}"))
+                .body(bytes.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+            (d, bytes.len())
+        }
+    };
+    let put = |reference: String, media: &'static str, bytes: Vec<u8>| {
+        let (http, up) = (http.clone(), up.clone());
+        async move {
+            let r = http
+                .put(format!("{up}/v2/r/manifests/{reference}"))
+                .header("content-type", media)
+                .body(bytes)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+        }
+    };
+    const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
+    let mut children = Vec::new();
+    for (arch, seed) in [("amd64", 1), ("arm64", 2)] {
+        let config = blob(format!("{{\"architecture\":\"{arch}\"}}").into_bytes()).await;
+        let layer = blob(data(100_000, seed)).await;
+        let m = oci_manifest((&config.0, config.1), &[(&layer.0, layer.1)]);
+        let d = sha256(&m);
+        put(d.clone(), OCI, m.clone()).await;
+        children.push((arch, d, m.len(), layer.0));
+    }
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": children.iter().map(|(arch, d, n, _)| serde_json::json!({
+            "mediaType": OCI, "digest": d, "size": n,
+            "platform": {"architecture": arch, "os": "linux"},
+        })).collect::<Vec<_>>(),
+    }))
+    .unwrap();
+    put(
+        "multi".into(),
+        "application/vnd.oci.image.index.v1+json",
+        index.clone(),
+    )
+    .await;
+
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("cache.toml");
+    std::fs::write(
+        &config,
+        format!("[[proxy]]\nprefix = \"up\"\nurl = \"{up}\"\n"),
+    )
+    .unwrap();
+    let cache = Server::start(&["--config", config.to_str().unwrap()]);
+    let get = |path: String| {
+        let (http, base) = (http.clone(), cache.url());
+        async move {
+            let r = http
+                .get(format!("{base}/v2/up/r/{path}"))
+                .header("accept", "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json")
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.bytes().await.unwrap())
+        }
+    };
+    assert_eq!(
+        get("manifests/multi".into()).await,
+        (200, index.clone().into())
+    );
+    let (_, amd64, _, amd64_layer) = &children[0];
+    let (_, arm64, _, arm64_layer) = &children[1];
+    assert_eq!(get(format!("manifests/{amd64}")).await.0, 200);
+    assert_eq!(get(format!("blobs/{amd64_layer}")).await.0, 200);
+    let asked = |what: &str| {
+        let log = upstream.logged();
+        log.lines()
+            .filter(|l| l.contains("method=GET") && l.contains(what))
+            .count()
+    };
+    assert_eq!(asked(amd64.as_str()), 1);
+    assert_eq!(
+        asked(arm64.as_str()),
+        0,
+        "a platform no one pulled was fetched"
+    );
+    assert_eq!(asked(arm64_layer.as_str()), 0);
+    // Cached: no second request.
+    assert_eq!(get(format!("manifests/{amd64}")).await.0, 200);
+    assert_eq!(asked(amd64.as_str()), 1);
+    // Deleting the cached manifest evicts it; the next pull fetches it again.
+    let r = http
+        .delete(format!("{}/v2/up/r/manifests/{amd64}", cache.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(get(format!("manifests/{amd64}")).await.0, 200);
+    assert_eq!(asked(amd64.as_str()), 2);
+}
