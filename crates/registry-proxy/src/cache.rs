@@ -24,6 +24,21 @@ fn unknown(e: &Error) -> bool {
     )
 }
 
+/// Through the default mirror, the instance's own answer comes first: `Some` unless it has
+/// none (then the mirror answers).
+async fn own_answer<T>(
+    route: &Route<'_>,
+    ask: impl std::future::Future<Output = Result<T>>,
+) -> Option<Result<T>> {
+    if !route.own {
+        return None;
+    }
+    match ask.await {
+        Err(e) if unknown(&e) => None,
+        other => Some(other),
+    }
+}
+
 /// Whether an error came from the upstream (so a cached answer may stand in).
 fn upstream_failed(e: &Error) -> bool {
     matches!(e, Error::Upstream(_) | Error::UpstreamUnavailable(_))
@@ -56,11 +71,8 @@ impl Proxy {
         asked: &RepoName,
         reference: &Reference,
     ) -> Result<(ManifestInfo, Bytes)> {
-        if route.own {
-            match self.inner.manifest_get(asked, reference).await {
-                Err(e) if unknown(&e) => {}
-                other => return other,
-            }
+        if let Some(own) = own_answer(route, self.inner.manifest_get(asked, reference)).await {
+            return own;
         }
         self.used(route);
         match reference {
@@ -284,11 +296,8 @@ impl BlobStore for Proxy {
         let Some(route) = self.route(repo)? else {
             return self.inner.blob_size(repo, digest).await;
         };
-        if route.own {
-            match self.inner.blob_size(repo, digest).await {
-                Err(e) if unknown(&e) => {}
-                other => return other,
-            }
+        if let Some(own) = own_answer(&route, self.inner.blob_size(repo, digest)).await {
+            return own;
         }
         match self.inner.blob_size(&route.local, digest).await {
             Err(e) if unknown(&e) => {}
@@ -317,11 +326,9 @@ impl BlobStore for Proxy {
         let Some(route) = self.route(repo)? else {
             return self.inner.blob_read(repo, digest, range).await;
         };
-        if route.own {
-            match self.inner.blob_read(repo, digest, range.clone()).await {
-                Err(e) if unknown(&e) => {}
-                other => return other,
-            }
+        let own = self.inner.blob_read(repo, digest, range.clone());
+        if let Some(own) = own_answer(&route, own).await {
+            return own;
         }
         self.used(&route);
         match self
@@ -370,11 +377,8 @@ impl BlobStore for Proxy {
         let Some(route) = self.route(repo)? else {
             return self.inner.blob_url(repo, digest).await;
         };
-        if route.own {
-            match self.inner.blob_url(repo, digest).await {
-                Err(e) if unknown(&e) => {}
-                other => return other,
-            }
+        if let Some(own) = own_answer(&route, self.inner.blob_url(repo, digest)).await {
+            return own;
         }
         match self.inner.blob_url(&route.local, digest).await {
             // Not cached: `blob_read` fetches it.
@@ -494,11 +498,8 @@ impl ManifestStore for Proxy {
         let Some(route) = self.route(repo)? else {
             return self.inner.tags(repo, last, n).await;
         };
-        if route.own {
-            match self.inner.tags(repo, last, n).await {
-                Err(e) if unknown(&e) => {}
-                other => return other,
-            }
+        if let Some(own) = own_answer(&route, self.inner.tags(repo, last, n)).await {
+            return own;
         }
         let upstream = &route.mirror.upstream;
         match upstream.tags(&route.upstream, last, n).await {

@@ -86,7 +86,9 @@ impl Fetches {
                 .or_insert_with(|| {
                     let fetches = self.clone();
                     let key = key.clone();
-                    async move {
+                    // A task of its own: it goes on (and leaves the map) even when every
+                    // client waiting for it went away.
+                    let task = tokio::spawn(async move {
                         let begun = match start.await {
                             Ok(Some(job)) => {
                                 begin(job, fetches.clone(), key.clone()).await.map(Some)
@@ -98,6 +100,11 @@ impl Fetches {
                             fetches.finished(&key);
                         }
                         begun.map_err(Arc::new)
+                    });
+                    async move {
+                        task.await.unwrap_or_else(|e| {
+                            Err(Arc::new(Error::Config(format!("fetch task failed: {e}"))))
+                        })
                     }
                     .boxed()
                     .shared()
