@@ -146,6 +146,16 @@ timeout = "5s"
         4,
         "a manifest and three blobs: {text}"
     );
+    let bytes = counter(
+        &text,
+        "registry_mirror_upstream_bytes_total",
+        &[r#"prefix="up""#],
+    );
+    assert!((3_000_000..3_100_000).contains(&bytes), "{bytes}: {text}");
+    assert!(
+        text.contains(&format!(r#"upstream="{}""#, upstream.addr)),
+        "{text}"
+    );
 
     // Pushes under the prefix are refused; the instance's own repositories work as before,
     // also ones the default mirror would answer for.
@@ -512,6 +522,12 @@ async fn faults_of_an_upstream_are_caught_and_nothing_corrupt_is_stored() {
         started.elapsed()
     );
 
+    let text = metrics_text(&http, &cache.url()).await;
+    let errors = counter(&text, "registry_mirror_errors_total", &[r#"prefix="up""#]);
+    assert!(
+        errors >= 7,
+        "corrupt 2, short 2, wrong manifest 2, huge, slow: {text}"
+    );
     let log = cache.logged();
     assert!(
         !log.contains("up-secret"),

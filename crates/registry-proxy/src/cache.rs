@@ -77,7 +77,13 @@ impl Proxy {
         self.used(route);
         match reference {
             Reference::Digest(d) => match self.inner.manifest_get(&route.local, reference).await {
-                Err(e) if unknown(&e) => self.fill_manifest(route, d, None).await,
+                Err(e) if unknown(&e) => {
+                    let filled = self.fill_manifest(route, d, None).await;
+                    if filled.as_ref().is_err_and(upstream_failed) {
+                        route.mirror.stats.error();
+                    }
+                    filled
+                }
                 Ok(found) => {
                     route.mirror.stats.hit();
                     Ok(found)
