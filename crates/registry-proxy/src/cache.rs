@@ -158,19 +158,7 @@ impl Proxy {
             Ok((info, bytes)) => (Some(info.media_type), bytes),
             Err(e) if unknown(&e) => {
                 let upstream = &route.mirror.upstream;
-                let fetched = upstream
-                    .manifest_get(
-                        &route.upstream,
-                        &digest.to_string(),
-                        self.options.manifest_max_bytes,
-                    )
-                    .await?
-                    .ok_or_else(|| Error::ManifestUnknown(digest.to_string()))?;
-                route.mirror.stats.miss();
-                route
-                    .mirror
-                    .stats
-                    .upstream_bytes(fetched.bytes.len() as u64);
+                let fetched = self.fetch_manifest(route, &digest.to_string()).await?;
                 let actual = Digest::of(digest.algorithm(), &fetched.bytes);
                 if &actual != digest {
                     return Err(upstream.bad(format!(
@@ -188,22 +176,27 @@ impl Proxy {
         self.inner.manifest_get(&route.local, &by_digest).await
     }
 
+    /// A manifest from the upstream, by tag or digest (counted as a miss).
+    async fn fetch_manifest(
+        &self,
+        route: &Route<'_>,
+        reference: &str,
+    ) -> Result<crate::upstream::FetchedManifest> {
+        let fetched = route
+            .mirror
+            .upstream
+            .manifest_get(&route.upstream, reference, self.options.manifest_max_bytes)
+            .await?
+            .ok_or_else(|| Error::ManifestUnknown(reference.to_owned()))?;
+        let stats = &route.mirror.stats;
+        stats.miss();
+        stats.upstream_bytes(fetched.bytes.len() as u64);
+        Ok(fetched)
+    }
+
     /// Stores what the upstream serves for `tag` when it does not say the digest first.
     async fn fill_tag(&self, route: &Route<'_>, tag: &Tag) -> Result<(ManifestInfo, Bytes)> {
-        let upstream = &route.mirror.upstream;
-        let fetched = upstream
-            .manifest_get(
-                &route.upstream,
-                tag.as_str(),
-                self.options.manifest_max_bytes,
-            )
-            .await?
-            .ok_or_else(|| Error::ManifestUnknown(tag.to_string()))?;
-        route.mirror.stats.miss();
-        route
-            .mirror
-            .stats
-            .upstream_bytes(fetched.bytes.len() as u64);
+        let fetched = self.fetch_manifest(route, tag.as_str()).await?;
         let reference = Reference::Tag(tag.clone());
         let put = self
             .store_manifest(
