@@ -917,7 +917,7 @@ async fn unused_caches_are_evicted_by_garbage_collection() {
     );
     let evicted = gc("2s");
     assert!(
-        evicted.contains("evicted 1 unused pull-through caches (1 tags)"),
+        evicted.contains("evicted 1 pull-through caches (1 tags)"),
         "{evicted}"
     );
     assert!(!evicted.contains("mine/app"), "{evicted}");

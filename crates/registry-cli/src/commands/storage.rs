@@ -133,7 +133,7 @@ pub(crate) fn gc(home: &Path, args: GcArgs) -> anyhow::Result<()> {
         );
         if summary.evicted > 0 {
             println!(
-                "evicted {} unused pull-through caches ({} tags)",
+                "evicted {} pull-through caches ({} tags)",
                 summary.evicted, summary.tags
             );
         }

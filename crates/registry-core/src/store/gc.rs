@@ -3,13 +3,13 @@
 //! storage. It never deletes anything reachable, nor anything a writer is about to depend on.
 //!
 //! # What is kept
-//! Roots are every tag and, unless `delete_untagged`, every manifest revision (except in a
-//! pull-through cache unused for longer than `mirror_max_unused`, or among the least recently
-//! used while the caches hold more than `mirror_max_bytes`: it is evicted whole, tags first). From a root the
-//! mark follows index → child manifests, manifest → config and layers, manifest → subject; a
-//! referrer of a kept manifest is kept too. Whatever was written (or rewritten) less than
-//! `grace` before the collection began is kept whatever it is: an upload's blob before its
-//! manifest arrives, a manifest before its tag.
+//! Roots are every tag and, unless `delete_untagged`, every manifest revision, except in a
+//! pull-through cache that is evicted (unused for longer than `mirror_max_unused`, or among the
+//! least recently used while the caches hold more than `mirror_max_bytes`): it goes whole, its
+//! tags first. From a root the mark follows index → child manifests, manifest → config and
+//! layers, manifest → subject; a referrer of a kept manifest is kept too. Whatever was written
+//! (or rewritten) less than `grace` before the collection began is kept whatever it is: an
+//! upload's blob before its manifest arrives, a manifest before its tag.
 //!
 //! # The protocol with concurrent writers
 //! A writer that makes content depend on existing objects (a manifest push needs its blobs or
@@ -149,7 +149,7 @@ pub struct GcSummary {
     pub uploads: u64,
     /// Garbage kept because a writer depended on it at the time.
     pub pinned: u64,
-    /// Pull-through caches evicted for being unused (`mirror_max_unused`).
+    /// Pull-through caches evicted (`mirror_max_unused`, `mirror_max_bytes`).
     pub evicted: u64,
     /// Tags deleted with evicted caches.
     pub tags: u64,
@@ -529,12 +529,12 @@ impl ObjectRegistry {
         // Caches within their age: (when last used, bytes held, name), for the quota.
         let mut caches: Vec<(u64, u64, RepoName)> = Vec::new();
         for repo in self.all_repositories().await?.iter() {
-            let used = match options
-                .mirror_max_unused
-                .or(options.mirror_max_bytes.map(|_| Duration::ZERO))
-            {
-                Some(_) => self.cache_last_used(repo).await?,
-                None => None,
+            let evicting =
+                options.mirror_max_unused.is_some() || options.mirror_max_bytes.is_some();
+            let used = if evicting {
+                self.cache_last_used(repo).await?
+            } else {
+                None
             };
             let unused = match (used, options.mirror_max_unused) {
                 (Some(at), Some(max)) => at < now.saturating_sub(max.as_micros() as u64),
