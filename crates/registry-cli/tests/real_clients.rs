@@ -6,15 +6,7 @@ mod common;
 use std::path::Path;
 
 use common::tools::{json, podman, podman_root, run, skopeo};
-use common::{data, tar, write_oci_layout, Server};
-
-/// Writes `dir/htpasswd` with one bcrypt user; returns its path.
-fn bcrypt_user(dir: &Path, user: &str, password: &str) -> std::path::PathBuf {
-    let path = dir.join("htpasswd");
-    let hash = bcrypt::hash(password, 4).unwrap();
-    std::fs::write(&path, format!("{user}:{hash}\n")).unwrap();
-    path
-}
+use common::{bcrypt_user, data, tar, write_oci_layout, Server};
 
 #[test]
 fn skopeo_copy_in_and_out_inspect_list_delete() {

@@ -13,7 +13,7 @@ use registry_core::storage::{
 };
 use registry_core::{Algorithm, Digest, Error, Reference, RepoName, Result, Tag};
 
-use crate::fetch::Job;
+use crate::fetch::{Job, Run};
 use crate::{Proxy, Route};
 
 /// Whether the local storage's answer means "not here" (so a mirror may have it).
@@ -257,26 +257,25 @@ impl Proxy {
                     .blob_get(&name, &d)
                     .await?
                     .ok_or_else(|| Error::BlobUnknown(d.clone()))?;
-                let size = response
-                    .headers()
-                    .get(reqwest::header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
+                let size = crate::upstream::declared_length(&response)
                     .ok_or_else(|| upstream.bad(format!("blob {d} without Content-Length")))?;
                 // A layer another repository already holds is linked, not fetched.
                 if storage.blob_adopt(&local, &d, size).await? {
                     return Ok(None);
                 }
                 stats.miss();
-                Ok(Some(Job {
+                let run = Run {
                     storage,
                     local,
                     digest: d,
                     size,
-                    response,
-                    spool_dir,
                     stats,
                     upstream,
+                };
+                Ok(Some(Job {
+                    run,
+                    response,
+                    spool_dir,
                 }))
             })
             .await;

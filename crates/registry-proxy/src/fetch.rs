@@ -53,17 +53,10 @@ pub(crate) struct Fetches {
 
 /// What a fetch needs to run.
 pub(crate) struct Job {
-    pub storage: Arc<dyn Storage>,
-    /// The local repository it fills.
-    pub local: RepoName,
-    pub digest: Digest,
-    pub size: u64,
+    pub run: Run,
     /// The upstream's answer, its body still to be read.
     pub response: reqwest::Response,
     pub spool_dir: Option<PathBuf>,
-    pub stats: Arc<Stats>,
-    /// The upstream, whose timeout bounds each read of the body.
-    pub upstream: Arc<crate::upstream::Upstream>,
 }
 
 impl Fetches {
@@ -120,13 +113,15 @@ impl Fetches {
 }
 
 /// What the task moving a blob's bytes works on.
-struct Run {
-    storage: Arc<dyn Storage>,
-    local: RepoName,
-    digest: Digest,
-    size: u64,
-    stats: Arc<Stats>,
-    upstream: Arc<crate::upstream::Upstream>,
+pub(crate) struct Run {
+    pub storage: Arc<dyn Storage>,
+    /// The local repository it fills.
+    pub local: RepoName,
+    pub digest: Digest,
+    pub size: u64,
+    pub stats: Arc<Stats>,
+    /// The upstream, whose timeout bounds each read of the body.
+    pub upstream: Arc<crate::upstream::Upstream>,
 }
 
 type Body = futures::stream::BoxStream<'static, reqwest::Result<Bytes>>;
@@ -134,23 +129,10 @@ type Body = futures::stream::BoxStream<'static, reqwest::Result<Bytes>>;
 /// Opens the spool and spawns the task that moves the bytes.
 async fn begin(job: Job, fetches: Arc<Fetches>, key: (RepoName, Digest)) -> Result<Arc<Fetch>> {
     let Job {
-        storage,
-        local,
-        digest,
-        size,
+        run: job,
         response,
         spool_dir: dir,
-        stats,
-        upstream,
     } = job;
-    let job = Run {
-        storage,
-        local,
-        digest,
-        size,
-        stats,
-        upstream,
-    };
     let body = response.bytes_stream().boxed();
     let spool = tokio::task::spawn_blocking(move || match dir {
         Some(d) => tempfile::tempfile_in(d),

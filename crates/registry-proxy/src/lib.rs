@@ -94,13 +94,11 @@ impl MirrorSettings {
     /// a repository name, an unusable URL or CA bundle.
     pub fn check(&self) -> Result<()> {
         check_prefix(&self.prefix)?;
-        upstream::Upstream::new(
-            &self.url,
-            self.credentials.clone(),
-            self.timeout,
-            self.roots.as_deref(),
-        )
-        .map(drop)
+        upstream::address(&self.url)?;
+        if let Some(pem) = &self.roots {
+            upstream::parse_roots(pem)?;
+        }
+        Ok(())
     }
 }
 

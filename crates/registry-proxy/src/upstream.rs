@@ -91,40 +91,12 @@ impl Upstream {
         timeout: Duration,
         roots: Option<&[u8]>,
     ) -> Result<Upstream> {
-        // Errors never echo the URL as given: it might hold a password.
-        let mut parsed = reqwest::Url::parse(url)
-            .map_err(|e| Error::Config(format!("the upstream URL is not a URL: {e}")))?;
-        if !parsed.username().is_empty() || parsed.password().is_some() {
-            let _ = parsed.set_password(None);
-            let _ = parsed.set_username("");
-            return Err(Error::Config(format!(
-                "upstream URL {parsed}: give credentials as username and password, not in the URL"
-            )));
-        }
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(Error::Config(format!(
-                "upstream URL {parsed} must be http:// or https://"
-            )));
-        }
-        if !matches!(parsed.path(), "" | "/") || parsed.query().is_some() {
-            return Err(Error::Config(format!(
-                "upstream URL {parsed}: give the registry's address alone (its API is at /v2/)"
-            )));
-        }
-        let host = parsed
-            .host_str()
-            .ok_or_else(|| Error::Config(format!("upstream URL {parsed} has no host")))?;
-        let host = match parsed.port() {
-            Some(p) => format!("{host}:{p}"),
-            None => host.to_owned(),
-        };
-        let base = format!("{}://{host}", parsed.scheme());
+        let (base, host) = address(url)?;
+        let roots = roots.map(parse_roots).transpose()?;
         let mut builder = reqwest::Client::builder()
             .connect_timeout(timeout)
             .user_agent(concat!("registry/", env!("CARGO_PKG_VERSION")));
-        if let Some(pem) = roots {
-            let roots = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| Error::Config(format!("upstream CA bundle: {e}")))?;
+        if let Some(roots) = roots {
             builder = builder.tls_certs_merge(roots);
         }
         let http = builder
@@ -464,9 +436,48 @@ impl Upstream {
     }
 }
 
+/// The `scheme://host[:port]` of an upstream URL and its `host[:port]`. Errors never echo the
+/// URL as given: it might hold a password.
+pub(crate) fn address(url: &str) -> Result<(String, String)> {
+    let mut parsed = reqwest::Url::parse(url)
+        .map_err(|e| Error::Config(format!("the upstream URL is not a URL: {e}")))?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        let _ = parsed.set_password(None);
+        let _ = parsed.set_username("");
+        return Err(Error::Config(format!(
+            "upstream URL {parsed}: give credentials as username and password, not in the URL"
+        )));
+    }
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(Error::Config(format!(
+            "upstream URL {parsed} must be http:// or https://"
+        )));
+    }
+    if !matches!(parsed.path(), "" | "/") || parsed.query().is_some() {
+        return Err(Error::Config(format!(
+            "upstream URL {parsed}: give the registry's address alone (its API is at /v2/)"
+        )));
+    }
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| Error::Config(format!("upstream URL {parsed} has no host")))?;
+    let host = match parsed.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_owned(),
+    };
+    let base = format!("{}://{host}", parsed.scheme());
+    Ok((base, host))
+}
+
+/// The certificates of a PEM bundle.
+pub(crate) fn parse_roots(pem: &[u8]) -> Result<Vec<reqwest::Certificate>> {
+    reqwest::Certificate::from_pem_bundle(pem)
+        .map_err(|e| Error::Config(format!("upstream CA bundle: {e}")))
+}
+
 /// `Content-Length` of an answer, as sent (reqwest's `content_length` is the body's size
 /// hint, which is 0 for a HEAD).
-fn declared_length(r: &Response) -> Option<u64> {
+pub(crate) fn declared_length(r: &Response) -> Option<u64> {
     r.headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

@@ -155,16 +155,3 @@ pub(crate) fn remove_mirror(doc: &mut toml_edit::DocumentMut, prefix: &str) -> b
     }
     removed
 }
-
-/// The prefixes and URLs of an instance's mirrors, and which is the default.
-pub(crate) fn mirrors_of(raw: &[RawProxy]) -> Vec<(String, String, bool)> {
-    raw.iter()
-        .filter_map(|r| {
-            Some((
-                r.prefix.clone()?,
-                r.url.clone()?,
-                r.default.unwrap_or(false),
-            ))
-        })
-        .collect()
-}

@@ -253,8 +253,8 @@ struct Current {
     public_read: bool,
     ip_allowlist: Vec<String>,
     oidc: Option<oauth::CurrentOidc>,
-    /// (prefix, URL, default) of each mirror.
-    mirrors: Vec<(String, String, bool)>,
+    /// Whether Docker Hub is mirrored.
+    docker_hub: bool,
 }
 
 fn current(i: &Instance) -> anyhow::Result<Current> {
@@ -299,7 +299,10 @@ fn current(i: &Instance) -> anyhow::Result<Current> {
         public_read: raw.auth.public_read.unwrap_or(false),
         ip_allowlist: raw.network.allow.clone().unwrap_or_default(),
         oidc: oauth::CurrentOidc::of(&raw),
-        mirrors: crate::config::mirrors::mirrors_of(&raw.proxy),
+        docker_hub: raw
+            .proxy
+            .iter()
+            .any(|p| p.prefix.as_deref() == Some(DOCKER_HUB.0)),
     })
 }
 
@@ -381,11 +384,10 @@ fn ask_mirrors(ask: &mut Asker, a: &ConfigArgs, cur: &Current) -> anyhow::Result
         }
         return Ok(MirrorAnswer::Set(set));
     }
-    let cached = cur.mirrors.iter().any(|(p, _, _)| p == DOCKER_HUB.0);
     let yes = ask.confirm(
         "Cache Docker Hub here too (a pull-through mirror: docker.io/… and Docker's registry-mirrors)?",
         "--mirror",
-        Some(cached),
+        Some(cur.docker_hub),
     )?;
     Ok(MirrorAnswer::DockerHub(yes))
 }

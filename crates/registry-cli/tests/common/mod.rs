@@ -191,6 +191,14 @@ pub(crate) fn oci_manifest(config: (&str, usize), layers: &[(&str, usize)]) -> V
     .unwrap()
 }
 
+/// Writes `dir/htpasswd` with one bcrypt user; returns its path.
+pub(crate) fn bcrypt_user(dir: &Path, user: &str, password: &str) -> PathBuf {
+    let path = dir.join("htpasswd");
+    let hash = bcrypt::hash(password, 4).unwrap();
+    std::fs::write(&path, format!("{user}:{hash}\n")).unwrap();
+    path
+}
+
 /// `sha256:<hex>` of bytes.
 pub(crate) fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))

@@ -48,6 +48,30 @@ impl ObjectRegistry {
         }
     }
 
+    /// Links the stored blob `digest` into `repo` once `verify` found it stored, safely
+    /// against a concurrent collection (the link depends on the bytes); `false` when it is not
+    /// stored, or is being collected.
+    async fn link_stored<V>(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        size: u64,
+        verify: impl Fn() -> V,
+    ) -> Result<bool>
+    where
+        V: std::future::Future<Output = Result<()>>,
+    {
+        let commit = self.link_blob(repo, digest, size);
+        match self
+            .depend_on(std::slice::from_ref(digest), verify, commit)
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(Error::BlobUnknown(_) | Error::Doomed(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Makes an existing global blob visible in `repo`.
     pub(super) async fn link_blob(
         &self,
@@ -127,7 +151,6 @@ impl BlobStore for ObjectRegistry {
         let Some(size) = self.linked_size(from, digest).await? else {
             return Ok(None);
         };
-        // The new link depends on the stored bytes: safe against a concurrent collection.
         let verify = || async {
             if self.exists(&layout::blob(digest)).await? {
                 Ok(())
@@ -135,47 +158,29 @@ impl BlobStore for ObjectRegistry {
                 Err(Error::BlobUnknown(digest.clone()))
             }
         };
-        let commit = self.link_blob(repo, digest, size);
-        match self
-            .depend_on(std::slice::from_ref(digest), verify, commit)
-            .await
-        {
-            Ok(()) => Ok(Some(size)),
-            // Not mountable now: the client uploads it instead.
-            Err(Error::BlobUnknown(_) | Error::Doomed(_)) => Ok(None),
-            Err(e) => Err(e),
-        }
+        // Not mountable now: the client uploads it instead.
+        Ok(self
+            .link_stored(repo, digest, size, verify)
+            .await?
+            .then_some(size))
     }
 
     async fn blob_adopt(&self, repo: &RepoName, digest: &Digest, size: u64) -> Result<bool> {
         let verify = || async {
-            let key = layout::blob(digest);
-            let meta = match self.store.head(&key).await {
+            let meta = match self.store.head(&layout::blob(digest)).await {
                 Ok(meta) => meta,
                 Err(object_store::Error::NotFound { .. }) => {
                     return Err(Error::BlobUnknown(digest.clone()))
                 }
                 Err(e) => return Err(e.into()),
             };
-            let stored = match self.pointer_at(&meta).await? {
-                Some(pointer) => pointer.size,
-                None => meta.size,
-            };
-            if stored == size {
+            if self.blob_size_at(&meta).await? == size {
                 Ok(())
             } else {
                 Err(Error::BlobUnknown(digest.clone()))
             }
         };
-        let commit = self.link_blob(repo, digest, size);
-        match self
-            .depend_on(std::slice::from_ref(digest), verify, commit)
-            .await
-        {
-            Ok(()) => Ok(true),
-            Err(Error::BlobUnknown(_) | Error::Doomed(_)) => Ok(false),
-            Err(e) => Err(e),
-        }
+        self.link_stored(repo, digest, size, verify).await
     }
 
     async fn blob_delete(&self, repo: &RepoName, digest: &Digest) -> Result<()> {

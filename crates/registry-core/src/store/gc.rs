@@ -385,7 +385,7 @@ impl ObjectRegistry {
                 let free = self.doom(batch, options, &mut pins, &mut summary).await?;
                 for (_, meta) in batch.iter().filter(|(d, _)| free.contains(d)) {
                     let size = if options.dry_run {
-                        self.pointer_at(meta).await?.map_or(meta.size, |p| p.size)
+                        self.blob_size_at(meta).await?
                     } else {
                         self.delete_blob_object(meta).await?
                     };

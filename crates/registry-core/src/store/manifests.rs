@@ -350,13 +350,9 @@ impl ManifestStore for ObjectRegistry {
         tags: &[Tag],
     ) -> Result<PutManifest> {
         let (parsed, digest) = parse_for_put(reference, content_type, &bytes)?;
-        // Before the manifest: fsck never finds a cache's manifest without its marker.
-        let marker = layout::mirror_marker(repo);
-        if !self.exists(&marker).await? {
-            self.store
-                .put(&marker, PutPayload::from_static(b""))
-                .await?;
-        }
+        // The marker (a fill is a use), before the manifest: fsck never finds a cache's
+        // manifest without it.
+        self.cache_used(repo).await?;
         self.commit_manifest(repo, reference, tags, &parsed, &bytes, digest)
             .await
     }

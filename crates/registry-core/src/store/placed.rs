@@ -166,6 +166,11 @@ impl ObjectRegistry {
 
     /// Deletes a blob's stored object (`meta`, from a listing): a pointer first, then the
     /// bytes it names. Returns the blob's size.
+    /// The size of the blob stored at `meta` (its bytes, or the bytes its pointer names).
+    pub(super) async fn blob_size_at(&self, meta: &ObjectMeta) -> Result<u64> {
+        Ok(self.pointer_at(meta).await?.map_or(meta.size, |p| p.size))
+    }
+
     pub(super) async fn delete_blob_object(&self, meta: &ObjectMeta) -> Result<u64> {
         let pointer = self.pointer_at(meta).await?;
         self.delete_quiet(&meta.location).await?;
