@@ -208,6 +208,35 @@ pub fn placed(id: &str) -> Path {
     placed_root().join(id)
 }
 
+/// The mark saying that a pointer at blob `digest` names the placed bytes of session `id`
+/// (written after the pointer; see `store::placed`). Beside the bytes, so one listing finds
+/// both.
+pub fn placed_mark(id: &str, digest: &Digest) -> Path {
+    placed_root().join(format!("{id}.{}-{}", digest.algorithm(), digest.hex()))
+}
+
+/// What a key under [`placed_root`] holds.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Placed<'a> {
+    /// The bytes placed by session `id`.
+    Bytes(&'a str),
+    /// The mark that blob `digest` points to session `id`'s bytes.
+    Mark(&'a str, Digest),
+}
+
+/// What `key`, under [`placed_root`], holds; `None` for a key this layout never writes.
+pub fn parse_placed(key: &Path) -> Option<Placed<'_>> {
+    let name = key.filename()?;
+    match name.split_once('.') {
+        None => Some(Placed::Bytes(name)),
+        Some((id, mark)) => {
+            let (alg, hex) = mark.split_once('-')?;
+            let digest = format!("{alg}:{hex}").parse().ok()?;
+            Some(Placed::Mark(id, digest))
+        }
+    }
+}
+
 /// The root of upload sessions.
 pub fn uploads_root() -> Path {
     Path::from("uploads")
@@ -295,6 +324,14 @@ mod tests {
             "uploads/x/part-00000000000000000005-n"
         );
         assert_eq!(catalog_marker(&r).as_ref(), "catalog/a/b/_repository");
+        let mark = placed_mark("s1", &d);
+        assert_eq!(
+            mark.as_ref(),
+            format!("placed/s1.sha256-ab{}", "0".repeat(62))
+        );
+        assert_eq!(parse_placed(&mark), Some(Placed::Mark("s1", d.clone())));
+        assert_eq!(parse_placed(&placed("s1")), Some(Placed::Bytes("s1")));
+        assert_eq!(parse_placed(&Path::from("placed/s1.sha256-zz")), None);
         let t: Tag = "v1.0".parse().unwrap();
         assert_eq!(
             tag(&r, &t).as_ref(),

@@ -279,6 +279,11 @@ async fn multipart_sessions_are_placed_and_collected(backend: Backend) {
         nodes[0].blob_read(&r, &d, None).await,
         Err(Error::BlobUnknown(_))
     ));
+    assert!(
+        !exists(&backend, &crate::layout::placed_mark(&up.id, &d)).await,
+        "the mark goes with the pointer"
+    );
+    placed_marks_are_kept_true(&backend, &nodes, &options).await;
 
     // fsck hashes a pointer's bytes; repair moves a corrupt pointer and its bytes aside.
     let bad = data(200_000, 12);
@@ -310,6 +315,73 @@ async fn multipart_sessions_are_placed_and_collected(backend: Backend) {
     );
     assert!(!exists(&backend, &crate::layout::blob(&db)).await);
     assert!(!exists(&backend, &bytes_at).await);
+}
+
+/// A finish marks the bytes its pointer names; a collection reads no pointer for bytes with
+/// one mark, marks bytes a pointer names that have none (placed before marks, or a finish
+/// stopped between pointer and mark), deletes the bytes of a session that lost a race to
+/// point at the same digest (two marks, one pointer) and marks whose bytes are gone.
+async fn placed_marks_are_kept_true(
+    backend: &Backend,
+    nodes: &[ObjectRegistry],
+    options: &crate::store::GcOptions,
+) {
+    use crate::layout::{placed, placed_mark};
+    let r = repo("placed/kept");
+    let mut layers = Vec::new();
+    let mut ids = Vec::new();
+    for seed in [21, 22] {
+        let bytes = data(300_000, seed);
+        let d = Digest::of(Algorithm::Sha256, &bytes);
+        let up = nodes[0].upload_start(&r, Algorithm::Sha256).await.unwrap();
+        nodes[0]
+            .upload_append(&r, &up.id, None, None, body(&bytes, 8192))
+            .await
+            .unwrap();
+        nodes[0].upload_finish(&r, &up.id, &d, None).await.unwrap();
+        let mark = placed_mark(&up.id, &d);
+        assert!(exists(backend, &mark).await, "{mark} after the finish");
+        layers.push((d, bytes.len()));
+        ids.push(up.id);
+    }
+    let cfg = push_blob(&nodes[0], &r, b"{}").await;
+    put(
+        &nodes[0],
+        &r,
+        "v1",
+        OCI_MANIFEST,
+        &image_manifest(&cfg, 2, &layers, None),
+    )
+    .await;
+    let (d1, d2) = (&layers[0].0, &layers[1].0);
+    // The second blob's bytes lose their mark; a session that lost the race for the first
+    // left its bytes and its mark; a mark outlived its bytes.
+    let unmarked = placed_mark(&ids[1], d2);
+    backend.store.delete(&unmarked).await.unwrap();
+    let loser = "00000000-0000-4000-8000-000000000002";
+    let stale = placed_mark("00000000-0000-4000-8000-000000000003", d2);
+    for (key, bytes) in [
+        (placed(loser), Bytes::from(data(300_000, 21))),
+        (placed_mark(loser, d1), Bytes::new()),
+        (stale.clone(), Bytes::new()),
+    ] {
+        backend.store.put(&key, bytes.into()).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut deleted = Vec::new();
+    nodes[1]
+        .gc(options, |del| deleted.push((del.kind, del.path.clone())))
+        .await
+        .unwrap();
+    assert_eq!(deleted, [("placed", placed(loser).to_string())]);
+    for gone in [placed(loser), placed_mark(loser, d1), stale] {
+        assert!(!exists(backend, &gone).await, "{gone}");
+    }
+    assert!(exists(backend, &unmarked).await, "marked again");
+    for (i, (d, size)) in layers.iter().enumerate() {
+        assert!(exists(backend, &placed(&ids[i])).await);
+        assert_eq!(read_all(&nodes[2], &r, d, None).await.len(), *size);
+    }
 }
 
 /// The id of session `id`'s multipart upload, from its document.

@@ -15,7 +15,7 @@ use object_store::memory::InMemory;
 use object_store::multipart::MultipartStore;
 use object_store::ObjectStore;
 use registry_core::observe::{ObservedMultipart, ObservedStore, StoreObserver};
-use registry_core::{Algorithm, Digest, ObjectRegistry, StoreOptions};
+use registry_core::{Algorithm, Digest, GcOptions, ObjectRegistry, StoreOptions};
 use registry_http::{router, ApiConfig, RegistryState};
 use tower::ServiceExt;
 
@@ -49,6 +49,7 @@ impl Counter {
 struct Node {
     store: Arc<InMemory>,
     counter: Arc<Counter>,
+    registry: Arc<ObjectRegistry>,
     app: Router,
 }
 
@@ -59,12 +60,14 @@ impl Node {
             Arc::new(ObservedStore::new(store.clone(), counter.clone()));
         let multipart: Arc<dyn MultipartStore> =
             Arc::new(ObservedMultipart::new(store.clone(), counter.clone()));
-        let registry =
-            ObjectRegistry::new(observed, StoreOptions::default()).with_multipart(multipart);
-        let app = router(RegistryState::new(Arc::new(registry), ApiConfig::default()));
+        let registry = Arc::new(
+            ObjectRegistry::new(observed, StoreOptions::default()).with_multipart(multipart),
+        );
+        let app = router(RegistryState::new(registry.clone(), ApiConfig::default()));
         Node {
             store,
             counter,
+            registry,
             app,
         }
     }
@@ -128,6 +131,28 @@ impl Node {
             .unwrap();
         (status, location, self.counter.take())
     }
+}
+
+/// Pushes a blob in one PATCH and a PUT; returns its digest.
+async fn push_chunked(node: &Node, repo: &str, bytes: Vec<u8>) -> String {
+    let digest = sha256(&bytes);
+    let start = format!("/v2/{repo}/blobs/uploads/");
+    let (_, location, _) = node.call(Method::POST, &start, &[], vec![]).await;
+    let range = format!("0-{}", bytes.len() - 1);
+    let (status, location, _) = node
+        .call(
+            Method::PATCH,
+            &location,
+            &[("content-range", &range)],
+            bytes,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let finish = format!("{location}{sep}digest={digest}");
+    let (status, _, _) = node.call(Method::PUT, &finish, &[], vec![]).await;
+    assert_eq!(status, StatusCode::CREATED);
+    digest
 }
 
 fn sha256(bytes: &[u8]) -> String {
@@ -268,7 +293,7 @@ async fn storage_requests_per_api_call_are_as_documented() {
         )
         .await;
     expect(
-        "PUT ?digest= (finish after parts: complete, point)",
+        "PUT ?digest= (finish after parts: complete, point, mark)",
         finished,
         StatusCode::CREATED,
     );
@@ -447,4 +472,58 @@ async fn storage_requests_per_api_call_are_as_documented() {
         documented, measured,
         "docs/storage-requests.md is out of date; the measured table is:\n{measured}"
     );
+}
+
+/// A garbage collection keeping `layers` placed blobs (6 MiB layers, each a multipart upload
+/// with a pointer at its key) of one tagged image: the storage requests it makes.
+async fn collection_keeping(layers: u8) -> BTreeMap<&'static str, usize> {
+    let node = Node::new(Arc::new(InMemory::new()), Arc::default());
+    let mut descriptors = Vec::new();
+    for seed in 0..layers {
+        let bytes: Vec<u8> = (0..6u32 << 20).map(|i| (i % 251) as u8 ^ seed).collect();
+        let size = bytes.len();
+        let digest = push_chunked(&node, "app", bytes).await;
+        descriptors.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": digest, "size": size,
+        }));
+    }
+    let config = b"{}".to_vec();
+    let config_digest = push_chunked(&node, "app", config.clone()).await;
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": descriptors,
+    }))
+    .unwrap();
+    let ct = [("content-type", "application/vnd.oci.image.manifest.v1+json")];
+    let (status, _, _) = node
+        .call(Method::PUT, "/v2/app/manifests/v1", &ct, manifest)
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    // Nothing is young (store timestamps have whole seconds).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let options = GcOptions {
+        grace: Duration::ZERO,
+        settle: Duration::ZERO,
+        ..GcOptions::default()
+    };
+    node.counter.take();
+    let summary = node
+        .registry
+        .gc(&options, |d| panic!("{d:?}"))
+        .await
+        .unwrap();
+    assert_eq!(summary.blobs, 0, "{summary:?}");
+    node.counter.take()
+}
+
+/// A collection's look at the bytes of multipart uploads costs listings, not requests per
+/// placed blob (docs/storage-requests.md, "Garbage collection").
+#[tokio::test]
+async fn collections_make_no_request_per_placed_blob() {
+    let one = collection_keeping(1).await;
+    let four = collection_keeping(4).await;
+    assert_eq!(one, four, "keeping 1 placed blob, then 4");
 }

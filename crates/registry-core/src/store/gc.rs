@@ -404,10 +404,14 @@ impl ObjectRegistry {
                         as u64;
                 // Bytes of multipart uploads no blob points to (after the purge, which ends
                 // the sessions of finishes that never wrote their pointer).
-                for meta in self.orphaned_placed(|m| is_young(m, cutoff)).await? {
+                let orphans = self.orphaned_placed(|m| is_young(m, cutoff)).await?;
+                for meta in &orphans.bytes {
                     self.delete_quiet(&meta.location).await?;
                     summary.bytes += meta.size;
-                    report(&deletion(&meta, "placed", meta.size));
+                    report(&deletion(meta, "placed", meta.size));
+                }
+                for mark in &orphans.marks {
+                    self.delete_quiet(mark).await?;
                 }
                 // Marks left by a killed collection.
                 for meta in self.list_all(&layout::gc_doomed_root()).await? {

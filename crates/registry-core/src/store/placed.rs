@@ -26,6 +26,17 @@
 //! placed object. What a crash leaves behind (placed bytes no pointer names, or a pointer
 //! overwritten between the writes) is removed by the next collection: a placed object whose
 //! session is gone, older than the grace period, and named by no pointer.
+//!
+//! # Marks
+//! So that a collection need not read every pointer to learn which placed objects are named,
+//! a finish whose pointer held writes an empty mark `placed/<id>.<alg>-<hex>` beside the bytes,
+//! naming the digest; a collection deletes the mark first, then the pointer, then the bytes.
+//! A mark is a hint that lets the collection skip work, never a reason to delete: bytes are
+//! deleted only when a pointer read shows another session's bytes (several marks for one
+//! digest), when the marked key holds no pointer, or, for unmarked bytes, when no pointer
+//! names them. Unmarked bytes a pointer names (a finish that stopped between pointer and
+//! mark, or bytes placed before marks existed) get their mark from the collection that reads
+//! the pointers.
 
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -33,9 +44,13 @@ use object_store::path::Path;
 use object_store::{GetOptions, GetResult, ObjectMeta, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
+use std::collections::{HashMap, HashSet};
+
+use super::fsck::blob_digest;
 use super::ObjectRegistry;
+use crate::digest::Digest;
 use crate::error::Result;
-use crate::layout;
+use crate::layout::{self, Placed};
 
 /// The length of every pointer.
 pub(super) const POINTER_LEN: u64 = 128;
@@ -158,21 +173,36 @@ impl ObjectRegistry {
             .put(key, PutPayload::from(pointer.encode()))
             .await?;
         if self.pointer_if_any(key).await?.as_ref() == Some(&pointer) {
+            if let Some(digest) = super::fsck::blob_digest(key) {
+                (self.store)
+                    .put(&layout::placed_mark(id, &digest), PutPayload::new())
+                    .await?;
+            }
             return Ok(true);
         }
         self.delete_quiet(&pointer.path()).await?;
         Ok(false)
     }
 
-    /// Deletes a blob's stored object (`meta`, from a listing): a pointer first, then the
-    /// bytes it names. Returns the blob's size.
     /// The size of the blob stored at `meta` (its bytes, or the bytes its pointer names).
     pub(super) async fn blob_size_at(&self, meta: &ObjectMeta) -> Result<u64> {
         Ok(self.pointer_at(meta).await?.map_or(meta.size, |p| p.size))
     }
 
+    /// Deletes a blob's stored object (`meta`, from a listing): a pointer's mark first, then
+    /// the pointer, then the bytes it names. Returns the blob's size.
     pub(super) async fn delete_blob_object(&self, meta: &ObjectMeta) -> Result<u64> {
         let pointer = self.pointer_at(meta).await?;
+        let mark = (pointer.as_ref()).and_then(|p| {
+            Some((
+                p.path().filename()?.to_owned(),
+                blob_digest(&meta.location)?,
+            ))
+        });
+        if let Some((id, digest)) = mark {
+            self.delete_quiet(&layout::placed_mark(&id, &digest))
+                .await?;
+        }
         self.delete_quiet(&meta.location).await?;
         match pointer {
             Some(p) => {
@@ -183,43 +213,123 @@ impl ObjectRegistry {
         }
     }
 
-    /// Placed bytes that no pointer names and no live session may still point to, written
-    /// before `cutoff` (unix microseconds): what a crash between completing a multipart
-    /// upload and writing its pointer left. Listed in this order: placed objects, then their
-    /// sessions, then pointers, so a finish that writes its pointer and ends its session
-    /// meanwhile is seen by one of the two later looks.
+    /// What a collection removes under `placed/`: bytes no pointer names and no live session
+    /// may still point to, written before the grace period (`young` tells), with their marks;
+    /// and marks whose bytes are gone. Marks missing for bytes a pointer names are written.
+    ///
+    /// Costs listings, not a request per placed blob: one of `placed/` (bytes and marks), one
+    /// of the sessions, one of `blobs/`. Bytes whose only mark names a digest whose key holds
+    /// a pointer-sized object are named by it. The pointers themselves are read only for a
+    /// digest marked by several sessions (they finished it at once, and one pointer won), or
+    /// whose key no longer holds a pointer; and every pointer once when unmarked bytes are
+    /// old and sessionless (a crash between completing and marking, or bytes placed before
+    /// marks existed, which then get their marks). Listed in this order, placed objects, then
+    /// sessions, then pointers, so a finish that points, marks and ends its session meanwhile
+    /// is seen by one of the two later looks.
     pub(super) async fn orphaned_placed(
         &self,
         young: impl Fn(&ObjectMeta) -> bool,
-    ) -> Result<Vec<ObjectMeta>> {
-        let mut orphans = Vec::new();
+    ) -> Result<Orphans> {
+        let mut bytes = Vec::new();
+        let mut marks: HashMap<String, Vec<(Digest, ObjectMeta)>> = HashMap::new();
         for meta in self.list_all(&layout::placed_root()).await? {
-            let Some(id) = meta.location.filename() else {
-                continue;
-            };
-            let session = match self.volatile().head(&layout::upload_state(id)).await {
-                Ok(_) => true,
-                Err(object_store::Error::NotFound { .. }) => false,
-                Err(e) => return Err(e.into()),
-            };
-            if young(&meta) || session {
-                continue;
+            match layout::parse_placed(&meta.location) {
+                Some(Placed::Bytes(id)) => bytes.push((id.to_owned(), meta)),
+                Some(Placed::Mark(id, d)) => {
+                    marks.entry(id.to_owned()).or_default().push((d, meta))
+                }
+                None => {}
             }
-            orphans.push(meta);
         }
-        if orphans.is_empty() {
+        let mut orphans = Orphans::default();
+        // Marks of bytes a collection or a repair removed.
+        let placed: HashSet<&str> = bytes.iter().map(|(id, _)| id.as_str()).collect();
+        for (_, meta) in marks
+            .iter()
+            .filter(|(id, _)| !placed.contains(id.as_str()))
+            .flat_map(|(_, m)| m)
+        {
+            if !young(meta) {
+                orphans.marks.push(meta.location.clone());
+            }
+        }
+        let sessions = self.session_ids().await?;
+        bytes.retain(|(id, meta)| !young(meta) && !sessions.contains(id));
+        if bytes.is_empty() {
             return Ok(orphans);
         }
-        let mut named = std::collections::HashSet::new();
-        let mut blobs = self.store.list(Some(&layout::blobs_root()));
-        while let Some(meta) = blobs.try_next().await? {
-            if let Some(p) = self.pointer_at(&meta).await? {
-                named.insert(p.placed);
+        let pointers: HashSet<Path> = (self.store.list(Some(&layout::blobs_root())))
+            .try_filter_map(|m| async move { Ok((m.size == POINTER_LEN).then_some(m.location)) })
+            .try_collect()
+            .await?;
+        let mut marked: HashMap<&Digest, usize> = HashMap::new();
+        for (d, _) in marks.values().flatten() {
+            *marked.entry(d).or_default() += 1;
+        }
+        let mut read: HashMap<&Digest, Option<String>> = HashMap::new();
+        let mut unmarked = Vec::new();
+        for (id, meta) in bytes {
+            let Some(its) = marks.get(&id) else {
+                unmarked.push((id, meta));
+                continue;
+            };
+            let mut named = false;
+            for (d, _) in its {
+                let key = layout::blob(d);
+                if marked[d] == 1 && pointers.contains(&key) {
+                    named = true;
+                    break;
+                }
+                let names = match read.get(d) {
+                    Some(names) => names.clone(),
+                    None => {
+                        let names = self.pointer_if_any(&key).await?.map(|p| p.placed);
+                        read.insert(d, names.clone());
+                        names
+                    }
+                };
+                if names.as_deref() == Some(meta.location.as_ref()) {
+                    named = true;
+                    break;
+                }
+            }
+            if !named {
+                orphans
+                    .marks
+                    .extend(its.iter().map(|(_, m)| m.location.clone()));
+                orphans.bytes.push(meta);
             }
         }
-        orphans.retain(|m| !named.contains(m.location.as_ref()));
+        if unmarked.is_empty() {
+            return Ok(orphans);
+        }
+        let mut named = HashMap::new();
+        for key in &pointers {
+            if let (Some(p), Some(d)) = (self.pointer_if_any(key).await?, blob_digest(key)) {
+                named.insert(p.placed, d);
+            }
+        }
+        for (id, meta) in unmarked {
+            match named.get(meta.location.as_ref()) {
+                Some(d) => {
+                    (self.store)
+                        .put(&layout::placed_mark(&id, d), PutPayload::new())
+                        .await?;
+                }
+                None => orphans.bytes.push(meta),
+            }
+        }
         Ok(orphans)
     }
+}
+
+/// What a collection removes under `placed/` (see [`ObjectRegistry::orphaned_placed`]).
+#[derive(Debug, Default)]
+pub(super) struct Orphans {
+    /// Placed bytes no pointer names.
+    pub bytes: Vec<ObjectMeta>,
+    /// Marks of those bytes, and of bytes already gone.
+    pub marks: Vec<Path>,
 }
 
 fn is_not_found(e: &object_store::Error) -> bool {

@@ -40,6 +40,7 @@
 //! process is ignored (it commits after, sees this commit and gives up), so one of two local
 //! racers always wins.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -599,6 +600,21 @@ impl ObjectRegistry {
         Ok(())
     }
 
+    /// The ids of every session that has anything stored, in any store (one listing each).
+    pub(in crate::store) async fn session_ids(&self) -> Result<BTreeSet<String>> {
+        let mut ids = BTreeSet::new();
+        for store in std::iter::once(&self.store).chain(self.scratch.iter()) {
+            let listing = store
+                .list_with_delimiter(Some(&layout::uploads_root()))
+                .await?;
+            ids.extend(
+                (listing.common_prefixes.iter())
+                    .filter_map(|dir| dir.filename().map(str::to_owned)),
+            );
+        }
+        Ok(ids)
+    }
+
     /// Removes everything under a session's directory, in every store (for the purge, which
     /// may find sessions without a readable document).
     async fn remove_upload_dir(&self, id: &str) -> Result<()> {
@@ -786,18 +802,9 @@ impl UploadStore for ObjectRegistry {
 
     async fn upload_purge(&self, max_age: Duration) -> Result<usize> {
         let cutoff = now().saturating_sub(max_age.as_secs());
-        let mut dirs = std::collections::BTreeSet::new();
-        for store in std::iter::once(&self.store).chain(self.scratch.iter()) {
-            let listing = store
-                .list_with_delimiter(Some(&layout::uploads_root()))
-                .await?;
-            dirs.extend(listing.common_prefixes);
-        }
         let mut purged = 0;
-        for dir in dirs {
-            let Some(id) = dir.filename().map(str::to_owned) else {
-                continue;
-            };
+        for id in self.session_ids().await? {
+            let dir = layout::upload_dir(&id);
             let stale =
                 match get_json_in::<UploadState>(self.volatile(), &layout::upload_state(&id)).await
                 {
