@@ -4,7 +4,7 @@
 //! reconstruct from the backend.
 
 use std::ops::Range;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -184,6 +184,13 @@ pub trait ManifestStore: Send + Sync {
         last: Option<&str>,
         n: Option<usize>,
     ) -> Result<Page<Tag>>;
+    /// Every tag of `repo` with when it was last set, sorted by tag, for people browsing (the
+    /// web interface): one listing, no read per tag. Storages that do not know when answer
+    /// with [`ManifestStore::tags`] and `None`.
+    async fn tag_times(&self, repo: &RepoName) -> Result<Vec<(Tag, Option<SystemTime>)>> {
+        let page = self.tags(repo, None, None).await?;
+        Ok(page.items.into_iter().map(|t| (t, None)).collect())
+    }
 }
 
 /// The referrers API.

@@ -27,6 +27,8 @@ pub struct Connection {
     pub peer: SocketAddr,
     /// The client certificate verified at the TLS handshake, if any.
     pub certificate: Option<Arc<ClientCertificate>>,
+    /// Whether the connection is TLS.
+    pub tls: bool,
 }
 
 /// The authenticated caller, for handlers that decide per repository (catalog, mount).
@@ -210,7 +212,7 @@ where
 /// The client's address, if `guard` admits it (after trusted proxies), from the server's
 /// connection or axum's connect info (`into_make_service_with_connect_info`, or
 /// `MockConnectInfo` in tests).
-pub(crate) fn admitted(guard: &Guard, request: &Request) -> Result<IpAddr, Refusal> {
+pub fn admitted(guard: &Guard, request: &Request) -> Result<IpAddr, Refusal> {
     let extensions = request.extensions();
     let peer = extensions
         .get::<Connection>()

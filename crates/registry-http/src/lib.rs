@@ -53,7 +53,7 @@ pub use endpoint::{Access, Endpoint};
 pub use error::{ApiError, ApiResult, ErrorCode};
 mod acme;
 pub use registry::{
-    AcmeState, AcmeTls, BuildError, MetricsExposure, Registry, RegistryBuilder, Running,
+    AcmeState, AcmeTls, BuildError, MetricsExposure, Registry, RegistryBuilder, Running, SiteParts,
 };
 pub use registry_acme;
 pub use registry_proxy;

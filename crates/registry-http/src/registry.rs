@@ -100,9 +100,30 @@ pub enum MetricsExposure {
     Recorded,
 }
 
+/// What routes beside the API are built from (see [`RegistryBuilder::routes`]).
+#[derive(Clone)]
+pub struct SiteParts {
+    /// The API's state: the storage it serves (with the pull-through cache, if any), its
+    /// settings and its guard.
+    pub state: RegistryState,
+    /// The instance's own storage, for maintenance (garbage collection, fsck).
+    pub storage: ObjectRegistry,
+}
+
+/// Builds routes beside the API from an instance's parts.
+#[derive(Clone)]
+struct Routes(Arc<dyn Fn(&SiteParts) -> Router + Send + Sync>);
+
+impl std::fmt::Debug for Routes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Routes")
+    }
+}
+
 /// Builds a [`Registry`]; see the module documentation.
 #[derive(Debug)]
 pub struct RegistryBuilder {
+    routes: Vec<Routes>,
     location: StorageLocation,
     api: ApiConfig,
     guard: GuardSettings,
@@ -120,6 +141,14 @@ pub struct RegistryBuilder {
 }
 
 impl RegistryBuilder {
+    /// Serves the routes `build` makes beside the API (such as the web interface): they
+    /// answer paths outside `/v2/` (and outside `/healthz`, `/metrics`, `/auth/…`), behind
+    /// the request log but not the guard, which they apply themselves.
+    pub fn routes(mut self, build: impl Fn(&SiteParts) -> Router + Send + Sync + 'static) -> Self {
+        self.routes.push(Routes(Arc::new(build)));
+        self
+    }
+
     /// Serves these mirrors of upstream registries beside the instance's own repositories
     /// (a pull-through cache; see [`registry_proxy`]); none by default.
     pub fn mirrors(mut self, mirrors: Vec<MirrorSettings>, options: ProxyOptions) -> Self {
@@ -271,6 +300,13 @@ impl RegistryBuilder {
                 }
             }
         }
+        let parts = SiteParts {
+            state: state.clone(),
+            storage: storage.clone(),
+        };
+        for routes in &self.routes {
+            app = app.merge((routes.0)(&parts));
+        }
         if self.request_log {
             app = app.layer(axum::middleware::from_fn(crate::log::log_requests));
         }
@@ -337,6 +373,7 @@ impl Registry {
     /// A builder for a registry on the storage at `location`.
     pub fn builder(location: StorageLocation) -> RegistryBuilder {
         RegistryBuilder {
+            routes: Vec::new(),
             location,
             api: ApiConfig::default(),
             guard: GuardSettings::default(),

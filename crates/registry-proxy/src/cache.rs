@@ -2,7 +2,7 @@
 //! local storage; the others are answered from the cache, filled from the upstream on a miss.
 
 use std::ops::Range;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -485,6 +485,17 @@ impl ManifestStore for Proxy {
     async fn manifest_delete(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
         let local = self.local_name(repo)?;
         self.inner.manifest_delete(&local, reference).await
+    }
+
+    /// What is stored here (the upstream is not asked): the repository of that name, else
+    /// the cache the name routes to, with its tags as last fetched.
+    async fn tag_times(&self, repo: &RepoName) -> Result<Vec<(Tag, Option<SystemTime>)>> {
+        match (self.inner.tag_times(repo).await, self.route(repo)?) {
+            (Err(Error::NameUnknown(_)), Some(route)) if route.local != *repo => {
+                self.inner.tag_times(&route.local).await
+            }
+            (answer, _) => answer,
+        }
     }
 
     async fn tags(

@@ -8,11 +8,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use registry_core::GcOptions;
 use registry_http::server::{self, Site, Sites};
 use registry_http::{ApiConfig, MetricsExposure, Registry};
+use registry_ui::UiSettings;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -263,6 +264,16 @@ async fn build(settings: &Settings) -> anyhow::Result<Registry> {
         .upload_max_age(settings.upload_max_age)
         .connection(settings.connection.clone())
         .mirrors(settings.mirrors.clone(), Default::default());
+    if let Some(ui) = &settings.ui {
+        let settings = UiSettings {
+            session_key: match &ui.session_key {
+                Some(file) => Some(session_key(file)?),
+                None => None,
+            },
+            session_lifetime: ui.session_lifetime,
+        };
+        builder = builder.routes(move |parts| registry_ui::router(parts, &settings));
+    }
     if let Some(every) = settings.gc.interval {
         builder = builder.collect_garbage(every, gc_options(settings));
     }
@@ -284,6 +295,24 @@ async fn build(settings: &Settings) -> anyhow::Result<Registry> {
         });
     }
     Ok(registry)
+}
+
+/// The web interface's session key in `file`, made (32 random bytes, 0600) when missing.
+fn session_key(file: &Path) -> anyhow::Result<Vec<u8>> {
+    match std::fs::read(file) {
+        Ok(key) if key.len() >= 32 => Ok(key),
+        Ok(_) => bail!(
+            "{}: a session key needs at least 32 bytes (delete the file to have one made)",
+            file.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut key = vec![0u8; 32];
+            getrandom::fill(&mut key).context("no randomness for the session key")?;
+            crate::instance::write_private(file, &key)?;
+            Ok(key)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", file.display())),
+    }
 }
 
 async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {

@@ -178,6 +178,29 @@ pub(crate) struct RawConfig {
     pub access: Vec<RawRule>,
     #[serde(default)]
     pub proxy: Vec<RawProxy>,
+    #[serde(default)]
+    pub ui: RawUi,
+}
+
+/// `[ui]`: the web interface.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUi {
+    pub enabled: Option<bool>,
+    /// The file holding the key that seals sessions (created 0600 when missing).
+    pub session_key: Option<PathBuf>,
+    pub session_lifetime: Option<String>,
+}
+
+/// The file an instance's session key is kept in, in its directory.
+pub(crate) const UI_SESSION_KEY: &str = "ui-session.key";
+
+/// The web interface, when it is on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct UiConfig {
+    /// Where the session key is kept; `None`: a random key per process.
+    pub session_key: Option<PathBuf>,
+    pub session_lifetime: Duration,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -357,6 +380,8 @@ pub(crate) struct Settings {
     pub metrics: MetricsSettings,
     /// Mirrors of upstream registries (`[[proxy]]`).
     pub mirrors: Vec<registry_http::registry_proxy::MirrorSettings>,
+    /// The web interface; `None` when it is off.
+    pub ui: Option<UiConfig>,
 }
 
 impl Settings {
@@ -414,6 +439,10 @@ impl RawConfig {
         }
         for p in &mut self.proxy {
             p.resolve_paths(dir);
+        }
+        fix(&mut self.ui.session_key);
+        if self.ui.session_key.is_none() {
+            self.ui.session_key = Some(dir.join(UI_SESSION_KEY));
         }
         if let Some(url) = &self.storage.url {
             let relative = !url.contains("://") && Path::new(url).is_relative();
@@ -537,7 +566,22 @@ impl RawConfig {
         if mirrors.iter().filter(|m| m.default).count() > 1 {
             bail!("only one [[proxy]] entry can be the default mirror");
         }
+        let ui = if self.ui.enabled.unwrap_or(true) {
+            Some(UiConfig {
+                session_key: self.ui.session_key,
+                session_lifetime: parse_duration(
+                    self.ui.session_lifetime.as_deref().unwrap_or("8h"),
+                )
+                .context("ui.session_lifetime")?,
+            })
+        } else {
+            None
+        };
+        if ui.as_ref().is_some_and(|u| u.session_lifetime.is_zero()) {
+            bail!("ui.session_lifetime must be longer than 0s");
+        }
         Ok(Settings {
+            ui,
             mirrors,
             hostname,
             protected: self.instance.protected.unwrap_or(false),

@@ -109,6 +109,14 @@ const KEYS: &[(&str, &str, &str, Kind, &str)] = &[
         Kind::Bool,
         "Prometheus metrics at /metrics",
     ),
+    ("ui", "ui", "enabled", Kind::Bool, "web interface at /"),
+    (
+        "ui_session_lifetime",
+        "ui",
+        "session_lifetime",
+        Kind::Text,
+        "web sign-in lasts (8h)",
+    ),
     (
         "tls_cert",
         "tls",

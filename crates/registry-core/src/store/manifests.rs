@@ -4,6 +4,7 @@
 //! manifest.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -432,6 +433,24 @@ impl ManifestStore for ObjectRegistry {
             return Err(Error::NameUnknown(repo.to_string()));
         }
         Ok(paginate(&self.all_tags(repo).await?, last, n, Tag::as_str))
+    }
+
+    async fn tag_times(&self, repo: &RepoName) -> Result<Vec<(Tag, Option<SystemTime>)>> {
+        if !self.repo_exists(repo).await? {
+            return Err(Error::NameUnknown(repo.to_string()));
+        }
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&layout::tags_dir(repo)))
+            .await?;
+        let mut tags: Vec<(Tag, Option<SystemTime>)> = (listing.objects.iter())
+            .filter_map(|m| {
+                let tag = m.location.filename()?.parse().ok()?;
+                Some((tag, Some(SystemTime::from(m.last_modified))))
+            })
+            .collect();
+        tags.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(tags)
     }
 }
 

@@ -330,7 +330,11 @@ impl Connecting {
             }
         };
         let activity = Activity::new();
-        let connection = Connection { peer, certificate };
+        let connection = Connection {
+            peer,
+            certificate,
+            tls,
+        };
         let service = {
             let (activity, settings) = (activity.clone(), settings.clone());
             let metrics = metrics.clone();

@@ -1,0 +1,622 @@
+//! End-to-end tests of the web interface over real sockets: pages show what the API holds
+//! (repositories with search and paging, tags, an image's config, layers, platforms and
+//! referrers), text from pushers is escaped, deletion needs the form's CSRF token and then
+//! agrees with the API, and every page enforces the guard as the API does (sign-in with the
+//! htpasswd users, access rules, sessions ended by signing out or forged).
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{bcrypt_user, data, sha256, Server};
+use reqwest::{Client, StatusCode};
+use serde_json::json;
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// A browser without JavaScript: keeps cookies, follows no redirects.
+struct Browser {
+    http: Client,
+    base: String,
+    cookies: BTreeMap<String, String>,
+}
+
+/// A page as the browser got it.
+struct Got {
+    status: StatusCode,
+    location: Option<String>,
+    set_cookies: Vec<String>,
+    headers: reqwest::header::HeaderMap,
+    body: String,
+}
+
+impl Browser {
+    fn new(base: &str) -> Browser {
+        Browser {
+            http: Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            base: base.to_owned(),
+            cookies: BTreeMap::new(),
+        }
+    }
+
+    async fn send(&mut self, rb: reqwest::RequestBuilder) -> Got {
+        let cookie: Vec<String> = self
+            .cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let rb = if cookie.is_empty() {
+            rb
+        } else {
+            rb.header("cookie", cookie.join("; "))
+        };
+        let r = rb.send().await.unwrap();
+        let headers = r.headers().clone();
+        let set_cookies: Vec<String> = headers
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect();
+        for c in &set_cookies {
+            let pair = c.split(';').next().unwrap();
+            let (k, v) = pair.split_once('=').unwrap();
+            if v.is_empty() || c.contains("Max-Age=0") {
+                self.cookies.remove(k);
+            } else {
+                self.cookies.insert(k.to_owned(), v.to_owned());
+            }
+        }
+        Got {
+            status: r.status(),
+            location: headers
+                .get("location")
+                .map(|l| l.to_str().unwrap().to_owned()),
+            set_cookies,
+            headers,
+            body: r.text().await.unwrap(),
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> Got {
+        let url = format!("{}{path}", self.base);
+        self.send(self.http.get(url)).await
+    }
+
+    async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Got {
+        let body: String = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(fields)
+            .finish();
+        let url = format!("{}{path}", self.base);
+        let rb = self
+            .http
+            .post(url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        self.send(rb).await
+    }
+}
+
+/// The value of the hidden `csrf` field of a page's form.
+fn csrf(page: &str) -> String {
+    let at = page
+        .find("name=\"csrf\" value=\"")
+        .expect("a form with a CSRF token");
+    let rest = &page[at + "name=\"csrf\" value=\"".len()..];
+    rest[..rest.find('"').unwrap()].to_owned()
+}
+
+/// Pushes blobs and a manifest with raw HTTP (Basic credentials if given); returns the
+/// manifest's digest.
+async fn push(
+    http: &Client,
+    base: &str,
+    repo: &str,
+    reference: &str,
+    blobs: &[&[u8]],
+    (media_type, manifest): (&str, &serde_json::Value),
+    creds: Option<(&str, &str)>,
+) -> String {
+    let auth = |rb: reqwest::RequestBuilder| match creds {
+        Some((u, p)) => rb.basic_auth(u, Some(p)),
+        None => rb,
+    };
+    for blob in blobs {
+        let d = sha256(blob);
+        let r = auth(http.post(format!("{base}/v2/{repo}/blobs/uploads/?digest={d}")))
+            .body(blob.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED, "blob into {repo}");
+    }
+    let bytes = serde_json::to_vec(manifest).unwrap();
+    let r = auth(http.put(format!("{base}/v2/{repo}/manifests/{reference}")))
+        .header("content-type", media_type)
+        .body(bytes.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "manifest into {repo}");
+    sha256(&bytes)
+}
+
+/// A one-layer image whose config carries `labels`; returns the manifest's digest.
+async fn push_image(
+    http: &Client,
+    base: &str,
+    repo: &str,
+    tag: &str,
+    labels: serde_json::Value,
+    annotations: serde_json::Value,
+    creds: Option<(&str, &str)>,
+) -> String {
+    let layer = data(5000, repo.len() as u64 + tag.len() as u64);
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64", "os": "linux", "created": "2026-11-30T12:00:00Z",
+        "config": {"Env": ["PATH=/usr/bin", "MODE=<b>bold</b>"], "Entrypoint": ["/bin/app"],
+                   "Labels": labels},
+        "history": [{"created": "2026-11-30T12:00:00Z", "created_by": "COPY app /bin/app"}],
+    }))
+    .unwrap();
+    let manifest = json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(&config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": sha256(&layer), "size": layer.len()}],
+        "annotations": annotations,
+    });
+    push(
+        http,
+        base,
+        repo,
+        tag,
+        &[&layer, &config],
+        (OCI_MANIFEST, &manifest),
+        creds,
+    )
+    .await
+}
+
+fn assert_secure_page(got: &Got) {
+    let csp = got.headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert!(!csp.contains("unsafe"), "{csp}");
+    assert_eq!(got.headers["x-frame-options"], "DENY");
+    assert_eq!(got.headers["cache-control"], "no-store");
+    assert!(got.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+}
+
+#[tokio::test]
+async fn pages_show_what_the_api_holds_and_escape_it() {
+    let server = Server::start(&[]);
+    let base = server.url();
+    let http = Client::new();
+    let evil = "<script>alert(1)</script>";
+    let image = push_image(
+        &http,
+        &base,
+        "shop/web",
+        "v1",
+        json!({"org.opencontainers.image.title": evil, "maintainer": "ops@example.com"}),
+        json!({"note": "<img src=x onerror=alert(2)>"}),
+        None,
+    )
+    .await;
+    push_image(&http, &base, "shop/web", "v2", json!({}), json!({}), None).await;
+    // An index of two platforms (children pushed by digest), and a signature of the image.
+    let arm = push_image(
+        &http,
+        &base,
+        "shop/multi",
+        "arm",
+        json!({}),
+        json!({}),
+        None,
+    )
+    .await;
+    let amd = push_image(
+        &http,
+        &base,
+        "shop/multi",
+        "amd",
+        json!({}),
+        json!({}),
+        None,
+    )
+    .await;
+    let index = json!({
+        "schemaVersion": 2, "mediaType": OCI_INDEX,
+        "manifests": [
+            {"mediaType": OCI_MANIFEST, "digest": arm, "size": 500, "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+            {"mediaType": OCI_MANIFEST, "digest": amd, "size": 500, "platform": {"os": "linux", "architecture": "amd64"}},
+        ],
+    });
+    push(
+        &http,
+        &base,
+        "shop/multi",
+        "latest",
+        &[],
+        (OCI_INDEX, &index),
+        None,
+    )
+    .await;
+    let empty = b"{}".to_vec();
+    let signature = json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "artifactType": "application/vnd.dev.cosign.artifact.sig.v1+json",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha256(&empty), "size": 2},
+        "layers": [{"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha256(&empty), "size": 2}],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": image, "size": 1},
+    });
+    let sig = sha256(&serde_json::to_vec(&signature).unwrap());
+    push(
+        &http,
+        &base,
+        "shop/web",
+        &sig,
+        &[&empty],
+        (OCI_MANIFEST, &signature),
+        None,
+    )
+    .await;
+
+    let mut browser = Browser::new(&base);
+    let list = browser.get("/").await;
+    assert_eq!(list.status, StatusCode::OK);
+    assert_secure_page(&list);
+    assert!(list
+        .set_cookies
+        .iter()
+        .any(|c| c.starts_with("registry_ui_browser=")
+            && c.contains("HttpOnly")
+            && c.contains("SameSite=Strict")));
+    assert!(
+        list.body.contains("href=\"/ui/repo/shop/web\""),
+        "{}",
+        list.body
+    );
+    assert!(list.body.contains("href=\"/ui/repo/shop/multi\""));
+    let searched = browser.get("/?q=multi").await;
+    assert!(searched.body.contains("shop/multi"));
+    assert!(!searched.body.contains("shop/web"));
+
+    // The repository: tags with digest and size; the pull command names the host.
+    let repo = browser.get("/ui/repo/shop/web").await;
+    assert_eq!(repo.status, StatusCode::OK);
+    assert!(
+        repo.body.contains("href=\"/ui/image/shop/web:v1\""),
+        "{}",
+        repo.body
+    );
+    assert!(repo.body.contains(&image[7..19]), "short digest of v1");
+    assert!(repo
+        .body
+        .contains(&format!("docker pull {}/shop/web", server.addr)));
+    let multi = browser.get("/ui/repo/shop/multi").await;
+    assert!(
+        multi.body.contains("linux/arm64/v8, linux/amd64"),
+        "{}",
+        multi.body
+    );
+
+    // The image: config, layers, labels and annotations escaped, referrers by type.
+    let page = browser.get("/ui/image/shop/web:v1").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page
+        .body
+        .contains(&format!("docker pull {}/shop/web:v1", server.addr)));
+    assert!(page
+        .body
+        .contains(&format!("docker pull {}/shop/web@{image}", server.addr)));
+    assert!(page.body.contains("/bin/app"));
+    assert!(page.body.contains("COPY app /bin/app"));
+    assert!(page.body.contains("ops@example.com"));
+    assert!(
+        page.body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("&lt;img src=x onerror=alert(2)&gt;"));
+    assert!(page.body.contains("MODE=&lt;b&gt;bold&lt;/b&gt;"));
+    assert!(!page.body.contains(evil) && !page.body.contains("<img src=x"));
+    assert!(page
+        .body
+        .contains("application/vnd.dev.cosign.artifact.sig.v1+json"));
+    assert!(page.body.contains(&format!("/ui/image/shop/web@{sig}")));
+    let index_page = browser.get("/ui/image/shop/multi:latest").await;
+    assert!(index_page.body.contains("linux/arm64/v8"));
+    assert!(index_page
+        .body
+        .contains(&format!("/ui/image/shop/multi@{arm}")));
+    // What does not exist is a 404 page.
+    for missing in [
+        "/ui/repo/shop/none",
+        "/ui/image/shop/web:v9",
+        "/ui/image/Bad:x",
+    ] {
+        assert_eq!(
+            browser.get(missing).await.status,
+            StatusCode::NOT_FOUND,
+            "{missing}"
+        );
+    }
+
+    // Deleting a tag: the confirmation form carries the token; without it nothing happens.
+    let confirm = browser.get("/ui/delete?repo=shop/web&reference=v2").await;
+    assert_eq!(confirm.status, StatusCode::OK);
+    let token = csrf(&confirm.body);
+    let fields = [("repo", "shop/web"), ("reference", "v2")];
+    let refused = browser.post("/ui/delete", &fields).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    let wrong = [("repo", "shop/web"), ("reference", "v2"), ("csrf", "0123")];
+    assert_eq!(
+        browser.post("/ui/delete", &wrong).await.status,
+        StatusCode::FORBIDDEN
+    );
+    let mut stranger = Browser::new(&base);
+    let with_token = [
+        ("repo", "shop/web"),
+        ("reference", "v2"),
+        ("csrf", token.as_str()),
+    ];
+    assert_eq!(
+        stranger.post("/ui/delete", &with_token).await.status,
+        StatusCode::FORBIDDEN,
+        "another browser's token"
+    );
+    let tags = |http: Client| {
+        let base = base.clone();
+        async move {
+            let r = http
+                .get(format!("{base}/v2/shop/web/tags/list"))
+                .send()
+                .await
+                .unwrap();
+            r.json::<serde_json::Value>().await.unwrap()["tags"].clone()
+        }
+    };
+    assert_eq!(tags(http.clone()).await, json!(["v1", "v2"]));
+    let deleted = browser.post("/ui/delete", &with_token).await;
+    assert_eq!(deleted.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        deleted.location.as_deref(),
+        Some("/ui/repo/shop/web?deleted=v2")
+    );
+    let listed = tags(http.clone()).await;
+    assert!(
+        !listed.as_array().unwrap().contains(&json!("v2")),
+        "{listed}"
+    );
+    assert!(listed.as_array().unwrap().contains(&json!("v1")));
+    let after = browser.get("/ui/repo/shop/web?deleted=v2").await;
+    assert!(after.body.contains("Deleted <code>v2</code>"));
+    assert!(!after.body.contains("href=\"/ui/image/shop/web:v2\""));
+}
+
+#[tokio::test]
+async fn repository_list_pages_through_many() {
+    let server = Server::start(&[]);
+    let base = server.url();
+    let http = Client::new();
+    for i in 0..57 {
+        push_image(
+            &http,
+            &base,
+            &format!("many/r{i:02}"),
+            "v1",
+            json!({}),
+            json!({}),
+            None,
+        )
+        .await;
+    }
+    let mut browser = Browser::new(&base);
+    let first = browser.get("/").await;
+    let rows = |body: &str| body.matches("<tr data-name=").count();
+    assert_eq!(rows(&first.body), 50);
+    assert!(
+        first.body.contains("href=\"/?q=&amp;after=many%2Fr49\""),
+        "{}",
+        first.body
+    );
+    let second = browser.get("/?q=&after=many%2Fr49").await;
+    assert_eq!(rows(&second.body), 7);
+    assert!(second.body.contains("many/r56") && !second.body.contains("many/r49<"));
+}
+
+#[tokio::test]
+async fn pages_enforce_the_guard_as_the_api_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = bcrypt_user(dir.path(), "ann", "ann-secret");
+    let bob = bcrypt::hash("bob-secret", 4).unwrap();
+    let mut users = std::fs::read_to_string(&htpasswd).unwrap();
+    users.push_str(&format!("bob:{bob}\n"));
+    std::fs::write(&htpasswd, users).unwrap();
+    let cfg = dir.path().join("registry.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[auth]
+htpasswd = {htpasswd:?}
+
+[[access]]
+users = ["ann"]
+repositories = ["team-a/**"]
+actions = ["pull", "push", "delete"]
+
+[[access]]
+users = ["bob"]
+repositories = ["team-b/**"]
+actions = ["pull", "push"]
+"#
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&["--config", cfg.to_str().unwrap()]);
+    let base = server.url();
+    let http = Client::new();
+    let ann = Some(("ann", "ann-secret"));
+    let bobs = Some(("bob", "bob-secret"));
+    push_image(&http, &base, "team-a/app", "v1", json!({}), json!({}), ann).await;
+    push_image(&http, &base, "team-b/app", "v1", json!({}), json!({}), bobs).await;
+    push_image(&http, &base, "team-b/app", "v2", json!({}), json!({}), bobs).await;
+
+    // Anonymous visitors are sent to sign in, from every page.
+    let mut browser = Browser::new(&base);
+    for path in ["/", "/ui/repo/team-a/app", "/ui/image/team-a/app:v1"] {
+        let got = browser.get(path).await;
+        assert_eq!(got.status, StatusCode::SEE_OTHER, "{path}");
+        assert!(got
+            .location
+            .as_deref()
+            .unwrap()
+            .starts_with("/ui/login?next="));
+    }
+    let form = browser.get("/ui/login?next=/ui/repo/team-a/app").await;
+    assert_eq!(form.status, StatusCode::OK);
+    let token = csrf(&form.body);
+    // No token, a wrong password: no session.
+    let no_token = [("user", "ann"), ("password", "ann-secret")];
+    assert_eq!(
+        browser.post("/ui/login", &no_token).await.status,
+        StatusCode::FORBIDDEN
+    );
+    let wrong = [
+        ("user", "ann"),
+        ("password", "nope"),
+        ("csrf", token.as_str()),
+    ];
+    let failed = browser.post("/ui/login", &wrong).await;
+    assert_eq!(failed.status, StatusCode::UNAUTHORIZED);
+    assert!(failed.body.contains("Wrong name or password"));
+    assert!(!browser.cookies.contains_key("registry_ui_session"));
+    let right = [
+        ("user", "ann"),
+        ("password", "ann-secret"),
+        ("csrf", token.as_str()),
+        ("next", "/ui/repo/team-a/app"),
+    ];
+    let signed_in = browser.post("/ui/login", &right).await;
+    assert_eq!(signed_in.status, StatusCode::SEE_OTHER);
+    assert_eq!(signed_in.location.as_deref(), Some("/ui/repo/team-a/app"));
+    let session = signed_in
+        .set_cookies
+        .iter()
+        .find(|c| c.starts_with("registry_ui_session="))
+        .expect("a session cookie");
+    assert!(
+        session.contains("HttpOnly") && session.contains("SameSite=Strict"),
+        "{session}"
+    );
+    assert!(!session.contains("ann-secret"));
+
+    // Ann sees her repository and may delete in it; team-b is neither listed nor shown.
+    let list = browser.get("/").await;
+    assert!(list.body.contains("Signed in as <strong>ann</strong>"));
+    assert!(
+        list.body.contains("team-a/app") && !list.body.contains("team-b"),
+        "{}",
+        list.body
+    );
+    assert!(browser
+        .get("/ui/repo/team-a/app")
+        .await
+        .body
+        .contains("/ui/delete?"));
+    for path in [
+        "/ui/repo/team-b/app",
+        "/ui/image/team-b/app:v1",
+        "/ui/delete?repo=team-b/app&reference=v1",
+    ] {
+        assert_eq!(
+            browser.get(path).await.status,
+            StatusCode::NOT_FOUND,
+            "{path}"
+        );
+    }
+
+    // Bob may pull team-b but not delete there: no delete link, and the form is refused.
+    let mut bob_browser = Browser::new(&base);
+    let form = bob_browser.get("/ui/login").await;
+    let token = csrf(&form.body);
+    let bob_login = [
+        ("user", "bob"),
+        ("password", "bob-secret"),
+        ("csrf", token.as_str()),
+    ];
+    assert_eq!(
+        bob_browser.post("/ui/login", &bob_login).await.status,
+        StatusCode::SEE_OTHER
+    );
+    let repo = bob_browser.get("/ui/repo/team-b/app").await;
+    assert!(repo.body.contains("v2") && !repo.body.contains("/ui/delete?"));
+    let page = bob_browser.get("/").await;
+    let fields = [
+        ("repo", "team-b/app"),
+        ("reference", "v2"),
+        ("csrf", &csrf(&page.body)),
+    ];
+    assert_eq!(
+        bob_browser.post("/ui/delete", &fields).await.status,
+        StatusCode::FORBIDDEN
+    );
+    let r = http
+        .get(format!("{base}/v2/team-b/app/manifests/v2"))
+        .header("accept", OCI_MANIFEST)
+        .basic_auth("bob", Some("bob-secret"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "still there");
+
+    // A forged session is no session.
+    let mut forger = Browser::new(&base);
+    let value = session
+        .split(';')
+        .next()
+        .unwrap()
+        .split_once('=')
+        .unwrap()
+        .1;
+    let (body, tag) = value.split_once('.').unwrap();
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut claims: serde_json::Value = serde_json::from_slice(&b64.decode(body).unwrap()).unwrap();
+    claims["sub"] = json!("bob");
+    let forged = format!("{}.{tag}", b64.encode(serde_json::to_vec(&claims).unwrap()));
+    forger.cookies.insert("registry_ui_session".into(), forged);
+    assert_eq!(forger.get("/").await.status, StatusCode::SEE_OTHER);
+
+    // Signing out ends the session, even for a copy of its cookie.
+    let stolen = browser.cookies["registry_ui_session"].clone();
+    let page = browser.get("/").await;
+    let out = browser
+        .post("/ui/logout", &[("csrf", &csrf(&page.body))])
+        .await;
+    assert_eq!(out.status, StatusCode::SEE_OTHER);
+    assert!(!browser.cookies.contains_key("registry_ui_session"));
+    assert_eq!(browser.get("/").await.status, StatusCode::SEE_OTHER);
+    let mut thief = Browser::new(&base);
+    thief.cookies.insert("registry_ui_session".into(), stolen);
+    assert_eq!(thief.get("/").await.status, StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn the_interface_can_be_turned_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("registry.toml");
+    std::fs::write(&cfg, "[ui]\nenabled = false\n").unwrap();
+    let server = Server::start(&["--config", cfg.to_str().unwrap()]);
+    let r = Client::new().get(server.url()).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "NOT_FOUND");
+}
