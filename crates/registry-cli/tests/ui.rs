@@ -620,3 +620,96 @@ async fn the_interface_can_be_turned_off() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["errors"][0]["code"], "NOT_FOUND");
 }
+
+/// Where the browser test saves its screenshots: `$REGISTRY_UI_SCREENSHOTS`, else
+/// `ui-screenshots` in the cargo target directory (CI keeps it as an artifact).
+fn screenshot_dir() -> std::path::PathBuf {
+    if let Some(dir) = std::env::var_os("REGISTRY_UI_SCREENSHOTS") {
+        return dir.into();
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    target.join("ui-screenshots")
+}
+
+/// A person in a real browser (chromium, driven by Selenium from Python): signs in, finds an
+/// image, reads it, copies its pull command, deletes an old tag; pushed markup never runs, a
+/// form without its token is refused, another user sees nothing of it. See
+/// `tests/clients/ui_browser.py`.
+#[tokio::test]
+async fn a_browser_signs_in_finds_an_image_and_deletes_a_tag() {
+    let chromium = common::require_tool("chromium");
+    let chromedriver = common::require_tool("chromedriver");
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = bcrypt_user(dir.path(), "ann", "ann-secret");
+    let bob = bcrypt::hash("bob-secret", 4).unwrap();
+    let mut users = std::fs::read_to_string(&htpasswd).unwrap();
+    users.push_str(&format!("bob:{bob}\n"));
+    std::fs::write(&htpasswd, users).unwrap();
+    let cfg = dir.path().join("registry.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[auth]\nhtpasswd = {htpasswd:?}\n\n[[access]]\nusers = [\"ann\"]\nrepositories = [\"team-a/**\"]\nactions = [\"pull\", \"push\", \"delete\"]\n\n[[access]]\nusers = [\"bob\"]\nrepositories = [\"team-b/**\"]\nactions = [\"pull\", \"push\"]\n"
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&["--config", cfg.to_str().unwrap()]);
+    let base = server.url();
+    let http = Client::new();
+    let ann = Some(("ann", "ann-secret"));
+    let evil_label = json!({"org.opencontainers.image.description": "<script>window.__xss = 'label'</script>",
+                            "org.opencontainers.image.vendor": "Example Ltd"});
+    let evil_note = json!({"note": "<img src=x onerror=\"window.__xss = 'annotation'\">"});
+    push_image(&http, &base, "team-a/web", "v1", evil_label, evil_note, ann).await;
+    push_image(&http, &base, "team-a/web", "old", json!({}), json!({}), ann).await;
+    push_image(
+        &http,
+        &base,
+        "team-a/tools",
+        "v1",
+        json!({}),
+        json!({}),
+        ann,
+    )
+    .await;
+    let bobs = Some(("bob", "bob-secret"));
+    push_image(&http, &base, "team-b/app", "v1", json!({}), json!({}), bobs).await;
+
+    let shots = screenshot_dir();
+    let script = std::process::Command::new(common::python())
+        .arg(common::client_script("ui_browser.py"))
+        .arg(&base)
+        .arg(&shots)
+        .env("CHROMIUM", &chromium)
+        .env("CHROMEDRIVER", &chromedriver)
+        .env("SE_OFFLINE", "true")
+        .output();
+    let out = tokio::task::spawn_blocking(move || script.unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the browser test failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("done"), "{stdout}");
+    // The API agrees with what the browser did.
+    let r = http
+        .get(format!("{base}/v2/team-a/web/tags/list"))
+        .basic_auth("ann", Some("ann-secret"))
+        .send()
+        .await
+        .unwrap();
+    let tags: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(tags["tags"], json!(["v1"]));
+    for page in ["sign-in", "repositories", "repository", "image", "delete"] {
+        for theme in ["light", "dark"] {
+            let shot = shots.join(format!("{page}-{theme}.png"));
+            let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
+            assert!(size > 1000, "{} missing or empty", shot.display());
+        }
+    }
+}

@@ -441,7 +441,7 @@ pub(crate) async fn repository(State(ui): State<Arc<Ui>>, request: Request) -> R
         nav aria-label="Breadcrumb" { a href="/" { "Repositories" } " / " }
         h1 { (repo) }
         @if let Some(d) = deleted { p.notice role="status" { "Deleted " code { (d) } "." } }
-        p.muted { (total) " tags" }
+        p.muted { (total) @if total == 1 { " tag" } @else { " tags" } }
         div.command {
             pre #pull-repo { "docker pull " (visitor.host) "/" (repo) }
             button type="button" data-copy="pull-repo" hidden { "Copy" }
