@@ -46,7 +46,7 @@ if ! "$venv/bin/python" -c 'import requests, oras, selenium' >/dev/null 2>&1; th
   fi
   rm -rf "$venv"
   python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check requests==2.34.2 oras==0.2.43 selenium==4.40.0
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check requests==2.34.2 oras==0.2.43 selenium==4.51.0
 fi
 "$venv/bin/python" -c 'import requests, oras, selenium' || { echo "install-test-deps: the Python clients still missing in $venv" >&2; exit 1; }
 
