@@ -44,6 +44,9 @@ impl Sizes {
     fn repositories(&self) -> usize {
         self.count(1000)
     }
+    fn ui_repositories(&self) -> usize {
+        self.count(10_000)
+    }
 }
 
 /// The workloads, in the order they run.
@@ -71,6 +74,10 @@ pub enum Workload {
     TagsList,
     /// Catalog of 1 000 repositories (`n=1000`), concurrency 8.
     Catalog,
+    /// The web interface's repository list with 10 000 repositories: the first page, a
+    /// search for the last one, and a page in the middle, one request at a time (render time). Not in the
+    /// default set (Distribution has no web interface).
+    UiRepositories,
 }
 
 impl Workload {
@@ -115,6 +122,7 @@ impl Workload {
             Workload::BlobHead => "blob-head",
             Workload::TagsList => "tags-list",
             Workload::Catalog => "catalog",
+            Workload::UiRepositories => "ui-repositories",
         }
     }
 }
@@ -436,6 +444,24 @@ pub async fn prepare(t: &mut Target, sizes: Sizes, workloads: &[Workload]) -> Re
         .try_collect::<Vec<()>>()
         .await?;
     }
+    if workloads.contains(&Workload::UiRepositories) {
+        let n = sizes.ui_repositories();
+        let t = &*t;
+        let first = &blobs[0];
+        futures::stream::iter((0..n).map(|i| {
+            let m = m.clone();
+            let config = config.clone();
+            async move {
+                let repo = format!("bench/ui/repo-{i:05}");
+                t.push_blob(&repo, &config).await?;
+                t.push_blob(&repo, first).await?;
+                t.put_manifest(&repo, "latest", m).await
+            }
+        }))
+        .buffer_unordered(8)
+        .try_collect::<Vec<()>>()
+        .await?;
+    }
     t.prepared = Some(Prepared { blobs, big, config });
     Ok(())
 }
@@ -663,6 +689,27 @@ pub async fn run(t: &Target, w: Workload, round: usize, sizes: Sizes) -> Result<
                     )
                     .await?;
                 drain(r).await.map(|_| 0)
+            })
+            .await?
+        }
+        Workload::UiRepositories => {
+            let n = sizes.ui_repositories();
+            let middle = format!("bench/ui/repo-{:05}", n / 2);
+            let pages = [
+                "/".to_owned(),
+                format!("/?q=repo-{:05}", n - 1),
+                format!("/?after={}", middle.replace('/', "%2F")),
+            ];
+            let pages = &pages;
+            closed_loop(sizes.count(300), 1, |i| async move {
+                let r = t
+                    .send(Method::GET, &pages[i % pages.len()], None, StatusCode::OK)
+                    .await?;
+                let body = r.text().await?;
+                if !body.contains("bench/ui/repo-") {
+                    bail!("{}: no repository listed", pages[i % pages.len()]);
+                }
+                Ok(body.len() as u64)
             })
             .await?
         }

@@ -713,3 +713,141 @@ async fn a_browser_signs_in_finds_an_image_and_deletes_a_tag() {
         }
     }
 }
+
+/// Administrators see the last collection and fsck and storage per repository, and start a
+/// collection; nobody else sees the page.
+#[tokio::test]
+async fn administrators_see_usage_and_start_a_collection() {
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = bcrypt_user(dir.path(), "ann", "ann-secret");
+    let bob = bcrypt::hash("bob-secret", 4).unwrap();
+    let mut users = std::fs::read_to_string(&htpasswd).unwrap();
+    users.push_str(&format!("bob:{bob}\n"));
+    std::fs::write(&htpasswd, users).unwrap();
+    let cfg = dir.path().join("registry.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[auth]\nhtpasswd = {htpasswd:?}\n\n[ui]\nadmins = [\"ann\"]\n\n[gc]\ngrace = \"0s\"\n\n[[access]]\nusers = [\"ann\", \"bob\"]\nrepositories = [\"**\"]\nactions = [\"pull\", \"push\", \"delete\"]\n"
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&["--config", cfg.to_str().unwrap()]);
+    let base = server.url();
+    let http = Client::new();
+    let ann = Some(("ann", "ann-secret"));
+    push_image(&http, &base, "big/app", "v1", json!({}), json!({}), ann).await;
+    push_image(&http, &base, "small/app", "v1", json!({}), json!({}), ann).await;
+    // A deleted image: the collection deletes its links, and its config.
+    let gone = push_image(
+        &http,
+        &base,
+        "big/app",
+        "gone",
+        json!({"x": "y"}),
+        json!({}),
+        ann,
+    )
+    .await;
+    let r = http
+        .delete(format!("{base}/v2/big/app/manifests/{gone}"))
+        .basic_auth("ann", Some("ann-secret"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+
+    async fn signed_in(base: &str, user: &str, password: &str) -> Browser {
+        let mut b = Browser::new(base);
+        let form = b.get("/ui/login").await;
+        let token = csrf(&form.body);
+        let fields = [
+            ("user", user),
+            ("password", password),
+            ("csrf", token.as_str()),
+        ];
+        assert_eq!(
+            b.post("/ui/login", &fields).await.status,
+            StatusCode::SEE_OTHER
+        );
+        b
+    }
+    let mut bob_browser = signed_in(&base, "bob", "bob-secret").await;
+    assert!(!bob_browser.get("/").await.body.contains("/ui/admin"));
+    assert_eq!(
+        bob_browser.get("/ui/admin").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let page = bob_browser.get("/").await;
+    let fields = [("csrf", csrf(&page.body))];
+    let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_eq!(
+        bob_browser.post("/ui/admin/gc", &fields).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let mut anonymous = Browser::new(&base);
+    assert_eq!(
+        anonymous.get("/ui/admin").await.status,
+        StatusCode::SEE_OTHER
+    );
+
+    let mut admin = signed_in(&base, "ann", "ann-secret").await;
+    let page = admin.get("/ui/admin").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        page.body.contains("No collection has run yet"),
+        "{}",
+        page.body
+    );
+    let token = csrf(&page.body);
+    assert_eq!(
+        admin.post("/ui/admin/gc", &[]).await.status,
+        StatusCode::FORBIDDEN
+    );
+    let started = admin
+        .post("/ui/admin/gc", &[("csrf", token.as_str())])
+        .await;
+    assert_eq!(started.status, StatusCode::SEE_OTHER);
+    assert_eq!(started.location.as_deref(), Some("/ui/admin?started=1"));
+    // The collection waits for nodes to see its lease (5 s), then runs.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let page = loop {
+        let page = admin.get("/ui/admin").await;
+        if page.body.contains("Last run") && !page.body.contains("A collection is running") {
+            break page;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", page.body);
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    // (Its layer is small/app:v1's too, and stays.)
+    assert!(
+        page.body.contains("2 blob links, 1 blob (249 B)"),
+        "{}",
+        page.body
+    );
+    assert!(page
+        .body
+        .contains("<a href=\"/ui/repo/big/app\">big/app</a>"));
+    assert!(page
+        .body
+        .contains("<a href=\"/ui/repo/small/app\">small/app</a>"));
+    assert!(page.body.contains("No check has run yet"));
+
+    // fsck's report shows too.
+    let home = tempfile::tempdir().unwrap();
+    let storage = server.data().display().to_string();
+    let out = common::cli::registry(home.path(), &["fsck", "--storage", &storage], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = admin.get("/ui/admin").await;
+    assert!(page.body.contains("Consistency check"), "{}", page.body);
+    assert!(!page.body.contains("No check has run yet"), "{}", page.body);
+    assert!(
+        page.body.contains("<dd>0</dd>"),
+        "no problems: {}",
+        page.body
+    );
+}

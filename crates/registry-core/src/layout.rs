@@ -257,6 +257,16 @@ pub fn upload_part(id: &str, offset: u64, nonce: &str) -> Path {
     upload_dir(id).join(format!("part-{offset:020}-{nonce}"))
 }
 
+/// What the last garbage collection found (see `store::reports`).
+pub fn gc_report() -> Path {
+    Path::from("reports/gc.json")
+}
+
+/// What the last fsck found.
+pub fn fsck_report() -> Path {
+    Path::from("reports/fsck.json")
+}
+
 /// The lease of a running garbage collection.
 pub fn gc_lease() -> Path {
     Path::from("gc/lease")

@@ -39,8 +39,8 @@ pub use storage::{
     ReferrerStore, Storage, UploadStatus, UploadStore,
 };
 pub use store::{
-    Deletion, FsckSummary, GcOptions, GcSummary, ObjectRegistry, Problem, StoreOptions,
-    MAX_CACHE_TTL,
+    Deletion, FsckReport, FsckSummary, GcOptions, GcReport, GcSummary, ObjectRegistry, Problem,
+    RepoUsage, StoreOptions, MAX_CACHE_TTL, REPORT_PROBLEMS,
 };
 
 #[cfg(any(test, feature = "testsuite"))]

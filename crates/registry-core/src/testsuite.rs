@@ -1707,6 +1707,8 @@ async fn gc_deletes_only_garbage(s: ObjectRegistry) {
     // Objects must be older than the cutoff's second.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     // Untagged revisions are roots: only the orphan blob goes.
+    let before = s.last_gc().await.unwrap();
+    assert!(before.is_some(), "the first collection's report");
     let mut gone = Vec::new();
     let dry = s
         .gc(&now(false, true), |d| gone.push(d.path.clone()))
@@ -1717,8 +1719,23 @@ async fn gc_deletes_only_garbage(s: ObjectRegistry) {
         s.blob_size(&r, &dorphan).await.is_ok(),
         "a dry run deletes nothing"
     );
+    assert_eq!(
+        s.last_gc().await.unwrap(),
+        before,
+        "a dry run stores no report"
+    );
     let first = s.gc(&now(false, false), |_| {}).await.unwrap();
     assert_eq!((first.manifests, first.links, first.blobs), (0, 1, 1));
+    // The report: what it deleted, and what each repository's kept manifests reference.
+    let report = s.last_gc().await.unwrap().expect("a report");
+    assert_eq!(report.summary, first);
+    assert_eq!(report.error, None);
+    let usage = report.usage.iter().find(|u| u.repository == "gc/app");
+    assert!(
+        usage.is_some_and(|u| u.bytes >= 3000 + 3100 + 3200 && u.manifests >= 2),
+        "{:?}",
+        report.usage
+    );
     assert!(matches!(
         s.blob_size(&r, &dorphan).await,
         Err(Error::BlobUnknown(_))

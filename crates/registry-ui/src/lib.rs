@@ -15,11 +15,13 @@
 
 #![warn(missing_docs)]
 
+mod admin;
 mod assets;
 mod pages;
 pub mod session;
 
 use std::net::IpAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,7 +32,7 @@ use axum::routing::get;
 use axum::Router;
 use maud::Markup;
 use registry_auth::{Action, Guard, Identity, Refusal};
-use registry_core::Storage;
+use registry_core::{GcOptions, ObjectRegistry, Storage};
 use registry_http::guard::{admitted, Connection};
 use registry_http::SiteParts;
 
@@ -45,6 +47,12 @@ pub struct UiSettings {
     pub session_key: Option<Vec<u8>>,
     /// How long a session lasts after signing in.
     pub session_lifetime: Duration,
+    /// Who administers the instance (user, certificate or token names): they see storage
+    /// usage and the last collection and fsck, and may start a collection. Without a guard,
+    /// every visitor may.
+    pub admins: Vec<String>,
+    /// How a collection started from the interface runs.
+    pub gc: GcOptions,
 }
 
 impl Default for UiSettings {
@@ -52,6 +60,8 @@ impl Default for UiSettings {
         UiSettings {
             session_key: None,
             session_lifetime: Duration::from_secs(8 * 3600),
+            admins: Vec::new(),
+            gc: GcOptions::default(),
         }
     }
 }
@@ -59,9 +69,15 @@ impl Default for UiSettings {
 /// The web interface of one instance.
 pub struct Ui {
     storage: Arc<dyn Storage>,
+    /// The instance's own storage, for its maintenance reports and collections.
+    own: ObjectRegistry,
     guard: Option<Arc<Guard>>,
     delete_enabled: bool,
     sessions: Sessions,
+    admins: Vec<String>,
+    gc: GcOptions,
+    /// Whether a collection started here is running.
+    collecting: Arc<AtomicBool>,
 }
 
 /// The web interface's routes for an instance built from `parts` (pass it to
@@ -77,9 +93,13 @@ pub fn router(parts: &SiteParts, settings: &UiSettings) -> Router {
     };
     let ui = Arc::new(Ui {
         storage: parts.state.storage.clone(),
+        own: parts.storage.clone(),
         guard: parts.state.guard.clone(),
         delete_enabled: parts.state.config.delete_enabled,
         sessions: Sessions::new(&key, settings.session_lifetime),
+        admins: settings.admins.clone(),
+        gc: settings.gc.clone(),
+        collecting: Arc::new(AtomicBool::new(false)),
     });
     Router::new()
         .route("/", get(pages::repositories))
@@ -89,6 +109,8 @@ pub fn router(parts: &SiteParts, settings: &UiSettings) -> Router {
         .route("/ui/login", get(pages::login_form).post(pages::login))
         .route("/ui/logout", axum::routing::post(pages::logout))
         .route("/ui/delete", get(pages::delete_form).post(pages::delete))
+        .route("/ui/admin", get(admin::page))
+        .route("/ui/admin/gc", axum::routing::post(admin::collect))
         .route("/ui/assets/{file}", get(assets::serve))
         .with_state(ui)
 }
@@ -122,6 +144,15 @@ impl Visitor {
         self.guard
             .as_ref()
             .is_none_or(|g| g.may_list(&self.identity))
+    }
+
+    /// Whether they administer the instance (everyone, without a guard).
+    pub(crate) fn is_admin(&self, admins: &[String]) -> bool {
+        match (&self.guard, &self.identity) {
+            (None, _) => true,
+            (Some(_), Identity::Anonymous) => false,
+            (Some(_), identity) => admins.iter().any(|a| a == identity.subject()),
+        }
     }
 
     /// Whether signing in is possible here (a guard that takes passwords).

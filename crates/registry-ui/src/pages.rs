@@ -38,7 +38,7 @@ fn query(request: &Request) -> Query {
 }
 
 /// The page shell: header with the visitor and sign-in or sign-out, then `body`.
-fn layout(title: &str, visitor: &Visitor, ui: &Ui, body: Markup) -> Markup {
+pub(crate) fn layout(title: &str, visitor: &Visitor, ui: &Ui, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -55,6 +55,9 @@ fn layout(title: &str, visitor: &Visitor, ui: &Ui, body: Markup) -> Markup {
                     a.brand href="/" { "registry" }
                     span.muted { (visitor.host) }
                     nav aria-label="Account" {
+                        @if visitor.is_admin(&ui.admins) {
+                            a href="/ui/admin" { "Administration" }
+                        }
                         @if let Some(name) = visitor.name() {
                             span { "Signed in as " strong { (name) } }
                             @if visitor.session.is_some() {
@@ -94,11 +97,17 @@ pub(crate) fn message(title: &str, text: &str, visitor: &Visitor) -> Markup {
 }
 
 impl Ui {
-    fn show(&self, visitor: &Visitor, title: &str, body: Markup) -> Response {
+    pub(crate) fn show(&self, visitor: &Visitor, title: &str, body: Markup) -> Response {
         page(visitor, StatusCode::OK, layout(title, visitor, self, body))
     }
 
-    fn fail(&self, visitor: &Visitor, status: StatusCode, title: &str, text: &str) -> Response {
+    pub(crate) fn fail(
+        &self,
+        visitor: &Visitor,
+        status: StatusCode,
+        title: &str,
+        text: &str,
+    ) -> Response {
         page(
             visitor,
             status,
@@ -117,7 +126,7 @@ impl Ui {
 
     /// What a visitor who may not see something gets: anonymous visitors are sent to sign in
     /// (when they can), others are told it is not there (as if it did not exist).
-    fn not_visible(&self, visitor: &Visitor, next: &str) -> Response {
+    pub(crate) fn not_visible(&self, visitor: &Visitor, next: &str) -> Response {
         if visitor.identity == Identity::Anonymous && visitor.can_sign_in() {
             return see_other(&format!("/ui/login?next={}", encode(next)));
         }
@@ -130,7 +139,7 @@ impl Ui {
     }
 
     /// A storage failure as a page (its details go to the log, not the visitor).
-    fn storage_failed(&self, visitor: &Visitor, e: &Error) -> Response {
+    pub(crate) fn storage_failed(&self, visitor: &Visitor, e: &Error) -> Response {
         match e {
             Error::NameUnknown(_) | Error::ManifestUnknown(_) | Error::BlobUnknown(_) => self.fail(
                 visitor,
@@ -155,7 +164,7 @@ impl Ui {
 }
 
 /// A 303 to `location` (a path of this site).
-fn see_other(location: &str) -> Response {
+pub(crate) fn see_other(location: &str) -> Response {
     let mut response = StatusCode::SEE_OTHER.into_response();
     if let Ok(v) = HeaderValue::from_str(location) {
         response.headers_mut().insert(header::LOCATION, v);
@@ -164,12 +173,23 @@ fn see_other(location: &str) -> Response {
     response
 }
 
-fn encode(text: &str) -> String {
+pub(crate) fn encode(text: &str) -> String {
     form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
+/// `n` things, in the singular for one.
+pub(crate) fn count(n: impl Into<u64>, thing: &str) -> String {
+    let n = n.into();
+    let plural = match thing.strip_suffix('y') {
+        Some(stem) if n != 1 => format!("{stem}ies"),
+        _ if n != 1 => format!("{thing}s"),
+        _ => thing.to_owned(),
+    };
+    format!("{n} {plural}")
+}
+
 /// A size in bytes for people.
-fn size(bytes: u64) -> String {
+pub(crate) fn size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;
     let mut unit = 0;
@@ -185,7 +205,7 @@ fn size(bytes: u64) -> String {
 }
 
 /// A time for people, in UTC.
-fn when(t: SystemTime) -> String {
+pub(crate) fn when(t: SystemTime) -> String {
     let t = time::OffsetDateTime::from(t);
     format!(
         "{:04}-{:02}-{:02} {:02}:{:02} UTC",
@@ -441,7 +461,7 @@ pub(crate) async fn repository(State(ui): State<Arc<Ui>>, request: Request) -> R
         nav aria-label="Breadcrumb" { a href="/" { "Repositories" } " / " }
         h1 { (repo) }
         @if let Some(d) = deleted { p.notice role="status" { "Deleted " code { (d) } "." } }
-        p.muted { (total) @if total == 1 { " tag" } @else { " tags" } }
+        p.muted { (count(total as u64, "tag")) }
         div.command {
             pre #pull-repo { "docker pull " (visitor.host) "/" (repo) }
             button type="button" data-copy="pull-repo" hidden { "Copy" }
@@ -852,7 +872,7 @@ pub(crate) async fn delete_form(State(ui): State<Arc<Ui>>, request: Request) -> 
 }
 
 /// Reads a form body (at most [`MAX_FORM`] bytes).
-async fn form(request: Request) -> Option<Query> {
+pub(crate) async fn form(request: Request) -> Option<Query> {
     let body = axum::body::to_bytes(request.into_body(), MAX_FORM)
         .await
         .ok()?;
@@ -893,7 +913,7 @@ pub(crate) async fn delete(State(ui): State<Arc<Ui>>, request: Request) -> Respo
     }
 }
 
-fn csrf_refused(ui: &Ui, visitor: &Visitor) -> Response {
+pub(crate) fn csrf_refused(ui: &Ui, visitor: &Visitor) -> Response {
     ui.fail(
         visitor,
         StatusCode::FORBIDDEN,
@@ -1094,5 +1114,8 @@ mod tests {
         assert_eq!(summarize("", &artifact).kind, "artifact");
         assert_eq!(size(1536), "1.5 KiB");
         assert_eq!(size(12), "12 B");
+        assert_eq!(count(1u64, "blob"), "1 blob");
+        assert_eq!(count(0u64, "blob link"), "0 blob links");
+        assert_eq!(count(2u64, "repository"), "2 repositories");
     }
 }

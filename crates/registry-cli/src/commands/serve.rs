@@ -271,6 +271,8 @@ async fn build(settings: &Settings) -> anyhow::Result<Registry> {
                 None => None,
             },
             session_lifetime: ui.session_lifetime,
+            admins: ui.admins.clone(),
+            gc: gc_options(settings),
         };
         builder = builder.routes(move |parts| registry_ui::router(parts, &settings));
     }

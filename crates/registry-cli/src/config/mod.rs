@@ -190,6 +190,7 @@ pub(crate) struct RawUi {
     /// The file holding the key that seals sessions (created 0600 when missing).
     pub session_key: Option<PathBuf>,
     pub session_lifetime: Option<String>,
+    pub admins: Option<Vec<String>>,
 }
 
 /// The file an instance's session key is kept in, in its directory.
@@ -201,6 +202,8 @@ pub(crate) struct UiConfig {
     /// Where the session key is kept; `None`: a random key per process.
     pub session_key: Option<PathBuf>,
     pub session_lifetime: Duration,
+    /// Who may see usage and start collections (names as the guard knows them).
+    pub admins: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -573,6 +576,7 @@ impl RawConfig {
                     self.ui.session_lifetime.as_deref().unwrap_or("8h"),
                 )
                 .context("ui.session_lifetime")?,
+                admins: self.ui.admins.unwrap_or_default(),
             })
         } else {
             None

@@ -111,6 +111,13 @@ const KEYS: &[(&str, &str, &str, Kind, &str)] = &[
     ),
     ("ui", "ui", "enabled", Kind::Bool, "web interface at /"),
     (
+        "ui_admins",
+        "ui",
+        "admins",
+        Kind::List,
+        "who sees usage and starts gc in the web interface",
+    ),
+    (
         "ui_session_lifetime",
         "ui",
         "session_lifetime",

@@ -108,7 +108,8 @@ impl std::fmt::Display for Problem {
 }
 
 /// What [`ObjectRegistry::fsck`] looked at and did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct FsckSummary {
     /// Blobs re-hashed.
     pub blobs: u64,
@@ -179,7 +180,37 @@ pub(super) fn link_digest(path: &Path) -> Option<Digest> {
 impl ObjectRegistry {
     /// Verifies the whole store, calling `report` for each problem; with `repair`, fixes what
     /// it can (see the module documentation).
+    /// The run's report is stored for every node to read (see `store::reports`).
     pub async fn fsck(
+        &self,
+        repair: bool,
+        mut report: impl FnMut(&Problem),
+    ) -> Result<FsckSummary> {
+        let started = super::reports::unix_seconds();
+        let mut problems = Vec::new();
+        let result = self
+            .check_everything(repair, |p| {
+                if problems.len() < super::reports::REPORT_PROBLEMS {
+                    problems.push(p.to_string());
+                }
+                report(p);
+            })
+            .await;
+        let stored = super::reports::FsckReport {
+            started,
+            finished: super::reports::unix_seconds(),
+            repair,
+            summary: result.as_ref().cloned().unwrap_or_default(),
+            problems,
+            error: result.as_ref().err().map(ToString::to_string),
+        };
+        if let Err(e) = self.write_fsck_report(&stored).await {
+            tracing::warn!(error = %e, "cannot store the fsck report");
+        }
+        result
+    }
+
+    async fn check_everything(
         &self,
         repair: bool,
         mut report: impl FnMut(&Problem),

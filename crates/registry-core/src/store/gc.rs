@@ -60,6 +60,7 @@ use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
+use super::reports::{GcReport, RepoUsage};
 use super::ObjectRegistry;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -135,7 +136,8 @@ pub struct Deletion {
 }
 
 /// What a collection did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct GcSummary {
     /// Manifest revisions deleted.
     pub manifests: u64,
@@ -290,6 +292,9 @@ impl ObjectRegistry {
         if !options.dry_run {
             self.write_lease(&owner).await?;
         }
+        let started = super::reports::unix_seconds();
+        let mut measured = Vec::new();
+        let usage = &mut measured;
         let result = async {
             // The storage's own clock (unix microseconds): object times are compared with it.
             // (S3 gives the lease's time in whole seconds and listings in milliseconds: the
@@ -311,6 +316,14 @@ impl ObjectRegistry {
             };
             let mut summary = GcSummary::default();
             let live = self.mark(options, now, cutoff).await?;
+            *usage = (live.iter())
+                .map(|(repo, kept)| RepoUsage {
+                    repository: repo.to_string(),
+                    bytes: kept.sizes.values().sum(),
+                    blobs: kept.sizes.len() as u64,
+                    manifests: kept.manifests.len() as u64,
+                })
+                .collect();
             if renew() {
                 self.write_lease(&owner).await?;
             }
@@ -426,6 +439,16 @@ impl ObjectRegistry {
         }
         .await;
         if !options.dry_run {
+            let report = GcReport {
+                started,
+                finished: super::reports::unix_seconds(),
+                summary: result.as_ref().cloned().unwrap_or_default(),
+                error: result.as_ref().err().map(ToString::to_string),
+                usage: measured,
+            };
+            if let Err(e) = self.write_gc_report(report).await {
+                tracing::warn!(error = %e, "cannot store the collection's report");
+            }
             // Only our own lease.
             if let Ok(Some(lease)) = self.get_json::<Lease>(&lease_path).await {
                 if lease.owner == owner {
@@ -434,6 +457,17 @@ impl ObjectRegistry {
             }
         }
         result
+    }
+
+    /// Whether a collection (on any node) holds a live lease now.
+    pub async fn gc_running(&self) -> Result<bool> {
+        Ok(match self.get_json::<Lease>(&layout::gc_lease()).await {
+            Ok(Some(lease)) => lease.expires > unix_now(),
+            Ok(None) => false,
+            // A torn lease: as the writers see it, live until rewritten or removed.
+            Err(Error::Corrupt { .. }) => true,
+            Err(e) => return Err(e),
+        })
     }
 
     /// Writes (or renews) this collection's lease.

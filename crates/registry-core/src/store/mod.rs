@@ -13,6 +13,7 @@ mod fsck;
 mod gc;
 mod manifests;
 mod placed;
+mod reports;
 mod uploads;
 
 use std::collections::{HashMap, HashSet};
@@ -29,6 +30,7 @@ use serde::Serialize;
 pub use cache::MAX_TTL as MAX_CACHE_TTL;
 pub use fsck::{FsckSummary, Problem};
 pub use gc::{Deletion, GcOptions, GcSummary};
+pub use reports::{FsckReport, GcReport, RepoUsage, REPORT_PROBLEMS};
 
 use crate::error::{Error, Result};
 use crate::layout;
