@@ -207,13 +207,10 @@ fn location(r: &reqwest::Response, base: &str) -> String {
     }
 }
 
-/// Goes from /auth/login to the provider's sign-in form; returns the form's URL.
-async fn to_sign_in_form(b: &reqwest::Client, s: &Setup) -> String {
-    let r = b
-        .get(format!("{}/auth/login", s.origin))
-        .send()
-        .await
-        .unwrap();
+/// Goes from `start` (`/auth/login`, or `/auth/login?to=ui`) to the provider's sign-in form;
+/// returns the form's URL.
+async fn to_sign_in_form(b: &reqwest::Client, s: &Setup, start: &str) -> String {
+    let r = b.get(format!("{}{start}", s.origin)).send().await.unwrap();
     assert_eq!(r.status(), 302);
     let authorize = location(&r, &s.origin);
     assert!(authorize.starts_with(&format!("{}/auth?", s.provider.url)));
@@ -239,7 +236,18 @@ async fn to_sign_in_form(b: &reqwest::Client, s: &Setup) -> String {
 /// Posts the sign-in form and follows the provider back to the registry's callback; returns
 /// the callback URL.
 async fn sign_in_at_provider(b: &reqwest::Client, s: &Setup, user: &str, password: &str) -> String {
-    let form = to_sign_in_form(b, s).await;
+    sign_in_from(b, s, "/auth/login", user, password).await
+}
+
+/// [`sign_in_at_provider`], starting at `start`.
+async fn sign_in_from(
+    b: &reqwest::Client,
+    s: &Setup,
+    start: &str,
+    user: &str,
+    password: &str,
+) -> String {
+    let form = to_sign_in_form(b, s, start).await;
     let r = b
         .post(&form)
         .form(&[("login", user), ("password", password)])
@@ -258,6 +266,11 @@ async fn sign_in_at_provider(b: &reqwest::Client, s: &Setup, user: &str, passwor
         "{next}"
     );
     next
+}
+
+/// The page at `url`.
+async fn text(b: &reqwest::Client, url: String) -> String {
+    b.get(url).send().await.unwrap().text().await.unwrap()
 }
 
 /// The whole flow; the callback's status and page.
@@ -361,14 +374,7 @@ async fn people_sign_in_and_use_their_token_with_their_groups_rights() {
     .unwrap();
 
     // The token page: list, make another, revoke (with the session's CSRF field only).
-    let tokens = b
-        .get(format!("{}/auth/tokens", s.origin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let tokens = text(&b, format!("{}/auth/tokens", s.origin)).await;
     assert!(tokens.contains(&name), "{tokens}");
     let csrf = tokens
         .split("name=\"csrf\" value=\"")
@@ -439,6 +445,45 @@ async fn people_sign_in_and_use_their_token_with_their_groups_rights() {
     assert!(!listed.contains(&format!("{name}\t")));
 }
 
+/// People sign in to the web interface with the provider too: a session there with their
+/// groups' rights, and no personal access token made for it.
+#[tokio::test]
+async fn people_sign_in_to_the_web_interface() {
+    let s = tokio::task::spawn_blocking(Setup::new).await.unwrap();
+    let b = s.browser();
+    let login = b
+        .get(format!("{}/ui/login", s.origin))
+        .send()
+        .await
+        .unwrap();
+    let login = login.text().await.unwrap();
+    assert!(login.contains("href=\"/auth/login?to=ui\""), "{login}");
+    let callback = sign_in_from(&b, &s, "/auth/login?to=ui", "ann", "ann-pw").await;
+    let r = b.get(&callback).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/");
+    let session = (r.headers().get_all("set-cookie").iter())
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|c| c.starts_with("registry_ui_session="))
+        .expect("a web session");
+    for attribute in ["HttpOnly", "SameSite=Strict", "Secure"] {
+        assert!(session.contains(attribute), "{session}");
+    }
+    let page = b.get(format!("{}/", s.origin)).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let page = page.text().await.unwrap();
+    assert!(
+        page.contains("Signed in as <strong>ann@example.com</strong>"),
+        "{page}"
+    );
+    // A sign-in for a token (in another browser) makes ann's first and only token.
+    let other = s.browser();
+    let (status, shown) = sign_in(&other, &s, "ann", "ann-pw").await;
+    assert_eq!(status, 200, "{shown}");
+    let tokens = text(&other, format!("{}/auth/tokens", s.origin)).await;
+    assert_eq!(tokens.matches("<code>pat-").count(), 1, "{tokens}");
+}
+
 #[tokio::test]
 async fn who_may_enter_and_bad_callbacks() {
     let s = tokio::task::spawn_blocking(Setup::new).await.unwrap();
@@ -453,7 +498,7 @@ async fn who_may_enter_and_bad_callbacks() {
     }
     // A wrong password stays at the provider.
     let b = s.browser();
-    let form = to_sign_in_form(&b, &s).await;
+    let form = to_sign_in_form(&b, &s, "/auth/login").await;
     let r = b
         .post(&form)
         .form(&[("login", "ann"), ("password", "nope")])

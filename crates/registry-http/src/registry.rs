@@ -120,10 +120,21 @@ impl std::fmt::Debug for Routes {
     }
 }
 
+/// Starts web sessions for people who signed in (see [`RegistryBuilder::on_sign_in`]).
+#[derive(Clone)]
+struct WebSessions(crate::auth::oidc::WebSessions);
+
+impl std::fmt::Debug for WebSessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WebSessions")
+    }
+}
+
 /// Builds a [`Registry`]; see the module documentation.
 #[derive(Debug)]
 pub struct RegistryBuilder {
     routes: Vec<Routes>,
+    web_sessions: Option<WebSessions>,
     location: StorageLocation,
     api: ApiConfig,
     guard: GuardSettings,
@@ -141,6 +152,17 @@ pub struct RegistryBuilder {
 }
 
 impl RegistryBuilder {
+    /// With OpenID Connect sign-in on, a sign-in that began at `/auth/login?to=ui` ends in a
+    /// web session: `start` gives the `Set-Cookie` values for the person (and whether the
+    /// registry is reached over HTTPS), and the browser goes to `/` (the web interface).
+    pub fn on_sign_in(
+        mut self,
+        start: impl Fn(&registry_auth::Person, bool) -> Vec<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.web_sessions = Some(WebSessions(Arc::new(start)));
+        self
+    }
+
     /// Serves the routes `build` makes beside the API (such as the web interface): they
     /// answer paths outside `/v2/` (and outside `/healthz`, `/metrics`, `/auth/…`), behind
     /// the request log but not the guard, which they apply themselves.
@@ -288,7 +310,7 @@ impl RegistryBuilder {
                 app = app.merge(Arc::new(service).router());
                 if let Some(oidc) = &self.guard.oidc {
                     let provider = registry_auth::oidc::Provider::new(oidc.clone())?;
-                    let sign_in = SignIn::new(
+                    let mut sign_in = SignIn::new(
                         provider,
                         issuer,
                         records.clone(),
@@ -296,6 +318,9 @@ impl RegistryBuilder {
                         &token.realm,
                         &token.service,
                     );
+                    if let Some(web) = &self.web_sessions {
+                        sign_in = sign_in.with_web_sessions(web.0.clone());
+                    }
                     app = app.merge(Arc::new(sign_in).router());
                 }
             }
@@ -374,6 +399,7 @@ impl Registry {
     pub fn builder(location: StorageLocation) -> RegistryBuilder {
         RegistryBuilder {
             routes: Vec::new(),
+            web_sessions: None,
             location,
             api: ApiConfig::default(),
             guard: GuardSettings::default(),

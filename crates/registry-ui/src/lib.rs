@@ -2,11 +2,12 @@
 //! browse repositories (search, paging), read what an image is made of (platforms, layers,
 //! config, referrers), copy pull commands, and delete tags and manifests, in a browser.
 //!
-//! It reads through the same [`Storage`] the API serves and decides through the same
-//! [`Guard`]: a page or action is allowed exactly when the API would allow its request to this
-//! visitor, and no page lists a repository the catalog would hide from them. Visitors are
-//! known by a session cookie (people who signed in with the form, which takes what HTTP Basic
-//! takes, braked alike), by their client certificate, or are anonymous; see [`session`].
+//! It reads the instance's storage (a pull-through cache's repositories as they are stored,
+//! without asking upstream) and decides through the same [`Guard`] as the API: a page or
+//! action is allowed exactly when the API would allow its request to this visitor, and no
+//! page lists a repository the catalog would hide from them. Visitors are known by a session
+//! cookie (people who signed in with the form, which takes what HTTP Basic takes, braked
+//! alike), by their client certificate, or are anonymous; see [`session`].
 //!
 //! Pages are rendered on the server by compile-time templates (`maud`, which escapes every
 //! value: names, labels and annotations are the pusher's text), work without JavaScript, and
@@ -31,12 +32,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use maud::Markup;
-use registry_auth::{Action, Guard, Identity, Refusal};
+use registry_auth::{Action, Guard, Identity, Person, Refusal};
 use registry_core::{GcOptions, ObjectRegistry, Storage};
 use registry_http::guard::{admitted, Connection};
 use registry_http::SiteParts;
 
-use session::{Session, Sessions, BROWSER_COOKIE, SESSION_COOKIE};
+use session::{Session, Sessions, SignedInPerson, BROWSER_COOKIE, SESSION_COOKIE};
 
 /// Settings of the web interface.
 #[derive(Clone, Debug)]
@@ -53,6 +54,9 @@ pub struct UiSettings {
     pub admins: Vec<String>,
     /// How a collection started from the interface runs.
     pub gc: GcOptions,
+    /// Whether people sign in with OpenID Connect here too (the instance's `/auth/login`; see
+    /// [`WebInterface::person_cookies`]).
+    pub oidc: bool,
 }
 
 impl Default for UiSettings {
@@ -62,6 +66,7 @@ impl Default for UiSettings {
             session_lifetime: Duration::from_secs(8 * 3600),
             admins: Vec::new(),
             gc: GcOptions::default(),
+            oidc: false,
         }
     }
 }
@@ -73,34 +78,85 @@ pub struct Ui {
     own: ObjectRegistry,
     guard: Option<Arc<Guard>>,
     delete_enabled: bool,
-    sessions: Sessions,
+    sessions: Arc<Sessions>,
     admins: Vec<String>,
+    oidc: bool,
     gc: GcOptions,
     /// Whether a collection started here is running.
     collecting: Arc<AtomicBool>,
 }
 
-/// The web interface's routes for an instance built from `parts` (pass it to
-/// `RegistryBuilder::routes`).
-pub fn router(parts: &SiteParts, settings: &UiSettings) -> Router {
-    let key = match &settings.session_key {
-        Some(k) => k.clone(),
-        None => {
-            let mut k = vec![0u8; 32];
-            getrandom::fill(&mut k).expect("the system has randomness");
-            k
+/// The web interface of an instance, before it is built: its settings and the key its
+/// sessions are sealed with, shared by its routes and by OpenID Connect sign-in.
+pub struct WebInterface {
+    settings: UiSettings,
+    sessions: Arc<Sessions>,
+}
+
+impl WebInterface {
+    /// The interface with `settings`.
+    pub fn new(settings: UiSettings) -> WebInterface {
+        let key = match &settings.session_key {
+            Some(k) => k.clone(),
+            None => {
+                let mut k = vec![0u8; 32];
+                getrandom::fill(&mut k).expect("the system has randomness");
+                k
+            }
+        };
+        WebInterface {
+            sessions: Arc::new(Sessions::new(&key, settings.session_lifetime)),
+            settings,
         }
-    };
-    let ui = Arc::new(Ui {
-        storage: parts.state.storage.clone(),
-        own: parts.storage.clone(),
-        guard: parts.state.guard.clone(),
-        delete_enabled: parts.state.config.delete_enabled,
-        sessions: Sessions::new(&key, settings.session_lifetime),
-        admins: settings.admins.clone(),
-        gc: settings.gc.clone(),
-        collecting: Arc::new(AtomicBool::new(false)),
-    });
+    }
+
+    /// The `Set-Cookie` values that sign `person` in (they signed in with OpenID Connect;
+    /// pass this to `RegistryBuilder::on_sign_in`); `secure` when the registry is reached
+    /// over HTTPS.
+    pub fn person_cookies(&self, person: &Person, secure: bool) -> Vec<String> {
+        let signed_in = SignedInPerson {
+            email: person.email.clone(),
+            groups: person.groups.clone(),
+        };
+        let (_, value) = self.sessions.seal(&person.name, Some(signed_in));
+        vec![session_cookie(&value, self.sessions.lifetime(), secure)]
+    }
+
+    /// The routes for an instance built from `parts` (pass it to `RegistryBuilder::routes`).
+    pub fn router(&self, parts: &SiteParts) -> Router {
+        let settings = &self.settings;
+        routes(Arc::new(Ui {
+            // What is stored, not what the API serves: browsing a pull-through cache shows
+            // what it holds and never sends requests upstream (names are the same).
+            storage: Arc::new(parts.storage.clone()),
+            own: parts.storage.clone(),
+            guard: parts.state.guard.clone(),
+            delete_enabled: parts.state.config.delete_enabled,
+            sessions: self.sessions.clone(),
+            admins: settings.admins.clone(),
+            oidc: settings.oidc,
+            gc: settings.gc.clone(),
+            collecting: Arc::new(AtomicBool::new(false)),
+        }))
+    }
+}
+
+/// The session cookie holding `value`.
+pub(crate) fn session_cookie(value: &str, lifetime: Duration, secure: bool) -> String {
+    format!(
+        "{SESSION_COOKIE}={value}; Path=/; Max-Age={}; HttpOnly; SameSite=Strict{}",
+        lifetime.as_secs(),
+        if secure { "; Secure" } else { "" }
+    )
+}
+
+/// The web interface's routes for an instance built from `parts` (pass it to
+/// `RegistryBuilder::routes`); [`WebInterface`] also signs in people of OpenID Connect.
+pub fn router(parts: &SiteParts, settings: &UiSettings) -> Router {
+    WebInterface::new(settings.clone()).router(parts)
+}
+
+fn routes(ui: Arc<Ui>) -> Router {
     Router::new()
         .route("/", get(pages::repositories))
         .route("/ui", get(pages::repositories))
@@ -213,8 +269,18 @@ impl Ui {
             let address = admitted.map_err(|r| self.refusal(&visitor, r))?;
             visitor.address = Some(address);
             if let Some(session) = sealed.and_then(|v| self.sessions.open(&v)) {
-                // Who the subject is now: a removed user or revoked token has no session.
-                if let Some(identity) = guard.identity_of(&session.sub).await {
+                // Who the subject is now: a removed user, a revoked token or a person sign-in
+                // no longer admits has no session.
+                let now = match &session.person {
+                    Some(p) => guard.person_identity(Person {
+                        name: session.sub.clone(),
+                        email: p.email.clone(),
+                        groups: p.groups.clone(),
+                        token: String::new(),
+                    }),
+                    None => guard.identity_of(&session.sub).await,
+                };
+                if let Some(identity) = now {
                     visitor.identity = identity;
                     visitor.session = Some(session);
                     return Ok(visitor);

@@ -952,6 +952,9 @@ fn login_page(ui: &Ui, visitor: &Visitor, next: &str, error: Option<&str>) -> Ma
                 button type="submit" { "Sign in" }
             }
             p.muted { "The name and password you use with " code { "docker login" } ", or a scoped token's name and secret." }
+        @if ui.oidc {
+            p { a href="/auth/login?to=ui" { "Sign in with your organization's account (OpenID Connect)" } }
+        }
         },
     )
 }
@@ -1020,14 +1023,10 @@ pub(crate) async fn login(State(ui): State<Arc<Ui>>, request: Request) -> Respon
     }
     match guard.login(address, user, password).await {
         Ok(identity) => {
-            let (_, value) = ui.sessions.seal(identity.login_name());
+            let (_, value) = ui.sessions.seal(identity.login_name(), None);
             tracing::info!(who = %identity, client = %address, "signed in to the web interface");
             let mut response = see_other(&next);
-            let cookie = format!(
-                "{SESSION_COOKIE}={value}; Path=/; Max-Age={}; HttpOnly; SameSite=Strict{}",
-                ui.sessions.lifetime().as_secs(),
-                visitor.secure_suffix()
-            );
+            let cookie = crate::session_cookie(&value, ui.sessions.lifetime(), visitor.tls);
             if let Ok(v) = HeaderValue::from_str(&cookie) {
                 response.headers_mut().append(header::SET_COOKIE, v);
             }

@@ -30,12 +30,23 @@ pub(crate) const BROWSER_COOKIE: &str = "registry_ui_browser";
 /// A signed-in session, as sealed in its cookie.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) struct Session {
-    /// Who signed in (an htpasswd user, or a scoped token's name).
+    /// Who signed in (an htpasswd user, a scoped token's name, or a person's name).
     pub sub: String,
     /// When it ends, in seconds since the epoch.
     pub exp: u64,
     /// Random; what signing out revokes.
     pub id: String,
+    /// For a person who signed in with OpenID Connect: what the provider said of them (their
+    /// groups give them rights; sign-in must still admit them on every request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub person: Option<SignedInPerson>,
+}
+
+/// What the provider said of a person at sign-in.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct SignedInPerson {
+    pub email: Option<String>,
+    pub groups: Vec<String>,
 }
 
 /// Seals and opens sessions and CSRF tokens under one key.
@@ -68,12 +79,13 @@ impl Sessions {
         context.sign()
     }
 
-    /// A new session of `subject`, and its cookie value.
-    pub(crate) fn seal(&self, subject: &str) -> (Session, String) {
+    /// A new session of `subject` (a person's, with `person`), and its cookie value.
+    pub(crate) fn seal(&self, subject: &str, person: Option<SignedInPerson>) -> (Session, String) {
         let session = Session {
             sub: subject.to_owned(),
             exp: now() + self.lifetime.as_secs(),
             id: random_hex(16),
+            person,
         };
         let body = serde_json::to_vec(&session).expect("plain data serializes");
         let tag = self.mac("session", &body);
@@ -161,7 +173,7 @@ mod tests {
     #[test]
     fn sessions_open_only_when_sealed_here_current_and_not_revoked() {
         let sessions = Sessions::new(&[7u8; 32], Duration::from_secs(60));
-        let (session, value) = sessions.seal("ann");
+        let (session, value) = sessions.seal("ann", None);
         assert_eq!(sessions.open(&value), Some(session.clone()));
         // Another key, a changed body, a changed tag.
         let other = Sessions::new(&[8u8; 32], Duration::from_secs(60));
@@ -182,7 +194,7 @@ mod tests {
         assert_eq!(sessions.open(&value), None);
         // Expired.
         let short = Sessions::new(&[7u8; 32], Duration::ZERO);
-        let (_, value) = short.seal("ann");
+        let (_, value) = short.seal("ann", None);
         assert_eq!(short.open(&value), None);
     }
 

@@ -13,7 +13,7 @@ use tokio::sync::OnceCell;
 use super::{Guard, Refusal};
 use crate::token::records::TokenRecord;
 use crate::token::unix_now;
-use crate::{Escaped, Identity};
+use crate::{Escaped, Identity, Person};
 
 /// What a shared verification found: the identity, or why it failed.
 type Outcome = Result<Option<Identity>, Duration>;
@@ -77,6 +77,18 @@ impl Guard {
         }
         let record = self.record(subject).await?;
         self.record_identity(&record)
+    }
+
+    /// Who a person signed in with OpenID Connect is now, from what the provider said at
+    /// sign-in (a web session holds it): `None` once sign-in no longer admits them (or is
+    /// off).
+    pub fn person_identity(&self, person: Person) -> Option<Identity> {
+        match &self.people {
+            Some(admission) if admission.admits(&person) => {
+                Some(Identity::Person(Arc::new(person)))
+            }
+            _ => None,
+        }
     }
 
     async fn record(&self, name: &str) -> Option<TokenRecord> {

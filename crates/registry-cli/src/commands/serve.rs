@@ -13,7 +13,7 @@ use clap::{Args, ValueEnum};
 use registry_core::GcOptions;
 use registry_http::server::{self, Site, Sites};
 use registry_http::{ApiConfig, MetricsExposure, Registry};
-use registry_ui::UiSettings;
+use registry_ui::{UiSettings, WebInterface};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -273,8 +273,13 @@ async fn build(settings: &Settings) -> anyhow::Result<Registry> {
             session_lifetime: ui.session_lifetime,
             admins: ui.admins.clone(),
             gc: gc_options(settings),
+            oidc: settings.guard.oidc.is_some(),
         };
-        builder = builder.routes(move |parts| registry_ui::router(parts, &settings));
+        let web = Arc::new(WebInterface::new(settings));
+        let sign_in = web.clone();
+        builder = builder
+            .routes(move |parts| web.router(parts))
+            .on_sign_in(move |person, secure| sign_in.person_cookies(person, secure));
     }
     if let Some(every) = settings.gc.interval {
         builder = builder.collect_garbage(every, gc_options(settings));

@@ -7,7 +7,10 @@
 //!   with the `docker login` line to use it;
 //! - `GET /auth/tokens` lists the person's tokens; `POST /auth/tokens` makes another one or
 //!   revokes one (a session cookie of an hour, SameSite=Strict, plus a CSRF field bound to it);
-//!   `POST /auth/logout` ends the session.
+//!   `POST /auth/logout` ends the session;
+//! - `GET /auth/login?to=ui` signs people in to the web interface instead: the callback starts
+//!   a web session (made by the web interface, see [`SignIn::with_web_sessions`]) and sends
+//!   the browser to `/`, without making a token.
 //!
 //! A token is a record like a scoped token's, owned by the person, with their groups; it logs in
 //! as the person, with the rights `[[access]]` rules give their name and groups, while sign-in
@@ -32,6 +35,10 @@ use sha2::{Digest as _, Sha256};
 use crate::guard::admitted;
 
 const SIGN_IN_COOKIE: &str = "registry_signin";
+/// Set when the sign-in began at the web interface (`/auth/login?to=ui`): the callback then
+/// starts a web session instead of making a personal access token. Not sealed: all it can
+/// change is where a successful sign-in lands.
+const SIGN_IN_TO_COOKIE: &str = "registry_signin_to";
 const SESSION_COOKIE: &str = "registry_session";
 const SIGN_IN_LIFETIME: Duration = Duration::from_secs(600);
 const SESSION_LIFETIME: Duration = Duration::from_secs(3600);
@@ -40,8 +47,13 @@ const MAX_TOKENS_PER_PERSON: usize = 50;
 /// The largest form the token page reads.
 const MAX_FORM: usize = 16 * 1024;
 
+/// What starts a web session for a person who signed in: the `Set-Cookie` values, given the
+/// person and whether the registry is reached over HTTPS (see `RegistryBuilder::on_sign_in`).
+pub type WebSessions = Arc<dyn Fn(&Person, bool) -> Vec<String> + Send + Sync>;
+
 /// The sign-in pages of one instance.
 pub struct SignIn {
+    web: Option<WebSessions>,
     provider: Provider,
     issuer: Arc<TokenIssuer>,
     verifier: TokenVerifier,
@@ -80,6 +92,7 @@ impl SignIn {
         };
         let verifier = TokenVerifier::own(issuer.issuer(), service, issuer.keys().clone());
         SignIn {
+            web: None,
             provider,
             issuer,
             verifier,
@@ -88,6 +101,13 @@ impl SignIn {
             origin,
             service: service.to_owned(),
         }
+    }
+
+    /// Lets a sign-in that began at the web interface (`/auth/login?to=ui`) end in a web
+    /// session made by `web`, instead of a personal access token.
+    pub fn with_web_sessions(mut self, web: WebSessions) -> SignIn {
+        self.web = Some(web);
+        self
     }
 
     /// The routes: `/auth/login`, `/auth/callback`, `/auth/tokens`, `/auth/logout`.
@@ -312,6 +332,9 @@ async fn login(State(s): State<Arc<SignIn>>, request: Request) -> Response {
     if let Err(r) = admitted(&s.guard, &request) {
         return Page::error(StatusCode::FORBIDDEN, &format!("{r:?}")).into_response();
     }
+    let to_ui = s.web.is_some()
+        && form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
+            .any(|(k, v)| k == "to" && v == "ui");
     let (url, state) = match s.provider.start(&s.redirect_uri()).await {
         Ok(started) => started,
         Err(e) => return sign_in_failed(&e).into_response(),
@@ -334,8 +357,29 @@ async fn login(State(s): State<Arc<SignIn>>, request: Request) -> Response {
         SIGN_IN_LIFETIME,
         "Lax",
     );
-    if let Ok(v) = HeaderValue::from_str(&c) {
-        response.headers_mut().append(header::SET_COOKIE, v);
+    // Where the sign-in lands: the web interface, or (also when an earlier sign-in there was
+    // abandoned) the token page.
+    let to = if to_ui {
+        s.cookie(
+            SIGN_IN_TO_COOKIE,
+            "ui",
+            "/auth/callback",
+            SIGN_IN_LIFETIME,
+            "Lax",
+        )
+    } else {
+        s.cookie(
+            SIGN_IN_TO_COOKIE,
+            "",
+            "/auth/callback",
+            Duration::ZERO,
+            "Lax",
+        )
+    };
+    for c in [c, to] {
+        if let Ok(v) = HeaderValue::from_str(&c) {
+            response.headers_mut().append(header::SET_COOKIE, v);
+        }
     }
     response
         .headers_mut()
@@ -343,9 +387,9 @@ async fn login(State(s): State<Arc<SignIn>>, request: Request) -> Response {
     response
 }
 
-async fn callback(State(s): State<Arc<SignIn>>, request: Request) -> Page {
+async fn callback(State(s): State<Arc<SignIn>>, request: Request) -> Response {
     if let Err(r) = admitted(&s.guard, &request) {
-        return Page::error(StatusCode::FORBIDDEN, &format!("{r:?}"));
+        return Page::error(StatusCode::FORBIDDEN, &format!("{r:?}")).into_response();
     }
     let query: Vec<(String, String)> =
         form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
@@ -359,9 +403,21 @@ async fn callback(State(s): State<Arc<SignIn>>, request: Request) -> Page {
     };
     // The sign-in cookie is spent whatever happens now.
     let spent = s.cookie(SIGN_IN_COOKIE, "", "/auth/callback", Duration::ZERO, "Lax");
-    let fail = |page: Page| Page {
-        cookies: vec![spent.clone()],
-        ..page
+    let to_ui =
+        s.web.is_some() && cookie(request.headers(), SIGN_IN_TO_COOKIE).as_deref() == Some("ui");
+    let spent_to = s.cookie(
+        SIGN_IN_TO_COOKIE,
+        "",
+        "/auth/callback",
+        Duration::ZERO,
+        "Lax",
+    );
+    let fail = |page: Page| {
+        Page {
+            cookies: vec![spent.clone(), spent_to.clone()],
+            ..page
+        }
+        .into_response()
     };
     if let Some(error) = param("error") {
         let description = param("error_description").unwrap_or_default();
@@ -399,11 +455,28 @@ async fn callback(State(s): State<Arc<SignIn>>, request: Request) -> Page {
     {
         Ok(p) => p,
         Err(registry_auth::Error::SignIn(why)) if why.contains("state does not match") => {
-            return fail(Page::error(StatusCode::BAD_REQUEST, &why))
+            return fail(Page::error(StatusCode::BAD_REQUEST, &why));
         }
         Err(e) => return fail(sign_in_failed(&e)),
     };
     let person = signed_in.person;
+    if let (true, Some(web)) = (to_ui, &s.web) {
+        // Signed in to the web interface: a session there, no personal access token.
+        tracing::info!(person = %Escaped(&person.name), "signed in to the web interface");
+        let mut response = (StatusCode::SEE_OTHER, [(header::LOCATION, "/")]).into_response();
+        let cookies = [spent, spent_to]
+            .into_iter()
+            .chain(web(&person, s.secure()));
+        for c in cookies {
+            if let Ok(v) = HeaderValue::from_str(&c) {
+                response.headers_mut().append(header::SET_COOKIE, v);
+            }
+        }
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return response;
+    }
     let (record, secret) = match s.make_token(&person).await {
         Ok(made) => made,
         Err(page) => return fail(page),
@@ -413,7 +486,7 @@ async fn callback(State(s): State<Arc<SignIn>>, request: Request) -> Page {
         email: person.email.clone(),
         groups: person.groups.clone(),
     };
-    let mut cookies = vec![spent.clone()];
+    let mut cookies = vec![spent.clone(), spent_to];
     let mut csrf = String::new();
     if let Ok(sealed) = s
         .issuer
@@ -427,6 +500,7 @@ async fn callback(State(s): State<Arc<SignIn>>, request: Request) -> Page {
         cookies,
         ..token_shown(&s, &person.name, &record, &secret, &csrf)
     }
+    .into_response()
 }
 
 /// The page that shows a new token once.
