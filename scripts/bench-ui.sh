@@ -49,7 +49,7 @@ done
   echo "- Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(free -g | awk '/Mem:/ {print $2}') GiB"
   echo "- Command: \`scripts/bench-ui.sh $*\`"
   echo "- $(awk -v s="$scale" 'BEGIN { n = int(10000 * s + 0.5); if (n < 2) n = 2; print n }') repositories, each with one tagged image; pages of 50 with tag count and last push time"
-  echo "  (one tag listing per repository shown). \`GET /\`, \`GET /?q=<the last name>\` and \`GET /?after=<the middle>\` in turn, one at a time;"
+  echo "  (per repository shown, its tag list from the node's cache, validated by one small read of the repository's tag generation). \`GET /\`, \`GET /?q=<the last name>\` and \`GET /?after=<the middle>\` in turn, one at a time;"
   echo "  p50 and p99 are over every request, the rate is the median over rounds. No guard (a guard adds its check per request)."
   echo "- S3: $(garage --version 2>/dev/null | head -1 || echo Garage) on the same disk, LMDB metadata."
   echo

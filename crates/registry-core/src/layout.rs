@@ -9,8 +9,8 @@
 //! repositories/<name>/_manifests/revisions/<alg>/<hex>  the manifest, in the repository:
 //!                                                  "<mediaType>\n" then its exact bytes
 //! repositories/<name>/_manifests/tags/<tag>        holds {"digest","mediaType","size"}
-//! repositories/<name>/_manifests/tags_generation   random value, rewritten when tags are added or
-//!                                                  removed (validates cached tag lists)
+//! repositories/<name>/_manifests/tags_generation   random value, rewritten when tags are set or
+//!                                                  removed (validates cached tag lists and times)
 //! repositories/<name>/_mirror                     marker: a pull-through cache, whose manifests
 //!                                                  need not have what they reference (it is
 //!                                                  fetched when pulled)
@@ -153,8 +153,8 @@ pub(crate) fn tag_text(repo: &RepoName, t: &Tag) -> String {
     ])
 }
 
-/// A value rewritten whenever the set of tags of `repo` changes, so a cached tag list can be
-/// validated with one small read.
+/// A value rewritten whenever a tag of `repo` is set or removed, so a cached tag list (with
+/// when each tag was set) can be validated with one small read.
 pub fn tags_generation(repo: &RepoName) -> Path {
     join(&[
         "repositories",

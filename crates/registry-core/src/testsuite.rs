@@ -1307,6 +1307,18 @@ async fn tag_lists_stay_fresh_across_nodes(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(names(a.tags(&r, None, None).await.unwrap()), ["one", "two"]);
+    // When a tag was set: a moved tag's time is seen by the other node too.
+    let times = a.tag_times(&r).await.unwrap();
+    assert_eq!(times.len(), 2);
+    let one_set = times[0].1.expect("stores know when");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // (Another manifest: the same image, referring to the first.)
+    let moved = image_manifest(&cfg, 2, &[], Some(&Digest::of(Algorithm::Sha256, &m)));
+    b.manifest_put(&r, &tag("one"), Some(OCI_MANIFEST), moved.into(), &[])
+        .await
+        .unwrap();
+    let times = a.tag_times(&r).await.unwrap();
+    assert!(times[0].1.unwrap() > one_set, "{times:?}");
     b.manifest_delete(&r, &tag("one")).await.unwrap();
     assert_eq!(names(a.tags(&r, None, None).await.unwrap()), ["two"]);
     let d = Reference::Digest(Digest::of(Algorithm::Sha256, &m));

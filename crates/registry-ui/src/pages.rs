@@ -27,7 +27,7 @@ const MAX_FORM: usize = 16 * 1024;
 /// The largest image config read for the image page.
 const MAX_CONFIG: u64 = 4 << 20;
 /// Concurrent storage reads for one page.
-const READS: usize = 8;
+const READS: usize = 16;
 
 type Query = BTreeMap<String, String>;
 

@@ -12,7 +12,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
-use super::ObjectRegistry;
+use super::{ObjectRegistry, TagList};
 use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, Result};
 use crate::layout;
@@ -206,11 +206,12 @@ impl ObjectRegistry {
             Ok(())
         };
         let (staged, ()) = futures::try_join!(stage_tags, write_revision)?;
-        let mut added = false;
+        // A new generation for a moved tag too: cached lists carry when each tag was set.
+        let tagged = !staged.is_empty();
         for tag in staged {
-            added |= self.publish_small(tag).await?;
+            self.publish_small(tag).await?;
         }
-        if added {
+        if tagged {
             self.tags_changed(repo).await?;
         }
         Ok(PutManifest {
@@ -255,9 +256,9 @@ impl ObjectRegistry {
             .await
     }
 
-    /// The sorted tags of `repo`. The generation is read before listing, so a list cached
-    /// under it can only be newer than the generation, never older.
-    async fn all_tags(&self, repo: &RepoName) -> Result<Arc<Vec<Tag>>> {
+    /// The sorted tags of `repo`, with when each was last set. The generation is read before
+    /// listing, so a list cached under it can only be newer than the generation, never older.
+    async fn all_tags(&self, repo: &RepoName) -> Result<Arc<TagList>> {
         let generation = self
             .get_small_from(self.volatile(), &layout::tags_generation(repo))
             .await?;
@@ -273,13 +274,12 @@ impl ObjectRegistry {
             .store
             .list_with_delimiter(Some(&layout::tags_dir(repo)))
             .await?;
-        let mut tags: Vec<Tag> = listing
-            .objects
-            .iter()
-            .filter_map(|m| m.location.filename()?.parse().ok())
+        let mut found: Vec<(Tag, SystemTime)> = (listing.objects.iter())
+            .filter_map(|m| Some((m.location.filename()?.parse().ok()?, m.last_modified.into())))
             .collect();
-        tags.sort();
-        let tags = Arc::new(tags);
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        let (tags, times) = found.into_iter().unzip();
+        let tags = Arc::new(TagList { tags, times });
         if let Some(g) = generation {
             let mut cache = self.tag_lists.lock().expect("not poisoned");
             if cache.len() >= TAG_LIST_CACHE_REPOS {
@@ -400,7 +400,7 @@ impl ManifestStore for ObjectRegistry {
                     return Err(Error::ManifestUnknown(d.to_string()));
                 };
                 let mut untagged = false;
-                for tag in self.all_tags(repo).await?.iter() {
+                for tag in self.all_tags(repo).await?.tags.iter() {
                     let path = layout::tag(repo, tag);
                     if let Some(t) = self.get_json::<TagTarget>(&path).await? {
                         if &t.digest == d {
@@ -432,25 +432,22 @@ impl ManifestStore for ObjectRegistry {
         if !self.repo_exists(repo).await? {
             return Err(Error::NameUnknown(repo.to_string()));
         }
-        Ok(paginate(&self.all_tags(repo).await?, last, n, Tag::as_str))
+        Ok(paginate(
+            &self.all_tags(repo).await?.tags,
+            last,
+            n,
+            Tag::as_str,
+        ))
     }
 
     async fn tag_times(&self, repo: &RepoName) -> Result<Vec<(Tag, Option<SystemTime>)>> {
         if !self.repo_exists(repo).await? {
             return Err(Error::NameUnknown(repo.to_string()));
         }
-        let listing = self
-            .store
-            .list_with_delimiter(Some(&layout::tags_dir(repo)))
-            .await?;
-        let mut tags: Vec<(Tag, Option<SystemTime>)> = (listing.objects.iter())
-            .filter_map(|m| {
-                let tag = m.location.filename()?.parse().ok()?;
-                Some((tag, Some(SystemTime::from(m.last_modified))))
-            })
-            .collect();
-        tags.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(tags)
+        let list = self.all_tags(repo).await?;
+        Ok((list.tags.iter().cloned())
+            .zip(list.times.iter().map(|t| Some(*t)))
+            .collect())
     }
 }
 

@@ -37,7 +37,14 @@ use crate::layout;
 use crate::names::{RepoName, Tag};
 
 /// A repository's sorted tags and the `tags_generation` they were listed under.
-type CachedTags = (Bytes, Arc<Vec<Tag>>);
+type CachedTags = (Bytes, Arc<TagList>);
+
+/// A repository's tags, sorted, with when each was last set (from the same listing).
+#[derive(Debug, Default)]
+pub(super) struct TagList {
+    pub tags: Vec<Tag>,
+    pub times: Vec<std::time::SystemTime>,
+}
 
 /// Tunables of [`ObjectRegistry`].
 #[derive(Clone, Debug)]
