@@ -8,6 +8,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
+use common::pki::{Ca, Validity};
 use common::{bcrypt_user, data, sha256, Server};
 use reqwest::{Client, StatusCode};
 use serde_json::json;
@@ -33,8 +34,13 @@ struct Got {
 
 impl Browser {
     fn new(base: &str) -> Browser {
+        Browser::with(Client::builder(), base)
+    }
+
+    /// A browser whose HTTP client is `builder` (TLS settings, a client certificate).
+    fn with(builder: reqwest::ClientBuilder, base: &str) -> Browser {
         Browser {
-            http: Client::builder()
+            http: builder
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap(),
@@ -297,6 +303,10 @@ async fn pages_show_what_the_api_holds_and_escape_it() {
         repo.body
     );
     assert!(repo.body.contains(&image[7..19]), "short digest of v1");
+    assert!(
+        repo.body.contains("2026-11-30 12:00 UTC"),
+        "created, from the config"
+    );
     assert!(repo
         .body
         .contains(&format!("docker pull {}/shop/web", server.addr)));
@@ -850,4 +860,100 @@ async fn administrators_see_usage_and_start_a_collection() {
         "no problems: {}",
         page.body
     );
+}
+
+/// Over mutual TLS a client certificate signs its holder in by itself (as on the API), an
+/// unauthorized one is refused, and cookies are `Secure`.
+#[tokio::test]
+async fn client_certificates_sign_in_by_themselves() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("ui CA");
+    let (cert, key) = ca.server().write(dir.path(), "server.pem", "server.key");
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    let server = Server::start(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--client-ca",
+        ca_path.to_str().unwrap(),
+        "--client-names",
+        "ci.example.com",
+    ]);
+    let base = format!("https://{}", server.addr);
+    let client = |name: &str| {
+        Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap()])
+            .identity(ca.client(&[name], name, Validity::Now).identity())
+    };
+    push_image(
+        &client("ci.example.com").build().unwrap(),
+        &base,
+        "mtls/app",
+        "v1",
+        json!({}),
+        json!({}),
+        None,
+    )
+    .await;
+    let mut ci = Browser::with(client("ci.example.com"), &base);
+    let list = ci.get("/").await;
+    assert_eq!(list.status, StatusCode::OK);
+    assert!(
+        list.body
+            .contains("Signed in as <strong>ci.example.com</strong>"),
+        "{}",
+        list.body
+    );
+    assert!(list.body.contains("mtls/app"));
+    assert!(
+        list.set_cookies.iter().all(|c| c.contains("; Secure")),
+        "{:?}",
+        list.set_cookies
+    );
+    let mut stranger = Browser::with(client("other.example.com"), &base);
+    let refused = stranger.get("/").await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert!(!refused.body.contains("mtls/app"));
+}
+
+/// The sign-in form is braked like HTTP Basic: after the configured failures even the right
+/// password waits, with Retry-After.
+#[tokio::test]
+async fn the_sign_in_form_is_braked() {
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = bcrypt_user(dir.path(), "ann", "ann-secret");
+    let cfg = dir.path().join("registry.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[auth]\nhtpasswd = {htpasswd:?}\nbrake = {{ attempts = 3, window = \"1m\", pause = \"3s\" }}\n"
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&["--config", cfg.to_str().unwrap()]);
+    let mut browser = Browser::new(&server.url());
+    let form = browser.get("/ui/login").await;
+    let token = csrf(&form.body);
+    for _ in 0..3 {
+        let wrong = [
+            ("user", "ann"),
+            ("password", "guess"),
+            ("csrf", token.as_str()),
+        ];
+        assert_eq!(
+            browser.post("/ui/login", &wrong).await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let right = [
+        ("user", "ann"),
+        ("password", "ann-secret"),
+        ("csrf", token.as_str()),
+    ];
+    let braked = browser.post("/ui/login", &right).await;
+    assert_eq!(braked.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(braked.headers.contains_key("retry-after"));
+    assert!(!browser.cookies.contains_key("registry_ui_session"));
 }

@@ -383,6 +383,15 @@ struct TagRow {
     pushed: Option<SystemTime>,
     digest: Option<Digest>,
     summary: Option<Summary>,
+    /// When the image says it was built (its config's `created`).
+    created: Option<SystemTime>,
+}
+
+/// An image config's `created`, if it is an RFC 3339 time.
+fn created_of(config: &Value) -> Option<SystemTime> {
+    let text = config.get("created")?.as_str()?;
+    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339);
+    t.ok().map(SystemTime::from)
 }
 
 /// `GET /ui/repo/{name}`: the repository's tags (filtered by `q`, sorted by name or by push
@@ -429,18 +438,31 @@ pub(crate) async fn repository(State(ui): State<Arc<Ui>>, request: Request) -> R
                     .storage
                     .manifest_get(&repo, &Reference::Tag(tag.clone()))
                     .await;
-                let (digest, summary) = match got {
+                let (digest, summary, config) = match got {
                     Ok((info, bytes)) => {
                         let doc: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-                        (Some(info.digest), Some(summarize(&info.media_type, &doc)))
+                        let summary = summarize(&info.media_type, &doc);
+                        let config = match config_of(&doc) {
+                            Some(d) if summary.kind == "image" => Some(d),
+                            _ => None,
+                        };
+                        (Some(info.digest), Some(summary), config)
                     }
-                    Err(_) => (None, None),
+                    Err(_) => (None, None, None),
+                };
+                let created = match config {
+                    Some(d) => read_json(&ui, &repo, &d)
+                        .await
+                        .as_ref()
+                        .and_then(created_of),
+                    None => None,
                 };
                 TagRow {
                     tag,
                     pushed,
                     digest,
                     summary,
+                    created,
                 }
             }
         })
@@ -485,6 +507,7 @@ pub(crate) async fn repository(State(ui): State<Arc<Ui>>, request: Request) -> R
                     th.wide scope="col" { "Type" }
                     th.num scope="col" { "Size" }
                     th.wide scope="col" { "Platforms" }
+                    th.wide scope="col" { "Created" }
                     th.wide scope="col" { "Pushed" }
                     @if may_delete { th scope="col" { span.sr-only { "Actions" } } }
                 } }
@@ -500,6 +523,7 @@ pub(crate) async fn repository(State(ui): State<Arc<Ui>>, request: Request) -> R
                             td.wide { @if let Some(s) = &row.summary { (s.kind) } }
                             td.num { @if let Some(n) = row.summary.as_ref().and_then(|s| s.size) { (size(n)) } @else { "—" } }
                             td.wide { @if let Some(s) = &row.summary { (s.platforms.join(", ")) } }
+                            td.wide { @if let Some(t) = row.created { (when(t)) } @else { "—" } }
                             td.wide { @if let Some(t) = row.pushed { (when(t)) } @else { "—" } }
                             @if may_delete {
                                 td { a href={ "/ui/delete?repo=" (encode(repo.as_str())) "&reference=" (encode(row.tag.as_str())) } aria-label={ "Delete tag " (row.tag) } { "Delete" } }
@@ -565,6 +589,11 @@ fn string_map(v: Option<&Value>) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// The digest of a manifest's config.
+fn config_of(doc: &Value) -> Option<Digest> {
+    doc.pointer("/config/digest")?.as_str()?.parse().ok()
+}
+
 /// Reads a blob of at most [`MAX_CONFIG`] bytes as JSON.
 async fn read_json(ui: &Ui, repo: &RepoName, digest: &Digest) -> Option<Value> {
     let read = ui.storage.blob_read(repo, digest, None).await.ok()?;
@@ -594,10 +623,7 @@ pub(crate) async fn image(State(ui): State<Arc<Ui>>, request: Request) -> Respon
     };
     let doc: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     let summary = summarize(&info.media_type, &doc);
-    let config_digest = doc
-        .pointer("/config/digest")
-        .and_then(Value::as_str)
-        .and_then(|d| d.parse::<Digest>().ok());
+    let config_digest = config_of(&doc);
     let config = match (&config_digest, summary.kind) {
         (Some(d), "image") => read_json(&ui, &repo, d).await,
         _ => None,
