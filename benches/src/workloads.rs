@@ -426,43 +426,34 @@ pub async fn prepare(t: &mut Target, sizes: Sizes, workloads: &[Workload]) -> Re
         .try_collect::<Vec<()>>()
         .await?;
     }
+    let image = (&config, &blobs[0], &m);
     if workloads.contains(&Workload::Catalog) {
-        let n = sizes.repositories();
-        let t = &*t;
-        let first = &blobs[0];
-        futures::stream::iter((0..n).map(|i| {
-            let m = m.clone();
-            let config = config.clone();
-            async move {
-                let repo = format!("bench/catalog/repo-{i:05}");
-                t.push_blob(&repo, &config).await?;
-                t.push_blob(&repo, first).await?;
-                t.put_manifest(&repo, "latest", m).await
-            }
-        }))
-        .buffer_unordered(8)
-        .try_collect::<Vec<()>>()
-        .await?;
+        push_repositories(t, "bench/catalog", sizes.repositories(), image).await?;
     }
     if workloads.contains(&Workload::UiRepositories) {
-        let n = sizes.ui_repositories();
-        let t = &*t;
-        let first = &blobs[0];
-        futures::stream::iter((0..n).map(|i| {
-            let m = m.clone();
-            let config = config.clone();
-            async move {
-                let repo = format!("bench/ui/repo-{i:05}");
-                t.push_blob(&repo, &config).await?;
-                t.push_blob(&repo, first).await?;
-                t.put_manifest(&repo, "latest", m).await
-            }
-        }))
-        .buffer_unordered(8)
-        .try_collect::<Vec<()>>()
-        .await?;
+        push_repositories(t, "bench/ui", sizes.ui_repositories(), image).await?;
     }
     t.prepared = Some(Prepared { blobs, big, config });
+    Ok(())
+}
+
+/// Pushes `n` repositories `<prefix>/repo-NNNNN`, each with the image (config, layer,
+/// manifest) tagged `latest`.
+async fn push_repositories(
+    t: &Target,
+    prefix: &str,
+    n: usize,
+    (config, layer, manifest): (&Blob, &Blob, &Bytes),
+) -> Result<()> {
+    futures::stream::iter((0..n).map(|i| async move {
+        let repo = format!("{prefix}/repo-{i:05}");
+        t.push_blob(&repo, config).await?;
+        t.push_blob(&repo, layer).await?;
+        t.put_manifest(&repo, "latest", manifest.clone()).await
+    }))
+    .buffer_unordered(8)
+    .try_collect::<Vec<()>>()
+    .await?;
     Ok(())
 }
 

@@ -186,6 +186,31 @@ async fn push_image(
     .await
 }
 
+/// ann may pull, push and delete team-a/**; bob may pull and push team-b/**.
+const TEAMS: &str = r#"[[access]]
+users = ["ann"]
+repositories = ["team-a/**"]
+actions = ["pull", "push", "delete"]
+
+[[access]]
+users = ["bob"]
+repositories = ["team-b/**"]
+actions = ["pull", "push"]
+"#;
+
+/// A configuration in `dir` with the htpasswd users ann (ann-secret) and bob (bob-secret),
+/// then `rest`; returns its path.
+fn ann_and_bob(dir: &std::path::Path, rest: &str) -> std::path::PathBuf {
+    let htpasswd = bcrypt_user(dir, "ann", "ann-secret");
+    let bob = bcrypt::hash("bob-secret", 4).unwrap();
+    let mut users = std::fs::read_to_string(&htpasswd).unwrap();
+    users.push_str(&format!("bob:{bob}\n"));
+    std::fs::write(&htpasswd, users).unwrap();
+    let cfg = dir.join("registry.toml");
+    std::fs::write(&cfg, format!("[auth]\nhtpasswd = {htpasswd:?}\n\n{rest}")).unwrap();
+    cfg
+}
+
 fn assert_secure_page(got: &Got) {
     let csp = got.headers["content-security-policy"].to_str().unwrap();
     assert!(csp.contains("default-src 'none'"), "{csp}");
@@ -445,31 +470,7 @@ async fn repository_list_pages_through_many() {
 #[tokio::test]
 async fn pages_enforce_the_guard_as_the_api_does() {
     let dir = tempfile::tempdir().unwrap();
-    let htpasswd = bcrypt_user(dir.path(), "ann", "ann-secret");
-    let bob = bcrypt::hash("bob-secret", 4).unwrap();
-    let mut users = std::fs::read_to_string(&htpasswd).unwrap();
-    users.push_str(&format!("bob:{bob}\n"));
-    std::fs::write(&htpasswd, users).unwrap();
-    let cfg = dir.path().join("registry.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"[auth]
-htpasswd = {htpasswd:?}
-
-[[access]]
-users = ["ann"]
-repositories = ["team-a/**"]
-actions = ["pull", "push", "delete"]
-
-[[access]]
-users = ["bob"]
-repositories = ["team-b/**"]
-actions = ["pull", "push"]
-"#
-        ),
-    )
-    .unwrap();
+    let cfg = ann_and_bob(dir.path(), TEAMS);
     let server = Server::start(&["--config", cfg.to_str().unwrap()]);
     let base = server.url();
     let http = Client::new();
@@ -652,19 +653,7 @@ async fn a_browser_signs_in_finds_an_image_and_deletes_a_tag() {
     let chromium = common::require_tool("chromium");
     let chromedriver = common::require_tool("chromedriver");
     let dir = tempfile::tempdir().unwrap();
-    let htpasswd = bcrypt_user(dir.path(), "ann", "ann-secret");
-    let bob = bcrypt::hash("bob-secret", 4).unwrap();
-    let mut users = std::fs::read_to_string(&htpasswd).unwrap();
-    users.push_str(&format!("bob:{bob}\n"));
-    std::fs::write(&htpasswd, users).unwrap();
-    let cfg = dir.path().join("registry.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[auth]\nhtpasswd = {htpasswd:?}\n\n[[access]]\nusers = [\"ann\"]\nrepositories = [\"team-a/**\"]\nactions = [\"pull\", \"push\", \"delete\"]\n\n[[access]]\nusers = [\"bob\"]\nrepositories = [\"team-b/**\"]\nactions = [\"pull\", \"push\"]\n"
-        ),
-    )
-    .unwrap();
+    let cfg = ann_and_bob(dir.path(), TEAMS);
     let server = Server::start(&["--config", cfg.to_str().unwrap()]);
     let base = server.url();
     let http = Client::new();
@@ -729,19 +718,10 @@ async fn a_browser_signs_in_finds_an_image_and_deletes_a_tag() {
 #[tokio::test]
 async fn administrators_see_usage_and_start_a_collection() {
     let dir = tempfile::tempdir().unwrap();
-    let htpasswd = bcrypt_user(dir.path(), "ann", "ann-secret");
-    let bob = bcrypt::hash("bob-secret", 4).unwrap();
-    let mut users = std::fs::read_to_string(&htpasswd).unwrap();
-    users.push_str(&format!("bob:{bob}\n"));
-    std::fs::write(&htpasswd, users).unwrap();
-    let cfg = dir.path().join("registry.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[auth]\nhtpasswd = {htpasswd:?}\n\n[ui]\nadmins = [\"ann\"]\n\n[gc]\ngrace = \"0s\"\n\n[[access]]\nusers = [\"ann\", \"bob\"]\nrepositories = [\"**\"]\nactions = [\"pull\", \"push\", \"delete\"]\n"
-        ),
-    )
-    .unwrap();
+    let cfg = ann_and_bob(
+        dir.path(),
+        "[ui]\nadmins = [\"ann\"]\n\n[gc]\ngrace = \"0s\"\n\n[[access]]\nusers = [\"ann\", \"bob\"]\nrepositories = [\"**\"]\nactions = [\"pull\", \"push\", \"delete\"]\n",
+    );
     let server = Server::start(&["--config", cfg.to_str().unwrap()]);
     let base = server.url();
     let http = Client::new();

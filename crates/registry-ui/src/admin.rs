@@ -11,7 +11,7 @@ use axum::response::Response;
 use maud::{html, Markup};
 use registry_core::{FsckReport, GcReport};
 
-use crate::pages::{count, csrf_refused, form, see_other, size, when};
+use crate::pages::{count, posted, see_other, size, when};
 use crate::{Ui, Visitor};
 
 /// Repositories shown in the usage table (the largest).
@@ -157,10 +157,8 @@ pub(crate) async fn collect(State(ui): State<Arc<Ui>>, request: Request) -> Resp
         Ok(v) => v,
         Err(r) => return r,
     };
-    let headers = request.headers().clone();
-    let fields = form(request).await.unwrap_or_default();
-    if !ui.form_is_ours(&visitor, &headers, fields.get("csrf").map(String::as_str)) {
-        return csrf_refused(&ui, &visitor);
+    if let Err(r) = posted(&ui, &visitor, request).await {
+        return r;
     }
     if ui.collecting.swap(true, Ordering::AcqRel) {
         return see_other("/ui/admin");

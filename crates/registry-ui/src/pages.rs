@@ -897,12 +897,27 @@ pub(crate) async fn delete_form(State(ui): State<Arc<Ui>>, request: Request) -> 
     ui.show(&visitor, "Delete", body)
 }
 
-/// Reads a form body (at most [`MAX_FORM`] bytes).
-pub(crate) async fn form(request: Request) -> Option<Query> {
-    let body = axum::body::to_bytes(request.into_body(), MAX_FORM)
-        .await
-        .ok()?;
-    Some(form_urlencoded::parse(&body).into_owned().collect())
+/// The fields of a form this site sent to `visitor` (at most [`MAX_FORM`] bytes): refused
+/// without its CSRF token or from another origin.
+pub(crate) async fn posted(
+    ui: &Ui,
+    visitor: &Visitor,
+    request: Request,
+) -> Result<Query, Response> {
+    let headers = request.headers().clone();
+    let Ok(body) = axum::body::to_bytes(request.into_body(), MAX_FORM).await else {
+        return Err(ui.fail(
+            visitor,
+            StatusCode::BAD_REQUEST,
+            "Not a form",
+            "The request is not a form this page sends.",
+        ));
+    };
+    let fields: Query = form_urlencoded::parse(&body).into_owned().collect();
+    if !ui.form_is_ours(visitor, &headers, fields.get("csrf").map(String::as_str)) {
+        return Err(csrf_refused(ui, visitor));
+    }
+    Ok(fields)
 }
 
 /// `POST /ui/delete`: deletes, then shows the repository.
@@ -911,18 +926,10 @@ pub(crate) async fn delete(State(ui): State<Arc<Ui>>, request: Request) -> Respo
         Ok(v) => v,
         Err(r) => return r,
     };
-    let headers = request.headers().clone();
-    let Some(fields) = form(request).await else {
-        return ui.fail(
-            &visitor,
-            StatusCode::BAD_REQUEST,
-            "Not a form",
-            "The request is not a form this page sends.",
-        );
+    let fields = match posted(&ui, &visitor, request).await {
+        Ok(fields) => fields,
+        Err(r) => return r,
     };
-    if !ui.form_is_ours(&visitor, &headers, fields.get("csrf").map(String::as_str)) {
-        return csrf_refused(&ui, &visitor);
-    }
     let (repo, reference) = match deletion_target(&ui, &visitor, &fields) {
         Ok(t) => t,
         Err(r) => return *r,
@@ -939,7 +946,7 @@ pub(crate) async fn delete(State(ui): State<Arc<Ui>>, request: Request) -> Respo
     }
 }
 
-pub(crate) fn csrf_refused(ui: &Ui, visitor: &Visitor) -> Response {
+fn csrf_refused(ui: &Ui, visitor: &Visitor) -> Response {
     ui.fail(
         visitor,
         StatusCode::FORBIDDEN,
@@ -1022,18 +1029,10 @@ pub(crate) async fn login(State(ui): State<Arc<Ui>>, request: Request) -> Respon
             "This registry takes no passwords.",
         );
     };
-    let headers = request.headers().clone();
-    let Some(fields) = form(request).await else {
-        return ui.fail(
-            &visitor,
-            StatusCode::BAD_REQUEST,
-            "Not a form",
-            "The request is not a form this page sends.",
-        );
+    let fields = match posted(&ui, &visitor, request).await {
+        Ok(fields) => fields,
+        Err(r) => return r,
     };
-    if !ui.form_is_ours(&visitor, &headers, fields.get("csrf").map(String::as_str)) {
-        return csrf_refused(&ui, &visitor);
-    }
     let next = next_of(&fields);
     let user = fields.get("user").map(String::as_str).unwrap_or("");
     let password = fields.get("password").map(String::as_str).unwrap_or("");
@@ -1082,10 +1081,8 @@ pub(crate) async fn logout(State(ui): State<Arc<Ui>>, request: Request) -> Respo
         Ok(v) => v,
         Err(r) => return r,
     };
-    let headers = request.headers().clone();
-    let fields = form(request).await.unwrap_or_default();
-    if !ui.form_is_ours(&visitor, &headers, fields.get("csrf").map(String::as_str)) {
-        return csrf_refused(&ui, &visitor);
+    if let Err(r) = posted(&ui, &visitor, request).await {
+        return r;
     }
     if let Some(s) = &visitor.session {
         ui.sessions.revoke(s);
