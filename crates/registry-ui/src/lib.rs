@@ -33,7 +33,8 @@ use axum::routing::get;
 use axum::Router;
 use maud::Markup;
 use registry_auth::{Action, Guard, Identity, Person, Refusal};
-use registry_core::{GcOptions, ObjectRegistry, Storage};
+use registry_core::{GcOptions, ObjectRegistry};
+use registry_http::auth::oidc::cookie;
 use registry_http::guard::{admitted, Connection};
 use registry_http::SiteParts;
 
@@ -73,8 +74,9 @@ impl Default for UiSettings {
 
 /// The web interface of one instance.
 pub struct Ui {
-    storage: Arc<dyn Storage>,
-    /// The instance's own storage, for its maintenance reports and collections.
+    /// The instance's own storage: what is stored, not what the API serves (browsing a
+    /// pull-through cache shows what it holds and never asks upstream); also its maintenance
+    /// reports and collections.
     own: ObjectRegistry,
     guard: Option<Arc<Guard>>,
     delete_enabled: bool,
@@ -126,9 +128,6 @@ impl WebInterface {
     pub fn router(&self, parts: &SiteParts) -> Router {
         let settings = &self.settings;
         routes(Arc::new(Ui {
-            // What is stored, not what the API serves: browsing a pull-through cache shows
-            // what it holds and never sends requests upstream (names are the same).
-            storage: Arc::new(parts.storage.clone()),
             own: parts.storage.clone(),
             guard: parts.state.guard.clone(),
             delete_enabled: parts.state.config.delete_enabled,
@@ -148,12 +147,6 @@ pub(crate) fn session_cookie(value: &str, lifetime: Duration, secure: bool) -> S
         lifetime.as_secs(),
         if secure { "; Secure" } else { "" }
     )
-}
-
-/// The web interface's routes for an instance built from `parts` (pass it to
-/// `RegistryBuilder::routes`); [`WebInterface`] also signs in people of OpenID Connect.
-pub fn router(parts: &SiteParts, settings: &UiSettings) -> Router {
-    WebInterface::new(settings.clone()).router(parts)
 }
 
 fn routes(ui: Arc<Ui>) -> Router {
@@ -244,7 +237,7 @@ impl Ui {
         request: &Request,
     ) -> impl std::future::Future<Output = Result<Visitor, Response>> + Send + '_ {
         let headers = request.headers();
-        let (browser, new_browser) = match session::cookie(headers, BROWSER_COOKIE) {
+        let (browser, new_browser) = match cookie(headers, BROWSER_COOKIE) {
             Some(b) if session::is_browser_id(b) => (b.to_owned(), false),
             _ => (session::random_hex(16), true),
         };
@@ -260,7 +253,7 @@ impl Ui {
             host: host_of(headers),
         };
         let certificate = connection.and_then(|c| c.certificate.clone());
-        let sealed = session::cookie(headers, SESSION_COOKIE).map(str::to_owned);
+        let sealed = cookie(headers, SESSION_COOKIE).map(str::to_owned);
         let admitted = self.guard.as_ref().map(|g| admitted(g, request));
         async move {
             let (Some(guard), Some(admitted)) = (self.guard.clone(), admitted) else {

@@ -12,7 +12,9 @@ use axum::response::{IntoResponse, Response};
 use futures::{StreamExt, TryStreamExt};
 use maud::{html, Markup, DOCTYPE};
 use registry_auth::{Action, Identity, Refusal};
-use registry_core::{Digest, Error, Reference, RepoName, Tag};
+use registry_core::{
+    BlobStore, CatalogStore, Digest, Error, ManifestStore, Reference, ReferrerStore, RepoName, Tag,
+};
 use serde_json::Value;
 
 use crate::session::SESSION_COOKIE;
@@ -247,7 +249,7 @@ pub(crate) async fn repositories(State(ui): State<Arc<Ui>>, request: Request) ->
         .map(|s| s.trim().to_lowercase())
         .unwrap_or_default();
     let after = q.get("after").cloned().unwrap_or_default();
-    let all = match ui.storage.repositories(None, None).await {
+    let all = match ui.own.repositories(None, None).await {
         Ok(page) => page.items,
         Err(e) => return ui.storage_failed(&visitor, &e),
     };
@@ -262,7 +264,7 @@ pub(crate) async fn repositories(State(ui): State<Arc<Ui>>, request: Request) ->
         .map(|name| {
             let ui = ui.clone();
             async move {
-                let times = ui.storage.tag_times(&name).await.ok();
+                let times = ui.own.tag_times(&name).await.ok();
                 Listed {
                     tags: times.as_ref().map(Vec::len),
                     pushed: times.and_then(|t| t.into_iter().filter_map(|(_, w)| w).max()),
@@ -415,7 +417,7 @@ pub(crate) async fn repository(State(ui): State<Arc<Ui>>, request: Request) -> R
     let needle = q.get("q").map(|s| s.trim().to_owned()).unwrap_or_default();
     let by_push = q.get("sort").is_some_and(|s| s == "pushed");
     let page_no: usize = q.get("page").and_then(|p| p.parse().ok()).unwrap_or(0);
-    let mut tags = match ui.storage.tag_times(&repo).await {
+    let mut tags = match ui.own.tag_times(&repo).await {
         Ok(t) => t,
         Err(e) => return ui.storage_failed(&visitor, &e),
     };
@@ -435,7 +437,7 @@ pub(crate) async fn repository(State(ui): State<Arc<Ui>>, request: Request) -> R
             let (ui, repo) = (ui.clone(), repo.clone());
             async move {
                 let got = ui
-                    .storage
+                    .own
                     .manifest_get(&repo, &Reference::Tag(tag.clone()))
                     .await;
                 let (digest, summary, config) = match got {
@@ -596,7 +598,7 @@ fn config_of(doc: &Value) -> Option<Digest> {
 
 /// Reads a blob of at most [`MAX_CONFIG`] bytes as JSON.
 async fn read_json(ui: &Ui, repo: &RepoName, digest: &Digest) -> Option<Value> {
-    let read = ui.storage.blob_read(repo, digest, None).await.ok()?;
+    let read = ui.own.blob_read(repo, digest, None).await.ok()?;
     if read.size > MAX_CONFIG {
         return None;
     }
@@ -617,7 +619,7 @@ pub(crate) async fn image(State(ui): State<Arc<Ui>>, request: Request) -> Respon
     if !visitor.may(Action::Pull, repo.as_str()) {
         return ui.not_visible(&visitor, &path);
     }
-    let (info, bytes) = match ui.storage.manifest_get(&repo, &reference).await {
+    let (info, bytes) = match ui.own.manifest_get(&repo, &reference).await {
         Ok(got) => got,
         Err(e) => return ui.storage_failed(&visitor, &e),
     };
@@ -629,7 +631,7 @@ pub(crate) async fn image(State(ui): State<Arc<Ui>>, request: Request) -> Respon
         _ => None,
     };
     let referrers = ui
-        .storage
+        .own
         .referrers(&repo, &info.digest)
         .await
         .unwrap_or_default();
@@ -934,7 +936,7 @@ pub(crate) async fn delete(State(ui): State<Arc<Ui>>, request: Request) -> Respo
         Ok(t) => t,
         Err(r) => return *r,
     };
-    match ui.storage.manifest_delete(&repo, &reference).await {
+    match ui.own.manifest_delete(&repo, &reference).await {
         Ok(()) => {
             tracing::info!(repo = %repo, reference = %reference, who = %visitor.identity, "deleted in the web interface");
             see_other(&format!(

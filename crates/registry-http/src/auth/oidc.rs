@@ -148,7 +148,7 @@ impl SignIn {
     }
 
     async fn session(&self, headers: &HeaderMap) -> Option<(Session, String)> {
-        let value = cookie(headers, SESSION_COOKIE)?;
+        let value = cookie(headers, SESSION_COOKIE)?.to_owned();
         let session = self
             .verifier
             .unseal::<Session>(&value, &self.audience("session"))
@@ -203,8 +203,8 @@ impl SignIn {
     }
 }
 
-/// A cookie's value from the request's `Cookie` headers.
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+/// A cookie's value from the request's `Cookie` headers (for the web interface's pages too).
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -212,7 +212,7 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_owned())
+        .map(|(_, v)| v)
 }
 
 /// The CSRF field of a session: bound to the session cookie, which other sites cannot read.
@@ -403,8 +403,7 @@ async fn callback(State(s): State<Arc<SignIn>>, request: Request) -> Response {
     };
     // The sign-in cookie is spent whatever happens now.
     let spent = s.cookie(SIGN_IN_COOKIE, "", "/auth/callback", Duration::ZERO, "Lax");
-    let to_ui =
-        s.web.is_some() && cookie(request.headers(), SIGN_IN_TO_COOKIE).as_deref() == Some("ui");
+    let to_ui = s.web.is_some() && cookie(request.headers(), SIGN_IN_TO_COOKIE) == Some("ui");
     let spent_to = s.cookie(
         SIGN_IN_TO_COOKIE,
         "",
@@ -432,7 +431,7 @@ async fn callback(State(s): State<Arc<SignIn>>, request: Request) -> Response {
             "This is not a sign-in coming back from the identity provider.",
         ));
     };
-    let Some(sealed) = cookie(request.headers(), SIGN_IN_COOKIE) else {
+    let Some(sealed) = cookie(request.headers(), SIGN_IN_COOKIE).map(str::to_owned) else {
         return fail(Page::error(
             StatusCode::BAD_REQUEST,
             "No sign-in is in progress in this browser (or it took longer than 10 minutes).",
