@@ -86,6 +86,8 @@ Type=simple
 User={user}
 Group={user}
 ExecStart={binary} --config-dir {home} serve
+# Re-reads every instance's configuration; in-flight requests finish as they began.
+ExecReload=/bin/kill -HUP $MAINPID
 Restart=on-failure
 RestartSec=2s
 TimeoutStopSec=60s

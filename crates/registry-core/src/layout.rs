@@ -28,6 +28,9 @@
 //! gc/doomed/<alg>/<hex>                            a digest a collection is deleting
 //! auth/tokens/<name>                               a scoped token: its name, the SHA-256 of its
 //!                                                  secret, scopes, expiry, owner (never the secret)
+//! events/<endpoint>/queue/<ms>-<node>-<seq>        events not yet delivered to a notification
+//!                                                  endpoint, a batch per object, oldest first
+//! events/<endpoint>/lease                          the node delivering to the endpoint
 //! ```
 //!
 //! Repository path components never start with `_` (the name grammar forbids it), so the `_…`
@@ -265,6 +268,16 @@ pub fn gc_report() -> Path {
 /// What the last fsck found.
 pub fn fsck_report() -> Path {
     Path::from("reports/fsck.json")
+}
+
+/// The queue of events for the notification endpoint `endpoint` (a checked name).
+pub fn events_queue(endpoint: &str) -> Path {
+    path(format!("events/{endpoint}/queue"))
+}
+
+/// Which node delivers the events of `endpoint`.
+pub fn events_lease(endpoint: &str) -> Path {
+    path(format!("events/{endpoint}/lease"))
 }
 
 /// The lease of a running garbage collection.

@@ -20,7 +20,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ..ApiConfig::default()
         })
         .build()?;
-    registry.start_upkeep();
+    // Purges abandoned uploads while `_upkeep` lives.
+    let _upkeep = registry.start_upkeep();
     let app = Router::new()
         .route(
             "/hello",

@@ -3,9 +3,11 @@
 use axum::http::{HeaderValue, Method};
 use registry_core::{Digest, RepoName};
 
+use crate::events::{emit, About};
 use crate::range::{if_range_holds, parse_range, RangeRequest};
 use crate::responses::{BlobAnswer, Deleted};
 use crate::{ApiError, ApiResult, ErrorCode, RegistryState, Req};
+use registry_events::Action;
 
 /// Serves a blob, as `GET` or `HEAD`: a redirect to where its bytes are (redirect mode, GET
 /// only; a `Range` goes along with the client's retry there), its headers alone, or its bytes,
@@ -22,6 +24,7 @@ pub(crate) async fn get(
         return Ok(BlobAnswer::Head { digest, size });
     }
     if let Some(url) = s.storage.blob_url(&name, &digest).await? {
+        emit(s, req, Action::Pull, About::blob(&name, &digest, None));
         return Ok(BlobAnswer::Redirect { url, digest });
     }
     let etag = format!("\"{digest}\"");
@@ -41,6 +44,12 @@ pub(crate) async fn get(
     };
     let partial = range.is_some();
     let read = s.storage.blob_read(&name, &digest, range).await?;
+    emit(
+        s,
+        req,
+        Action::Pull,
+        About::blob(&name, &digest, Some(read.size)),
+    );
     Ok(BlobAnswer::Bytes {
         digest,
         read,
@@ -58,9 +67,16 @@ fn unsatisfiable(size: u64) -> ApiError {
 
 pub(crate) async fn delete(
     s: &RegistryState,
+    req: &Req,
     name: RepoName,
     digest: Digest,
 ) -> ApiResult<Deleted> {
     s.storage.blob_delete(&name, &digest).await?;
+    emit(
+        s,
+        req,
+        Action::Delete,
+        About::deleted(&name, Some(&digest), None),
+    );
     Ok(Deleted)
 }

@@ -52,10 +52,13 @@ use registry_core::Storage;
 pub use endpoint::{Access, Endpoint};
 pub use error::{ApiError, ApiResult, ErrorCode};
 mod acme;
+mod events;
 pub use registry::{
     AcmeState, AcmeTls, BuildError, MetricsExposure, Registry, RegistryBuilder, Running, SiteParts,
+    Upkeep,
 };
 pub use registry_acme;
+pub use registry_events;
 pub use registry_proxy;
 
 /// Settings of the API that are not storage.
@@ -93,6 +96,8 @@ pub struct RegistryState {
     pub metrics: Option<Arc<metrics::Metrics>>,
     /// Who may connect and do what; `None`: everyone, everything.
     pub guard: Option<Arc<Guard>>,
+    /// Where events go, if anywhere (see [`registry_events`]).
+    pub events: Option<Arc<registry_events::Notifier>>,
 }
 
 impl RegistryState {
@@ -103,7 +108,14 @@ impl RegistryState {
             config: Arc::new(config),
             metrics: None,
             guard: None,
+            events: None,
         }
+    }
+
+    /// Sends events of what requests do to `notifier`'s endpoints.
+    pub fn with_events(mut self, notifier: Arc<registry_events::Notifier>) -> Self {
+        self.events = Some(notifier);
+        self
     }
 
     /// Puts `guard` in front of every request (see [`guard::guard_requests`]).
@@ -325,6 +337,8 @@ pub(crate) struct Req {
     pub headers: HeaderMap,
     /// The caller, when a guard authenticated one.
     pub caller: Option<guard::Caller>,
+    /// The connection, when events are sent (they name the client and the scheme).
+    pub connection: Option<guard::Connection>,
 }
 
 impl Req {
@@ -362,6 +376,10 @@ async fn dispatch(state: &RegistryState, request: axum::extract::Request) -> Res
         uri: parts.uri,
         headers: parts.headers,
         caller: parts.extensions.remove::<guard::Caller>(),
+        connection: match state.events {
+            Some(_) => parts.extensions.get::<guard::Connection>().cloned(),
+            None => None,
+        },
     };
     route(state, req, endpoint, body)
         .await
@@ -397,7 +415,9 @@ async fn route(
         (&Method::GET | &Method::HEAD, E::Blob(name, d)) => {
             blobs::get(s, &req, name, d).await?.into_response()
         }
-        (&Method::DELETE, E::Blob(name, d)) => blobs::delete(s, name, d).await?.into_response(),
+        (&Method::DELETE, E::Blob(name, d)) => {
+            blobs::delete(s, &req, name, d).await?.into_response()
+        }
         (&Method::POST, E::Uploads(name)) => uploads::start(s, &req, body, name).await?,
         (&Method::GET, E::Upload(name, id)) => uploads::status(s, name, id).await?.into_response(),
         (&Method::PATCH, E::Upload(name, id)) => uploads::patch(s, &req, body, name, id)
@@ -416,7 +436,7 @@ async fn route(
             .await?
             .into_response(),
         (&Method::DELETE, E::Manifest(name, r)) => {
-            manifests::delete(s, name, r).await?.into_response()
+            manifests::delete(s, &req, name, r).await?.into_response()
         }
         (&Method::GET | &Method::HEAD | &Method::DELETE, E::InvalidReference(..)) => {
             return Err(ApiError::new(

@@ -6,8 +6,10 @@ use axum::http::Method;
 use registry_core::manifest::{essence, MANIFEST_TYPES};
 use registry_core::{Reference, RepoName, Tag};
 
+use crate::events::{emit, About};
 use crate::responses::{Created, Deleted, ManifestAnswer};
 use crate::{ApiError, ApiResult, ErrorCode, RegistryState, Req};
+use registry_events::Action;
 
 /// Whether the client's `Accept` headers admit `media_type`. The stored manifest is served
 /// unless the client lists only manifest types and not this one; it is never converted.
@@ -44,6 +46,14 @@ pub(crate) async fn get(
                 info.media_type
             ),
         ));
+    }
+    if bytes.is_some() {
+        let tag = match &reference {
+            Reference::Tag(t) => Some(t.as_str()),
+            Reference::Digest(_) => None,
+        };
+        let about = About::manifest(&name, &info.digest, &info.media_type, info.size, tag);
+        emit(s, req, Action::Pull, about);
     }
     Ok(ManifestAnswer { info, bytes })
 }
@@ -83,18 +93,64 @@ pub(crate) async fn put(
             )
         }
     })?;
+    let size = bytes.len() as u64;
+    let media_type = crate::events::wanted(s, Action::Push, &name)
+        .then(|| pushed_media_type(content_type.as_deref(), &bytes));
     let put = s
         .storage
         .manifest_put(&name, &reference, content_type.as_deref(), bytes, &tags)
         .await?;
+    if let Some(media_type) = media_type {
+        let by_reference = match &reference {
+            Reference::Tag(t) => Some(t.as_str()),
+            Reference::Digest(_) => None,
+        };
+        let named: Vec<Option<&str>> = match (by_reference, tags.is_empty()) {
+            (None, true) => vec![None],
+            (r, _) => r
+                .into_iter()
+                .chain(tags.iter().map(Tag::as_str))
+                .map(Some)
+                .collect(),
+        };
+        for tag in named {
+            let about = About::manifest(&name, &put.digest, &media_type, size, tag);
+            emit(s, req, Action::Push, about);
+        }
+    }
     Ok(Created::manifest(&name, put, tags))
+}
+
+/// The media type a pushed manifest is stored with: its `Content-Type`, else its own
+/// `mediaType` field.
+fn pushed_media_type(content_type: Option<&str>, bytes: &[u8]) -> String {
+    match content_type.map(essence).filter(|t| !t.is_empty()) {
+        Some(t) => t.to_owned(),
+        None => {
+            #[derive(serde::Deserialize)]
+            struct Typed {
+                #[serde(rename = "mediaType")]
+                media_type: Option<String>,
+            }
+            serde_json::from_slice::<Typed>(bytes)
+                .ok()
+                .and_then(|t| t.media_type)
+                .unwrap_or_default()
+        }
+    }
 }
 
 pub(crate) async fn delete(
     s: &RegistryState,
+    req: &Req,
     name: RepoName,
     reference: Reference,
 ) -> ApiResult<Deleted> {
     s.storage.manifest_delete(&name, &reference).await?;
+    let about = match &reference {
+        Reference::Tag(t) => About::deleted(&name, None, Some(t.as_str())),
+        Reference::Digest(d) => About::deleted(&name, Some(d), None),
+    };
+    emit(s, req, Action::Delete, about);
     Ok(Deleted)
 }

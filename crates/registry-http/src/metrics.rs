@@ -145,6 +145,7 @@ pub struct Metrics {
     gc_freed_bytes: Counter<u64, AtomicU64>,
     certificate_expiry: Family<CertificateLabels, Gauge>,
     mirrors: Arc<MirrorCounters>,
+    events: Arc<EventCounters>,
     connections: ConnectionMetrics,
 }
 
@@ -232,6 +233,8 @@ impl Metrics {
         connections.register(&mut registry);
         let mirrors = Arc::new(MirrorCounters::default());
         registry.register_collector(Box::new(mirrors.clone()));
+        let events = Arc::new(EventCounters::default());
+        registry.register_collector(Box::new(events.clone()));
         Metrics {
             registry,
             connections,
@@ -247,13 +250,29 @@ impl Metrics {
             gc_freed_bytes,
             certificate_expiry,
             mirrors,
+            events,
         }
     }
 
+    /// Shows the counters of `notifier`'s endpoints (events sent, failed attempts, events
+    /// dropped, events queued, labelled by endpoint); replaces the notifier counted before.
+    pub fn count_events(&self, notifier: Arc<registry_events::Notifier>) {
+        *self
+            .events
+            .notifier
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(notifier);
+    }
+
     /// Shows the counters of `proxy`'s mirrors (hits, misses, upstream bytes, errors, stale
-    /// answers, labelled by prefix and upstream).
+    /// answers, labelled by prefix and upstream); replaces the proxy counted before (a reload
+    /// builds a new one, whose counters start from zero).
     pub fn count_mirrors(&self, proxy: Arc<registry_proxy::Proxy>) {
-        let _ = self.mirrors.proxy.set(proxy);
+        *self
+            .mirrors
+            .proxy
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(proxy);
     }
 
     /// Records the expiry (Unix seconds) of the certificate served for `name`.
@@ -293,7 +312,7 @@ impl Metrics {
 /// The pull-through cache's counters, read at each scrape.
 #[derive(Default)]
 struct MirrorCounters {
-    proxy: std::sync::OnceLock<Arc<registry_proxy::Proxy>>,
+    proxy: std::sync::RwLock<Option<Arc<registry_proxy::Proxy>>>,
 }
 
 impl std::fmt::Debug for MirrorCounters {
@@ -310,7 +329,7 @@ impl prometheus_client::collector::Collector for MirrorCounters {
         use prometheus_client::encoding::EncodeMetric;
         use prometheus_client::metrics::counter::ConstCounter;
         use registry_proxy::StatsSnapshot;
-        let Some(proxy) = self.proxy.get() else {
+        let Some(proxy) = self.proxy.read().unwrap_or_else(|e| e.into_inner()).clone() else {
             return Ok(());
         };
         let mirrors = proxy.mirrors();
@@ -360,6 +379,84 @@ impl prometheus_client::collector::Collector for MirrorCounters {
         }
         Ok(())
     }
+}
+
+/// The notifier's counters, read at each scrape.
+#[derive(Default)]
+struct EventCounters {
+    notifier: std::sync::RwLock<Option<Arc<registry_events::Notifier>>>,
+}
+
+impl std::fmt::Debug for EventCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventCounters").finish_non_exhaustive()
+    }
+}
+
+impl prometheus_client::collector::Collector for EventCounters {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        use prometheus_client::metrics::MetricType;
+        use registry_events::EndpointSnapshot;
+        let Some(notifier) = self
+            .notifier
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        else {
+            return Ok(());
+        };
+        let stats = notifier.stats();
+        type Read = fn(&EndpointSnapshot) -> u64;
+        let families: [(&str, &str, MetricType, Read); 4] = [
+            ("events_sent", "Events an endpoint accepted", MetricType::Counter, |s| s.sent),
+            (
+                "events_failed",
+                "Failed attempts at delivering events to an endpoint",
+                MetricType::Counter,
+                |s| s.failed,
+            ),
+            (
+                "events_dropped",
+                "Events dropped unsent: queue full, expired, or retries spent",
+                MetricType::Counter,
+                |s| s.dropped,
+            ),
+            (
+                "events_queued",
+                "Events waiting for an endpoint (in memory, and in storage as this node last listed)",
+                MetricType::Gauge,
+                |s| s.queued,
+            ),
+        ];
+        for (name, help, kind, read) in families {
+            let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+            for s in &stats {
+                let labels = NotifyLabels {
+                    endpoint: s.name.clone(),
+                };
+                let sample = family.encode_family(&labels)?;
+                match kind {
+                    MetricType::Gauge => {
+                        ConstGauge::new(i64::try_from(read(s)).unwrap_or(i64::MAX))
+                            .encode(sample)?
+                    }
+                    _ => ConstCounter::new(read(s)).encode(sample)?,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotifyLabels {
+    endpoint: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

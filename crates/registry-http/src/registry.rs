@@ -54,6 +54,9 @@ pub enum BuildError {
     /// The ACME settings cannot work.
     #[error(transparent)]
     Acme(#[from] registry_acme::Error),
+    /// The notification endpoints cannot work.
+    #[error(transparent)]
+    Events(#[from] registry_events::Error),
 }
 
 /// Certificates from an ACME certificate authority, with the client-certificate policy.
@@ -139,6 +142,7 @@ pub struct RegistryBuilder {
     api: ApiConfig,
     guard: GuardSettings,
     metrics: MetricsExposure,
+    metrics_from: Option<Arc<Metrics>>,
     request_log: bool,
     upload_max_age: Duration,
     gc_every: Option<Duration>,
@@ -149,9 +153,23 @@ pub struct RegistryBuilder {
     cache_ttl: Option<Duration>,
     mirrors: Vec<MirrorSettings>,
     proxy: ProxyOptions,
+    notify: Vec<registry_events::EndpointSettings>,
+    node_addr: String,
 }
 
 impl RegistryBuilder {
+    /// Sends events (push, pull, delete, mount) to these webhook endpoints (see
+    /// [`registry_events`]); `node_addr` names this node in them (host name and port).
+    pub fn notify(
+        mut self,
+        endpoints: Vec<registry_events::EndpointSettings>,
+        node_addr: impl Into<String>,
+    ) -> Self {
+        self.notify = endpoints;
+        self.node_addr = node_addr.into();
+        self
+    }
+
     /// With OpenID Connect sign-in on, a sign-in that began at `/auth/login?to=ui` ends in a
     /// web session: `start` gives the `Set-Cookie` values for the person (and whether the
     /// registry is reached over HTTPS), and the browser goes to `/` (the web interface).
@@ -204,6 +222,14 @@ impl RegistryBuilder {
         self
     }
 
+    /// Records into `metrics` (unless metrics are off) instead of new ones: those of the
+    /// registry this one replaces at a configuration reload, so counters go on counting and a
+    /// metrics listener serving them keeps serving.
+    pub fn metrics_from(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics_from = Some(metrics);
+        self
+    }
+
     /// Whether each request is logged through `tracing` (default: yes).
     pub fn request_log(mut self, on: bool) -> Self {
         self.request_log = on;
@@ -246,7 +272,10 @@ impl RegistryBuilder {
 
     /// Opens the storage, loads the guard's and TLS files and builds the app.
     pub fn build(self) -> Result<Registry, BuildError> {
-        let metrics = (self.metrics != MetricsExposure::Off).then(|| Arc::new(Metrics::new()));
+        let metrics = (self.metrics != MetricsExposure::Off).then(|| {
+            self.metrics_from
+                .unwrap_or_else(|| Arc::new(Metrics::new()))
+        });
         let mut opened = registry_core::open::open(&self.location)?;
         if let Some(ttl) = self.cache_ttl {
             opened.options.cache_ttl = ttl;
@@ -287,6 +316,22 @@ impl RegistryBuilder {
         let mut state = RegistryState::new(served, self.api);
         if let Some(m) = &metrics {
             state = state.with_metrics(m.clone());
+        }
+        let events = if self.notify.is_empty() {
+            None
+        } else {
+            let notifier = registry_events::Notifier::new(
+                storage.object_store().clone(),
+                &self.node_addr,
+                self.notify,
+            )?;
+            Some(Arc::new(notifier))
+        };
+        if let Some(n) = &events {
+            state = state.with_events(n.clone());
+            if let Some(m) = &metrics {
+                m.count_events(n.clone());
+            }
         }
         if let Some(g) = &guard {
             state = state.with_guard(g.clone());
@@ -366,6 +411,7 @@ impl RegistryBuilder {
         };
         Ok(Registry {
             app,
+            events,
             storage,
             metrics,
             guard,
@@ -383,6 +429,7 @@ impl RegistryBuilder {
 #[derive(Clone)]
 pub struct Registry {
     app: crate::App,
+    events: Option<Arc<registry_events::Notifier>>,
     storage: ObjectRegistry,
     metrics: Option<Arc<Metrics>>,
     guard: Option<Arc<Guard>>,
@@ -404,6 +451,7 @@ impl Registry {
             api: ApiConfig::default(),
             guard: GuardSettings::default(),
             metrics: MetricsExposure::OnApi,
+            metrics_from: None,
             request_log: true,
             upload_max_age: Duration::from_secs(24 * 3600),
             gc_every: None,
@@ -414,6 +462,8 @@ impl Registry {
             cache_ttl: None,
             mirrors: Vec::new(),
             proxy: ProxyOptions::default(),
+            notify: Vec::new(),
+            node_addr: String::new(),
         }
     }
 
@@ -492,28 +542,40 @@ impl Registry {
     }
 
     /// Starts the upkeep in the background: abandoned upload sessions are purged, and garbage
-    /// is collected on the schedule, if one was set. The tasks run until the runtime stops.
-    pub fn start_upkeep(&self) {
+    /// is collected on the schedule, if one was set. The tasks run until the returned handle
+    /// is dropped (a collection under way finishes first) or the runtime stops; certificate
+    /// renewal runs while the registry (or a connection it served) lives.
+    #[must_use = "the upkeep stops when the handle is dropped"]
+    pub fn start_upkeep(&self) -> Upkeep {
         if let Some(acme) = &self.acme {
             acme.spawn();
         }
+        let (stop, stopped) = watch::channel(());
         let storage: Arc<dyn Storage> = Arc::new(self.storage.clone());
-        tokio::spawn(purge_uploads(storage, self.upload_max_age));
+        tokio::spawn(until(
+            stopped.clone(),
+            purge_uploads(storage, self.upload_max_age),
+        ));
         if let Some((every, options)) = &self.gc {
             tokio::spawn(collect_garbage(
                 self.storage.clone(),
                 options.clone(),
                 *every,
                 self.metrics.clone(),
+                stopped,
             ));
+        }
+        Upkeep {
+            _stop: stop,
+            events: self.events.as_ref().map(|n| n.start()),
         }
     }
 
     /// Serves on `listener` (HTTPS if built with TLS) until `shutdown` resolves, then lets
     /// in-flight requests finish within the shutdown timeout. Starts the upkeep.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        self.start_upkeep();
-        let sites = Arc::new(Sites::one(self.site("registry", None)));
+        let upkeep = self.start_upkeep();
+        let (_replace, sites) = watch::channel(Arc::new(Sites::one(self.site("registry", None))));
         let (stop, stopped) = watch::channel(false);
         let server = crate::server::serve(listener, sites, stopped);
         tokio::pin!(server);
@@ -523,6 +585,7 @@ impl Registry {
         }
         let _ = stop.send(true);
         server.await;
+        upkeep.finish(Duration::from_secs(5)).await;
     }
 
     /// Serves on `addr` (port 0: any free port) in the background until the returned handle is
@@ -596,6 +659,31 @@ impl Drop for Running {
     }
 }
 
+/// A registry's upkeep tasks (see [`Registry::start_upkeep`]); dropping it stops them.
+#[derive(Debug)]
+pub struct Upkeep {
+    _stop: watch::Sender<()>,
+    events: Option<registry_events::Upkeep>,
+}
+
+impl Upkeep {
+    /// Stops, after queueing in storage the events still in memory (waiting up to
+    /// `within`): for a stop of the process, when no request is in flight any more.
+    pub async fn finish(self, within: Duration) {
+        if let Some(events) = self.events {
+            events.finish(within).await;
+        }
+    }
+}
+
+/// Runs `task` until `stop`'s sender is dropped.
+async fn until(mut stop: watch::Receiver<()>, task: impl Future<Output = ()>) {
+    tokio::select! {
+        () = task => {}
+        _ = stop.changed() => {} // only ever an error: the sender is gone
+    }
+}
+
 /// Purges idle upload sessions now and then, forever.
 async fn purge_uploads(storage: Arc<dyn Storage>, max_age: Duration) {
     let every = (max_age / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
@@ -610,20 +698,25 @@ async fn purge_uploads(storage: Arc<dyn Storage>, max_age: Duration) {
     }
 }
 
-/// Collects garbage every `every`, forever. With several nodes on one storage, whichever
+/// Collects garbage every `every` until `stop`'s sender is dropped. With several nodes on one storage, whichever
 /// starts first collects; the others find it busy and skip that round.
 async fn collect_garbage(
     registry: ObjectRegistry,
     options: GcOptions,
     every: Duration,
     metrics: Option<Arc<Metrics>>,
+    mut stop: watch::Receiver<()>,
 ) {
     let mut tick = tokio::time::interval(every);
     // A collection longer than the interval delays the next instead of starting a burst.
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await; // not at startup
     loop {
-        tick.tick().await;
+        // Stopping waits for a collection under way: it is never cut off halfway.
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
         let started = std::time::Instant::now();
         let record = |outcome, deleted: &[(&'static str, u64)], bytes| {
             if let Some(m) = &metrics {

@@ -8,9 +8,11 @@ use axum::response::{IntoResponse, Response};
 use futures::{StreamExt, TryStreamExt};
 use registry_core::{Algorithm, ByteStream, Digest, RepoName};
 
+use crate::events::{emit, About};
 use crate::range::parse_content_range;
 use crate::responses::{upload_range, Cancelled, Created, UploadProgress};
 use crate::{Access, ApiError, ApiResult, ErrorCode, RegistryState, Req};
+use registry_events::Action;
 
 fn stream(body: Body) -> ByteStream {
     body.into_data_stream()
@@ -40,8 +42,15 @@ pub(crate) async fn start(
                 .caller
                 .as_ref()
                 .is_none_or(|c| c.may(Access::Pull, from.as_str()));
-            if may_read && s.storage.blob_mount(&name, &from, &digest).await?.is_some() {
-                return Ok(Created::blob(&name, digest).into_response());
+            if may_read {
+                if let Some(size) = s.storage.blob_mount(&name, &from, &digest).await? {
+                    let about = About {
+                        from: Some(&from),
+                        ..About::blob(&name, &digest, Some(size))
+                    };
+                    emit(s, req, Action::Mount, about);
+                    return Ok(Created::blob(&name, digest).into_response());
+                }
             }
         }
         // Unknown source or blob: fall back to a regular upload session (202).
@@ -55,9 +64,16 @@ pub(crate) async fn start(
     let up = s.storage.upload_start(&name, algorithm).await?;
     if let Some(digest) = digest {
         let len = req.content_length();
-        s.storage
+        let size = s
+            .storage
             .upload_finish(&name, &up.id, &digest, Some((len, stream(body))))
             .await?;
+        emit(
+            s,
+            req,
+            Action::Push,
+            About::blob(&name, &digest, Some(size)),
+        );
         return Ok(Created::blob(&name, digest).into_response());
     }
     // HTTP/2 clients may send a body without Content-Length: the body itself says.
@@ -152,7 +168,13 @@ pub(crate) async fn finish(
     } else {
         None
     };
-    s.storage.upload_finish(&name, &id, &digest, last).await?;
+    let size = s.storage.upload_finish(&name, &id, &digest, last).await?;
+    emit(
+        s,
+        req,
+        Action::Push,
+        About::blob(&name, &digest, Some(size)),
+    );
     Ok(Created::blob(&name, digest))
 }
 

@@ -117,6 +117,9 @@ pub(crate) struct ReconfigureArgs {
     pub settings: Vec<String>,
     #[arg(long, default_value = instance::DEFAULT)]
     pub instance: String,
+    /// Then have the running `registry serve` apply it (SIGHUP).
+    #[arg(long)]
+    pub reload: bool,
 }
 
 /// The arguments of `registry install`.
@@ -148,11 +151,31 @@ pub(crate) struct UninstallArgs {
 /// `registry reconfigure`.
 pub(crate) fn reconfigure(home: &Path, args: ReconfigureArgs) -> anyhow::Result<()> {
     let i = instance::Instance::open(home, &args.instance)?;
+    let before = i.settings().ok();
     manage::reconfigure(&i, &args.settings)?;
-    println!(
-        "instance {:?} reconfigured (restart `registry serve` to apply)",
-        args.instance
-    );
+    let after = i.settings()?;
+    println!("instance {:?} reconfigured", args.instance);
+    apply(home, before.as_ref(), &after, args.reload)
+}
+
+/// Tells how a changed configuration gets served, and with `reload` has the running server
+/// apply it.
+pub(crate) fn apply(
+    home: &Path,
+    before: Option<&crate::config::Settings>,
+    after: &crate::config::Settings,
+    reload: bool,
+) -> anyhow::Result<()> {
+    if let Some(why) = before.and_then(|b| manage::restart_needed(b, after)) {
+        println!("{why}: restart `registry serve` to apply it (a reload cannot)");
+        return Ok(());
+    }
+    if !reload {
+        println!("a reload applies it: `registry reconfigure --reload`, `systemctl reload registry`, or SIGHUP to `registry serve`");
+        return Ok(());
+    }
+    let pid = manage::reload(home)?;
+    println!("asked `registry serve` (process {pid}) to reload; its log says whether the configuration was applied");
     Ok(())
 }
 

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
@@ -76,17 +77,21 @@ pub(crate) enum ClientAuthArg {
     Optional,
 }
 
-/// One flag of `registry serve` that configures a registry: its name, and what it changes.
-type Override<'a> = (&'static str, Box<dyn FnOnce(&mut RawConfig) + 'a>);
+/// One flag of `registry serve` that configures a registry: its name, and what it changes
+/// (applied again at each reload).
+type Override = (&'static str, Box<dyn Fn(&mut RawConfig) + Send + Sync>);
 
 impl ServeArgs {
     /// The flags given that configure the registry, each with how it changes the
     /// configuration file's settings (the one list of them).
-    fn overrides(self) -> Vec<Override<'static>> {
-        let mut given: Vec<Override<'static>> = Vec::new();
-        let mut set = |flag, f: Box<dyn FnOnce(&mut RawConfig)>| given.push((flag, f));
+    fn overrides(self) -> Vec<Override> {
+        let mut given: Vec<Override> = Vec::new();
+        let mut set = |flag, f: Box<dyn Fn(&mut RawConfig) + Send + Sync>| given.push((flag, f));
         if let Some(v) = self.listen {
-            set("--listen", Box::new(move |c| c.server.listen = Some(v)));
+            set(
+                "--listen",
+                Box::new(move |c| c.server.listen = Some(v.clone())),
+            );
         }
         if self.no_delete {
             set("--no-delete", Box::new(|c| c.api.delete = Some(false)));
@@ -94,24 +99,30 @@ impl ServeArgs {
         if let Some(v) = self.upload_max_age {
             set(
                 "--upload-max-age",
-                Box::new(move |c| c.uploads.max_age = Some(v)),
+                Box::new(move |c| c.uploads.max_age = Some(v.clone())),
             );
         }
         if let Some(v) = self.htpasswd {
-            set("--htpasswd", Box::new(move |c| c.auth.htpasswd = Some(v)));
+            set(
+                "--htpasswd",
+                Box::new(move |c| c.auth.htpasswd = Some(v.clone())),
+            );
         }
         if let Some(v) = self.tls_cert {
             let key = self.tls_key;
             set(
                 "--tls-cert",
                 Box::new(move |c| {
-                    c.tls.cert = Some(v);
-                    c.tls.key = key;
+                    c.tls.cert = Some(v.clone());
+                    c.tls.key = key.clone();
                 }),
             );
         }
         if let Some(v) = self.client_ca {
-            set("--client-ca", Box::new(move |c| c.tls.client_ca = Some(v)));
+            set(
+                "--client-ca",
+                Box::new(move |c| c.tls.client_ca = Some(v.clone())),
+            );
         }
         if let Some(v) = self.client_auth {
             let mode = match v {
@@ -126,16 +137,19 @@ impl ServeArgs {
         if let Some(v) = self.client_names {
             set(
                 "--client-names",
-                Box::new(move |c| c.tls.client_names = Some(v)),
+                Box::new(move |c| c.tls.client_names = Some(v.clone())),
             );
         }
         if let Some(v) = self.allow_ip {
-            set("--allow-ip", Box::new(move |c| c.network.allow = Some(v)));
+            set(
+                "--allow-ip",
+                Box::new(move |c| c.network.allow = Some(v.clone())),
+            );
         }
         if let Some(v) = self.trusted_proxies {
             set(
                 "--trusted-proxies",
-                Box::new(move |c| c.network.trusted_proxies = Some(v)),
+                Box::new(move |c| c.network.trusted_proxies = Some(v.clone())),
             );
         }
         if self.public_read {
@@ -159,94 +173,389 @@ pub(crate) fn run_serve(home: &Path, args: ServeArgs) -> anyhow::Result<()> {
         if let Some((flag, _)) = overrides.first() {
             anyhow::bail!("{flag} applies to a registry given by --config or --storage; the instances in {} are configured with `registry reconfigure`", home.display());
         }
-        let mut all = Vec::new();
-        for i in &instances {
-            all.push((i.name.clone(), i.settings()?));
-        }
-        manage::check_addresses(&all)?;
-        return run(serve(all));
+        return run(serve(Source::Home(home.to_owned())));
     }
-    let mut raw = match &config {
-        Some(path) => RawConfig::load(path)?,
-        None => RawConfig::default(),
-    };
-    if storage.is_some() {
-        raw.storage.url = storage;
-    }
-    for (_, apply) in overrides {
-        apply(&mut raw);
-    }
-    let settings = raw.validate()?;
-    run(serve(vec![(instance::DEFAULT.to_owned(), settings)]))
+    run(serve(Source::Given {
+        config,
+        storage,
+        overrides,
+    }))
 }
 
-/// Serves every instance in one process: each address is bound once and its sites (instances)
-/// are told apart by SNI and Host (see `registry_http::server`). Stops on SIGINT/SIGTERM after
-/// in-flight requests finish.
-async fn serve(instances: Vec<(String, Settings)>) -> anyhow::Result<()> {
-    let mut by_address: BTreeMap<SocketAddr, Vec<Site>> = BTreeMap::new();
-    let mut built = Vec::new();
-    for (name, settings) in &instances {
-        crate::manage::tokens::check(settings).with_context(|| format!("instance {name}"))?;
-        let registry = build(settings)
-            .await
-            .with_context(|| format!("instance {name}"))?;
-        registry.start_upkeep();
-        let site = registry.site(name, settings.hostname.clone());
-        if let Some(addr) = settings.plain_listen {
-            // With ACME the plain listener answers HTTP-01 and redirects to HTTPS.
-            let plain = registry
-                .challenge_site(name, settings.hostname.clone(), settings.listen.port())
-                .unwrap_or_else(|| Site {
-                    tls: None,
-                    ..site.clone()
-                });
-            by_address.entry(addr).or_default().push(plain);
-        }
-        by_address.entry(settings.listen).or_default().push(site);
-        built.push((name, settings, registry));
-    }
-    let (stop, stopped) = watch::channel(false);
-    let mut servers = Vec::new();
-    for (addr, sites) in by_address {
-        let sites = Sites::new(sites).with_context(|| format!("on {addr}"))?;
-        let listener = bind(addr).await?;
-        let local = listener.local_addr()?;
-        for site in sites.iter() {
-            let scheme = if site.tls.is_some() { "https" } else { "http" };
-            let Some((_, settings, registry)) = built.iter().find(|(n, ..)| **n == site.name)
-            else {
-                continue;
-            };
-            tracing::info!(
-                instance = %site.name,
-                host = site.hostname.as_deref().unwrap_or("*"),
-                storage = %settings.storage,
-                "registry listening on {scheme}://{local}"
-            );
-            if registry.is_guarded() && site.tls.is_none() && !addr.ip().is_loopback() {
-                tracing::warn!(instance = %site.name, "guards are configured but the listener is plain HTTP: credentials travel in clear text; configure [tls]");
+/// Where the configuration comes from, read at start and at each reload.
+enum Source {
+    /// Every instance of the config home.
+    Home(PathBuf),
+    /// One registry from `--config`, `--storage` and flags.
+    Given {
+        config: Option<PathBuf>,
+        storage: Option<String>,
+        overrides: Vec<Override>,
+    },
+}
+
+impl Source {
+    /// The instances as configured now, validated (each alone and all together).
+    fn read(&self) -> anyhow::Result<Vec<(String, Settings)>> {
+        let all = match self {
+            Source::Home(home) => {
+                let mut all = Vec::new();
+                for i in instance::Instance::all(home)? {
+                    all.push((i.name.clone(), i.settings()?));
+                }
+                if all.is_empty() {
+                    bail!("no instance is left in {}", home.display());
+                }
+                all
             }
+            Source::Given {
+                config,
+                storage,
+                overrides,
+            } => {
+                let mut raw = match config {
+                    Some(path) => RawConfig::load(path)?,
+                    None => RawConfig::default(),
+                };
+                if storage.is_some() {
+                    raw.storage.url = storage.clone();
+                }
+                for (_, apply) in overrides {
+                    apply(&mut raw);
+                }
+                vec![(instance::DEFAULT.to_owned(), raw.validate()?)]
+            }
+        };
+        manage::check_addresses(&all)?;
+        for (name, settings) in &all {
+            crate::manage::tokens::check(settings).with_context(|| format!("instance {name}"))?;
         }
-        servers.push(tokio::spawn(server::serve(
-            listener,
-            Arc::new(sites),
-            stopped.clone(),
-        )));
+        Ok(all)
     }
-    shutdown_signal().await;
+
+    /// Where `registry reconfigure --reload` finds the serving process.
+    fn pid_file(&self) -> Option<PathBuf> {
+        match self {
+            Source::Home(home) => Some(home.join(PID_FILE)),
+            Source::Given { .. } => None,
+        }
+    }
+}
+
+/// The file in the config home holding the process id of `registry serve`.
+pub(crate) const PID_FILE: &str = "serve.pid";
+
+/// Serves every instance in one process: each address is bound once and its sites (instances)
+/// are told apart by SNI and Host (see `registry_http::server`). On SIGHUP the configuration
+/// is read again and applied to new connections and requests (see [`Served::reload`]); on
+/// SIGINT/SIGTERM it stops after in-flight requests finish.
+async fn serve(source: Source) -> anyhow::Result<()> {
+    let mut served = Served::default();
+    let first = served.prepare(source.read()?).await?;
+    served.commit(first);
+    let pid_file = source.pid_file();
+    if let Some(file) = &pid_file {
+        if let Err(e) = std::fs::write(file, format!("{}\n", std::process::id())) {
+            tracing::warn!(error = %e, file = %file.display(), "cannot write the process id: `registry reconfigure --reload` will not find this process");
+        }
+    }
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut hangups = hangups()?;
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(()) = hangups.recv() => served.reload(&source).await,
+        }
+    }
+    if let Some(file) = &pid_file {
+        let _ = std::fs::remove_file(file);
+    }
     tracing::info!("stopping: finishing in-flight requests");
-    let _ = stop.send(true);
-    for s in servers {
-        let _ = s.await;
-    }
+    served.stop().await;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// One instance as the library builds it from its settings; a metrics listener of its own
-/// when the settings ask for one.
-async fn build(settings: &Settings) -> anyhow::Result<Registry> {
+/// SIGHUP, as a stream of reload requests.
+fn hangups() -> anyhow::Result<tokio::sync::mpsc::Receiver<()>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                // Several signals during one reload make one more reload.
+                let _ = tx.try_send(());
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    drop(tx);
+    Ok(rx)
+}
+
+/// What the process serves: its instances and its listeners.
+#[derive(Default)]
+struct Served {
+    instances: BTreeMap<String, ServedInstance>,
+    listeners: BTreeMap<SocketAddr, Listener>,
+    /// Listeners no longer configured, finishing their requests.
+    retired: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// One instance being served.
+struct ServedInstance {
+    registry: Registry,
+    upkeep: registry_http::Upkeep,
+    /// Its own metrics listener: the address and the task serving it.
+    metrics: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
+}
+
+/// One bound address.
+struct Listener {
+    sites: watch::Sender<Arc<Sites>>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// A configuration built and its new addresses bound, not yet serving.
+struct Prepared {
+    instances: Vec<(String, Settings, Registry)>,
+    sites: BTreeMap<SocketAddr, Sites>,
+    bound: BTreeMap<SocketAddr, TcpListener>,
+    metrics: BTreeMap<String, (SocketAddr, TcpListener)>,
+}
+
+impl Served {
+    /// Builds every instance and binds the addresses not bound yet; nothing changes in what
+    /// is served, so an error leaves it as it was.
+    async fn prepare(&self, instances: Vec<(String, Settings)>) -> anyhow::Result<Prepared> {
+        let mut by_address: BTreeMap<SocketAddr, Vec<Site>> = BTreeMap::new();
+        let mut built = Vec::new();
+        let mut metrics = BTreeMap::new();
+        for (name, settings) in instances {
+            let before = self.instances.get(&name);
+            let registry = build(&settings, before.and_then(|i| i.registry.metrics()))
+                .await
+                .with_context(|| format!("instance {name}"))?;
+            if let MetricsSettings::Separate(addr) = settings.metrics {
+                if before.and_then(|i| i.metrics.as_ref()).map(|m| m.0) != Some(addr) {
+                    let listener = bind(addr)
+                        .await
+                        .with_context(|| format!("instance {name}: the metrics listener"))?;
+                    metrics.insert(name.clone(), (addr, listener));
+                }
+            }
+            let site = registry.site(&name, settings.hostname.clone());
+            if let Some(addr) = settings.plain_listen {
+                // With ACME the plain listener answers HTTP-01 and redirects to HTTPS.
+                let plain = registry
+                    .challenge_site(&name, settings.hostname.clone(), settings.listen.port())
+                    .unwrap_or_else(|| Site {
+                        tls: None,
+                        ..site.clone()
+                    });
+                by_address.entry(addr).or_default().push(plain);
+            }
+            by_address.entry(settings.listen).or_default().push(site);
+            built.push((name, settings, registry));
+        }
+        let mut sites = BTreeMap::new();
+        let mut bound = BTreeMap::new();
+        for (addr, list) in by_address {
+            sites.insert(
+                addr,
+                Sites::new(list).with_context(|| format!("on {addr}"))?,
+            );
+            if !self.listeners.contains_key(&addr) {
+                bound.insert(addr, bind(addr).await?);
+            }
+        }
+        Ok(Prepared {
+            instances: built,
+            sites,
+            bound,
+            metrics,
+        })
+    }
+
+    /// Serves what `prepare` built: listeners kept get their new sites (for the next
+    /// connection and request), new ones start, those no longer configured stop after their
+    /// requests finish; each instance's upkeep moves to its new build.
+    fn commit(&mut self, mut next: Prepared) {
+        for (addr, sites) in next.sites {
+            let sites = Arc::new(sites);
+            let local = next.bound.get(&addr).and_then(|l| l.local_addr().ok());
+            announce(&sites, addr, local.unwrap_or(addr), &next.instances);
+            match (self.listeners.get(&addr), next.bound.remove(&addr)) {
+                (Some(kept), _) => {
+                    kept.sites.send_replace(sites);
+                }
+                (None, Some(listener)) => {
+                    let (replace, current) = watch::channel(sites);
+                    let (stop, stopped) = watch::channel(false);
+                    let task = tokio::spawn(server::serve(listener, current, stopped));
+                    self.listeners.insert(
+                        addr,
+                        Listener {
+                            sites: replace,
+                            stop,
+                            task,
+                        },
+                    );
+                }
+                (None, None) => unreachable!("prepare binds every new address"),
+            }
+        }
+        let configured: Vec<SocketAddr> = next
+            .instances
+            .iter()
+            .flat_map(|(_, s, _)| std::iter::once(s.listen).chain(s.plain_listen))
+            .collect();
+        let gone: Vec<SocketAddr> = self
+            .listeners
+            .keys()
+            .filter(|a| !configured.contains(a))
+            .copied()
+            .collect();
+        for addr in gone {
+            if let Some(l) = self.listeners.remove(&addr) {
+                tracing::info!("no instance is configured on {addr} any more: closing it");
+                let _ = l.stop.send(true);
+                self.retired.push(l.task);
+            }
+        }
+        let mut instances = BTreeMap::new();
+        for (name, settings, registry) in next.instances {
+            let before = self.instances.remove(&name);
+            let metrics = match (next.metrics.remove(&name), before.and_then(|b| b.metrics)) {
+                (Some((addr, listener)), old) => {
+                    if let Some((_, task)) = old {
+                        task.abort();
+                    }
+                    registry
+                        .metrics()
+                        .map(|m| (addr, serve_metrics(listener, addr, m.clone())))
+                }
+                (None, Some(kept)) if settings.metrics == MetricsSettings::Separate(kept.0) => {
+                    Some(kept)
+                }
+                (None, old) => {
+                    if let Some((_, task)) = old {
+                        task.abort();
+                    }
+                    None
+                }
+            };
+            instances.insert(
+                name,
+                ServedInstance {
+                    upkeep: registry.start_upkeep(),
+                    registry,
+                    metrics,
+                },
+            );
+        }
+        for (name, gone) in std::mem::replace(&mut self.instances, instances) {
+            tracing::info!(instance = %name, "instance removed");
+            if let Some((_, task)) = gone.metrics {
+                task.abort();
+            }
+        }
+    }
+
+    /// Reads the configuration again and serves it; a configuration that cannot be served is
+    /// refused as a whole and the running one keeps serving.
+    async fn reload(&mut self, source: &Source) {
+        tracing::info!("reloading the configuration");
+        let prepared = match source.read() {
+            Ok(instances) => self.prepare(instances).await,
+            Err(e) => Err(e),
+        };
+        match prepared {
+            Ok(next) => {
+                self.commit(next);
+                tracing::info!(
+                    instances = self.instances.len(),
+                    "configuration reloaded: new connections and requests use it"
+                );
+            }
+            Err(e) => {
+                tracing::error!(
+                    "configuration reload refused, the running one keeps serving: {e:#}"
+                );
+            }
+        }
+    }
+
+    /// Stops every listener after in-flight requests finish (within the shutdown timeout).
+    async fn stop(self) {
+        let mut tasks = self.retired;
+        for l in self.listeners.into_values() {
+            let _ = l.stop.send(true);
+            tasks.push(l.task);
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        for i in self.instances.into_values() {
+            if let Some((_, task)) = i.metrics {
+                task.abort();
+            }
+            // No request is in flight: what is left of the events goes to storage.
+            i.upkeep.finish(Duration::from_secs(10)).await;
+        }
+    }
+}
+
+/// Logs where each site of `addr` (bound at `local`) is served, and warns about guards over
+/// plain HTTP on a reachable address.
+fn announce(
+    sites: &Sites,
+    addr: SocketAddr,
+    local: SocketAddr,
+    built: &[(String, Settings, Registry)],
+) {
+    for site in sites.iter() {
+        let scheme = if site.tls.is_some() { "https" } else { "http" };
+        let Some((_, settings, registry)) = built.iter().find(|(n, ..)| *n == site.name) else {
+            continue;
+        };
+        tracing::info!(
+            instance = %site.name,
+            host = site.hostname.as_deref().unwrap_or("*"),
+            storage = %settings.storage,
+            "registry listening on {scheme}://{local}"
+        );
+        if registry.is_guarded() && site.tls.is_none() && !addr.ip().is_loopback() {
+            tracing::warn!(instance = %site.name, "guards are configured but the listener is plain HTTP: credentials travel in clear text; configure [tls]");
+        }
+    }
+}
+
+/// Serves `metrics` on `listener` in the background.
+fn serve_metrics(
+    listener: TcpListener,
+    addr: SocketAddr,
+    metrics: Arc<registry_http::metrics::Metrics>,
+) -> tokio::task::JoinHandle<()> {
+    tracing::info!("metrics on http://{addr}/metrics");
+    let app = registry_http::metrics::router(metrics);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics listener failed");
+        }
+    })
+}
+
+/// One instance as the library builds it from its settings, recording into the metrics of
+/// the build it replaces, if any.
+async fn build(
+    settings: &Settings,
+    metrics_before: Option<&Arc<registry_http::metrics::Metrics>>,
+) -> anyhow::Result<Registry> {
     let metrics = match settings.metrics {
         MetricsSettings::Off => MetricsExposure::Off,
         MetricsSettings::OnApi => MetricsExposure::OnApi,
@@ -263,7 +572,11 @@ async fn build(settings: &Settings) -> anyhow::Result<Registry> {
         .metrics(metrics)
         .upload_max_age(settings.upload_max_age)
         .connection(settings.connection.clone())
-        .mirrors(settings.mirrors.clone(), Default::default());
+        .mirrors(settings.mirrors.clone(), Default::default())
+        .notify(settings.notify.clone(), node_addr(settings));
+    if let Some(m) = metrics_before {
+        builder = builder.metrics_from(m.clone());
+    }
     if let Some(ui) = &settings.ui {
         let settings = UiSettings {
             session_key: match &ui.session_key {
@@ -290,18 +603,15 @@ async fn build(settings: &Settings) -> anyhow::Result<Registry> {
     if let Some(acme) = &settings.acme {
         builder = builder.acme(acme.clone());
     }
-    let registry = builder.build()?;
-    if let (MetricsSettings::Separate(addr), Some(m)) = (&settings.metrics, registry.metrics()) {
-        let listener = bind(*addr).await.context("the metrics listener")?;
-        tracing::info!("metrics on http://{addr}/metrics");
-        let metrics_app = registry_http::metrics::router(m.clone());
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, metrics_app).await {
-                tracing::error!(error = %e, "metrics listener failed");
-            }
-        });
+    Ok(builder.build()?)
+}
+
+/// How events name this node: the instance's host name and port, else its address.
+fn node_addr(settings: &Settings) -> String {
+    match &settings.hostname {
+        Some(h) => format!("{h}:{}", settings.listen.port()),
+        None => settings.listen.to_string(),
     }
-    Ok(registry)
 }
 
 /// The web interface's session key in `file`, made (32 random bytes, 0600) when missing.

@@ -69,7 +69,7 @@ pub(crate) fn token(home: &Path, c: TokenCommand) -> anyhow::Result<()> {
             println!("created signing key {kid} in {}", dir.display());
             if i.raw()?.auth.mode.as_deref() != Some("token") {
                 manage::reconfigure(&i, &["auth_mode=token".to_owned()])?;
-                println!("instance {instance:?} now takes tokens (auth.mode = \"token\"); restart `registry serve` to apply");
+                println!("instance {instance:?} now takes tokens (auth.mode = \"token\"); a reload applies it: `registry reconfigure --reload`");
             }
             print_realm(&i)
         }

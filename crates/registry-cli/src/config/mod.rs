@@ -145,6 +145,7 @@ use serde::Deserialize;
 
 mod auth;
 pub(crate) mod mirrors;
+mod notify;
 
 pub(crate) use mirrors::RawProxy;
 
@@ -180,6 +181,8 @@ pub(crate) struct RawConfig {
     pub proxy: Vec<RawProxy>,
     #[serde(default)]
     pub ui: RawUi,
+    #[serde(default)]
+    pub notify: Vec<notify::RawNotify>,
 }
 
 /// `[ui]`: the web interface.
@@ -385,6 +388,8 @@ pub(crate) struct Settings {
     pub mirrors: Vec<registry_http::registry_proxy::MirrorSettings>,
     /// The web interface; `None` when it is off.
     pub ui: Option<UiConfig>,
+    /// Webhook endpoints for events (`[[notify]]`).
+    pub notify: Vec<registry_http::registry_events::EndpointSettings>,
 }
 
 impl Settings {
@@ -442,6 +447,9 @@ impl RawConfig {
         }
         for p in &mut self.proxy {
             p.resolve_paths(dir);
+        }
+        for n in &mut self.notify {
+            fix(&mut n.ca);
         }
         fix(&mut self.ui.session_key);
         if self.ui.session_key.is_none() {
@@ -584,8 +592,10 @@ impl RawConfig {
         if ui.as_ref().is_some_and(|u| u.session_lifetime.is_zero()) {
             bail!("ui.session_lifetime must be longer than 0s");
         }
+        let notify = notify::validate_notify(&self.notify)?;
         Ok(Settings {
             ui,
+            notify,
             mirrors,
             hostname,
             protected: self.instance.protected.unwrap_or(false),

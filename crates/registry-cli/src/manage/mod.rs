@@ -5,10 +5,12 @@
 
 mod certs;
 mod reconfigure;
+mod reload;
 pub(crate) mod tokens;
 mod users;
 
 pub(crate) use reconfigure::{reconfigure, reconfigure_keys};
+pub(crate) use reload::{reload, restart_needed};
 pub(crate) use users::{
     check_user, expect_user, generate_password, hash_password, password_input, remove_user,
     set_user, users, write_user,

@@ -78,15 +78,44 @@ impl Drop for Serving {
     }
 }
 
+impl Serving {
+    /// Sends `signal` (`HUP`, `TERM`, …) with kill(1).
+    pub(crate) fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.0.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; whether it exited cleanly.
+    pub(crate) fn wait(&mut self) -> bool {
+        self.0.wait().unwrap().success()
+    }
+}
+
 pub(crate) fn serve(home: &Path, addr: &str) -> Serving {
-    let child = Command::new(env!("CARGO_BIN_EXE_registry"))
+    serve_with(home, addr, None)
+}
+
+/// `registry serve` on the instances of `home`, its log (`RUST_LOG=info`) in `log`.
+pub(crate) fn serve_logged(home: &Path, addr: &str, log: &Path) -> Serving {
+    serve_with(home, addr, Some(log))
+}
+
+fn serve_with(home: &Path, addr: &str, log: Option<&Path>) -> Serving {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_registry"));
+    command
         .arg("--config-dir")
         .arg(home)
         .arg("serve")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+        .env("RUST_LOG", if log.is_some() { "info" } else { "warn" })
+        .stdin(Stdio::null());
+    if let Some(log) = log {
+        command.stderr(std::fs::File::create(log).unwrap());
+    }
+    let child = command.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(addr).is_err() {
         assert!(
@@ -96,4 +125,20 @@ pub(crate) fn serve(home: &Path, addr: &str) -> Serving {
         std::thread::sleep(Duration::from_millis(50));
     }
     Serving(child)
+}
+
+/// Waits until `log` holds `text` `times` times (20 s at most); the log.
+pub(crate) fn wait_for_log(log: &Path, text: &str, times: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let logged = std::fs::read_to_string(log).unwrap_or_default();
+        if logged.matches(text).count() >= times {
+            return logged;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{text:?} not logged {times} times:\n{logged}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -7,6 +7,7 @@ pub(crate) mod cli;
 pub(crate) mod pebble;
 pub(crate) mod pki;
 pub(crate) mod tools;
+pub(crate) mod webhook;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -119,6 +120,13 @@ impl Server {
     pub(crate) fn kill_and_restart(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
+        let log = self.log.as_deref();
+        self.child = spawn(&self.addr, &self.storage, &self.env, &self.extra, log);
+        self.wait_ready();
+    }
+
+    /// Starts the server again (after [`Server::terminate`]) on the same port and storage.
+    pub(crate) fn start_again(&mut self) {
         let log = self.log.as_deref();
         self.child = spawn(&self.addr, &self.storage, &self.env, &self.extra, log);
         self.wait_ready();

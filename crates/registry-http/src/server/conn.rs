@@ -70,8 +70,6 @@ impl Default for ConnectionSettings {
 
 /// Counts the connections of one listening address, in total and per client address.
 pub(super) struct Limits {
-    settings: ConnectionSettings,
-    exempt: IpRanges,
     open: Mutex<(usize, HashMap<IpAddr, usize>)>,
 }
 
@@ -92,25 +90,30 @@ impl Refused {
 }
 
 impl Limits {
-    /// Limits with these settings; `exempt` (trusted proxies) are not capped per address.
-    pub(super) fn new(settings: ConnectionSettings, exempt: IpRanges) -> Arc<Limits> {
+    /// No connection open yet.
+    pub(super) fn new() -> Arc<Limits> {
         Arc::new(Limits {
-            settings,
-            exempt,
             open: Mutex::new((0, HashMap::new())),
         })
     }
 
-    /// Admits a connection from `ip`, or says which cap it hits.
-    pub(super) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, Refused> {
+    /// Admits a connection from `ip` under the caps of `settings` (`exempt`, trusted proxies,
+    /// are not capped per address), or says which cap it hits. The caps come with each call,
+    /// so a reload applies them to the next connection.
+    pub(super) fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        settings: &ConnectionSettings,
+        exempt: &IpRanges,
+    ) -> Result<Permit, Refused> {
         let key = client_key(ip);
-        let capped = !self.exempt.contains(ip.to_canonical());
+        let capped = !exempt.contains(ip.to_canonical());
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        if open.0 >= self.settings.max_connections {
+        if open.0 >= settings.max_connections {
             return Err(Refused::Total);
         }
         let mine = open.1.get(&key).copied().unwrap_or(0);
-        if capped && mine >= self.settings.max_connections_per_address {
+        if capped && mine >= settings.max_connections_per_address {
             return Err(Refused::PerAddress);
         }
         open.0 += 1;
@@ -505,21 +508,28 @@ mod tests {
             ..ConnectionSettings::default()
         };
         let proxy: IpAddr = "10.0.0.1".parse().unwrap();
-        let limits = Limits::new(settings, IpRanges::parse(&["10.0.0.1"]).unwrap());
+        let exempt = IpRanges::parse(&["10.0.0.1"]).unwrap();
+        let limits = Limits::new();
+        let admit = |ip: IpAddr| limits.admit(ip, &settings, &exempt);
         let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let a1 = limits.admit(a).unwrap();
-        let _a2 = limits.admit("::ffff:192.0.2.1".parse().unwrap()).unwrap();
-        assert!(matches!(limits.admit(a), Err(Refused::PerAddress)));
-        let _p1 = limits.admit(proxy).unwrap();
-        assert!(matches!(limits.admit(proxy), Err(Refused::Total)));
+        let a1 = admit(a).unwrap();
+        let _a2 = admit("::ffff:192.0.2.1".parse().unwrap()).unwrap();
+        assert!(matches!(admit(a), Err(Refused::PerAddress)));
+        let _p1 = admit(proxy).unwrap();
+        assert!(matches!(admit(proxy), Err(Refused::Total)));
         drop(a1);
-        let _p2 = limits
-            .admit(proxy)
-            .expect("proxies are not capped per address");
+        let _p2 = admit(proxy).expect("proxies are not capped per address");
         assert!(matches!(
-            limits.admit("2001:db8::1".parse().unwrap()),
+            admit("2001:db8::1".parse().unwrap()),
             Err(Refused::Total)
         ));
+        let wider = ConnectionSettings {
+            max_connections: 4,
+            ..settings.clone()
+        };
+        let _b = limits
+            .admit("2001:db8::1".parse().unwrap(), &wider, &exempt)
+            .expect("raised caps apply to the next connection");
     }
 
     #[test]

@@ -10,6 +10,12 @@
 //! Host must then name that same site: a client cannot pass one site's handshake and talk to
 //! another. Over plain HTTP the Host header picks the site. A site without a host name takes
 //! names no other site claims; a request for a name nobody serves gets 421.
+//!
+//! The sites of an address can be replaced while it serves (a configuration reload, see
+//! [`serve`]): each new connection takes the sites as they are when it is accepted (bounds,
+//! certificate, client-certificate policy), and each request the app of its site as it is
+//! when the request arrives, so a reload applies to the next request even on a kept-alive
+//! connection, while a request in flight finishes with the app it started with.
 
 mod body;
 mod conn;
@@ -180,9 +186,9 @@ impl Sites {
         .or_else(|| self.sites.iter().position(|s| s.hostname.is_none()))
     }
 
-    /// The app that serves `r` on a connection whose handshake picked site `fixed` (TLS), or
-    /// the host names it gave if none (or another) does.
-    fn app_for<B>(&self, r: &Request<B>, fixed: Option<usize>) -> Result<crate::App, String> {
+    /// The app that serves `r` on a connection whose handshake picked the site named `fixed`
+    /// (TLS), or the host names it gave if none (or another) does.
+    fn app_for<B>(&self, r: &Request<B>, fixed: Option<&str>) -> Result<crate::App, String> {
         // Every name the request gives, and the TLS handshake's, must lead to one site.
         let hosts = request_hosts(r);
         let named = hosts.iter().flatten().map(|h| self.find(Some(h)));
@@ -193,7 +199,7 @@ impl Sites {
         };
         match (site, fixed) {
             (Some(s), None) => Ok(self.sites[s].app.clone()),
-            (Some(s), Some(f)) if s == f => Ok(self.sites[s].app.clone()),
+            (Some(s), Some(f)) if self.sites[s].name == f => Ok(self.sites[s].app.clone()),
             _ => Err(hosts
                 .iter()
                 .flatten()
@@ -224,10 +230,13 @@ fn request_hosts<B>(r: &Request<B>) -> [Option<&str>; 2] {
     ]
 }
 
-/// Serves `sites` on `listener` until `stop` turns true, then lets in-flight requests finish
-/// for the shutdown timeout and closes what is left.
-pub async fn serve(listener: TcpListener, sites: Arc<Sites>, stop: watch::Receiver<bool>) {
-    let settings = sites.connection.clone();
+/// The sites an address serves now; a new value replaces them for the next connection and
+/// the next request (see the module documentation).
+pub type CurrentSites = watch::Receiver<Arc<Sites>>;
+
+/// Serves the `sites` on `listener` until `stop` turns true, then lets in-flight requests
+/// finish for the shutdown timeout and closes what is left.
+pub async fn serve(listener: TcpListener, sites: CurrentSites, stop: watch::Receiver<bool>) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // No header read timeout of hyper's: the watchdog already closes a connection with no
     // request in flight for the idle timeout, which bounds a request head arriving slowly,
@@ -238,8 +247,7 @@ pub async fn serve(listener: TcpListener, sites: Arc<Sites>, stop: watch::Receiv
         .header_read_timeout(None);
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
-    let limits = Limits::new(settings.clone(), sites.exempt.clone());
-    let metrics: Arc<[ConnectionMetrics]> = sites.metrics.clone().into();
+    let limits = Limits::new();
     // Every connection task holds a sender; when all are gone, the receiver sees the end.
     let (alive, mut all_done) = mpsc::channel::<()>(1);
     let (force, forced) = watch::channel(false);
@@ -256,19 +264,21 @@ pub async fn serve(listener: TcpListener, sites: Arc<Sites>, stop: watch::Receiv
             },
             _ = stopped(stop.clone()) => break,
         };
-        let permit = match limits.admit(peer.ip()) {
+        let now = sites.borrow().clone();
+        let permit = match limits.admit(peer.ip(), &now.connection, &now.exempt) {
             Ok(p) => p,
             Err(why) => {
                 tracing::debug!(%peer, cap = why.label(), "connection refused: too many open");
-                metrics.iter().for_each(|m| m.refused(why.label()));
+                now.metrics.iter().for_each(|m| m.refused(why.label()));
                 continue; // dropping the stream closes it
             }
         };
         let _ = tcp.set_nodelay(true);
         let task = Connecting {
-            sites: sites.clone(),
+            metrics: now.metrics.clone().into(),
+            sites: now,
+            current: sites.clone(),
             builder: builder.clone(),
-            metrics: metrics.clone(),
             stop: stop.clone(),
             forced: forced.clone(),
             _alive: alive.clone(),
@@ -278,10 +288,11 @@ pub async fn serve(listener: TcpListener, sites: Arc<Sites>, stop: watch::Receiv
     }
     drop(listener);
     drop(alive);
-    let finished = tokio::time::timeout(settings.shutdown_timeout, all_done.recv()).await;
+    let deadline = sites.borrow().connection.shutdown_timeout;
+    let finished = tokio::time::timeout(deadline, all_done.recv()).await;
     if finished.is_err() {
         tracing::warn!(
-            timeout = ?settings.shutdown_timeout,
+            timeout = ?deadline,
             "requests still in flight at the shutdown deadline; closing their connections"
         );
         let _ = force.send(true);
@@ -291,7 +302,10 @@ pub async fn serve(listener: TcpListener, sites: Arc<Sites>, stop: watch::Receiv
 
 /// A connection being served, with everything its task needs.
 struct Connecting {
+    /// The sites when it was accepted: its bounds, certificate and client-certificate policy.
     sites: Arc<Sites>,
+    /// The sites as they are now, for each request.
+    current: CurrentSites,
     builder: Arc<auto::Builder<TokioExecutor>>,
     metrics: Arc<[ConnectionMetrics]>,
     stop: watch::Receiver<bool>,
@@ -307,12 +321,17 @@ impl Connecting {
         let _open = OpenGauge(metrics.clone());
         let settings = &self.sites.connection;
         let sites = self.sites.clone();
+        let current = self.current.clone();
         let tls = sites.sites.iter().any(|s| s.tls.is_some());
         let (io, certificate, fixed): (Box<dyn Io>, _, _) = if !tls {
             (Box::new(tcp), None, None)
         } else {
             match handshake(&sites, tcp, settings.handshake_timeout).await {
-                Ok((stream, certificate, site)) => (Box::new(stream), certificate, Some(site)),
+                Ok((stream, certificate, site)) => (
+                    Box::new(stream),
+                    certificate,
+                    Some(sites.sites[site].name.clone()),
+                ),
                 Err(Handshake::TimedOut) => {
                     let why = Expiry::Handshake.label();
                     metrics.iter().for_each(|m| m.closed(why));
@@ -340,7 +359,7 @@ impl Connecting {
             let metrics = metrics.clone();
             tower::service_fn(move |r: Request<Incoming>| {
                 let end = Exchange::begin(&r, activity.clone(), &settings, metrics.clone());
-                let app = sites.app_for(&r, fixed);
+                let app = current.borrow().app_for(&r, fixed.as_deref());
                 let (mut parts, incoming) = r.into_parts();
                 parts.extensions.insert(connection.clone());
                 let body = RequestBody::new(incoming, end.exchange().clone());
