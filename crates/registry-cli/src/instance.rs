@@ -155,6 +155,58 @@ impl Instance {
     }
 }
 
+/// The entry of the array of tables `array` (`[[proxy]]`, `[[notify]]`) whose `field` is
+/// `key`, created (with that field) when `create`.
+pub(crate) fn array_entry<'d>(
+    doc: &'d mut DocumentMut,
+    array: &str,
+    field: &str,
+    key: &str,
+    create: bool,
+) -> Option<&'d mut toml_edit::Table> {
+    if !doc.contains_array_of_tables(array) {
+        if !create {
+            return None;
+        }
+        doc.insert(array, toml_edit::ArrayOfTables::new().into());
+    }
+    let entries = doc[array].as_array_of_tables_mut()?;
+    let at = entries
+        .iter()
+        .position(|t| t.get(field).and_then(|p| p.as_str()) == Some(key));
+    let at = match at {
+        Some(i) => i,
+        None if create => {
+            let mut t = toml_edit::Table::new();
+            t[field] = toml_edit::value(key);
+            entries.push(t);
+            entries.len() - 1
+        }
+        None => return None,
+    };
+    entries.get_mut(at)
+}
+
+/// Removes the entry of `array` whose `field` is `key` (and the array when it empties);
+/// whether there was one.
+pub(crate) fn remove_array_entry(
+    doc: &mut DocumentMut,
+    array: &str,
+    field: &str,
+    key: &str,
+) -> bool {
+    let Some(entries) = doc.get_mut(array).and_then(|p| p.as_array_of_tables_mut()) else {
+        return false;
+    };
+    let before = entries.len();
+    entries.retain(|t| t.get(field).and_then(|p| p.as_str()) != Some(key));
+    let removed = entries.len() != before;
+    if entries.is_empty() {
+        doc.remove(array);
+    }
+    removed
+}
+
 /// Sets `table.key` (a dotted table path) in a config document to `item`, creating the tables
 /// it needs, or removes the key for `None`.
 pub(crate) fn set_key(

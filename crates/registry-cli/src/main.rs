@@ -11,22 +11,28 @@ mod instance;
 mod manage;
 mod wizard;
 
+use std::path::PathBuf;
+
+use anyhow::Context;
 use clap::Parser;
+use serve::AuditFormat;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
 
 use args::{Cli, Command};
 use commands::{admin, remote, run, serve, storage, token};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only for a person at a terminal, not in files and journals.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let audit = match &cli.command {
+        Command::Serve(a) => (a.audit_log.clone(), a.audit_format),
+        _ => (None, None),
+    };
+    if let Err(e) = init_logs(audit.0, audit.1) {
+        eprintln!("registry: {e:#}");
+        return std::process::ExitCode::FAILURE;
+    }
     let home = instance::config_home(cli.config_dir);
     let result = match cli.command {
         Command::Serve(args) => serve::run_serve(&home, args),
@@ -52,4 +58,59 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The log on stderr (`RUST_LOG`, default `info`) and the audit trail (target `audit`, see
+/// `registry_http::audit`): in the log unless a file (or `-`, stderr) or JSON is asked for,
+/// then apart from it, whatever `RUST_LOG` says.
+fn init_logs(audit_log: Option<PathBuf>, format: Option<AuditFormat>) -> anyhow::Result<()> {
+    use tracing_subscriber::{filter, fmt, EnvFilter};
+    let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let log = fmt::layer()
+        .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal, not in files and journals.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if audit_log.is_none() && format.is_none() {
+        tracing_subscriber::registry()
+            .with(log.with_filter(env))
+            .init();
+        return Ok(());
+    }
+    let writer: Box<dyn std::io::Write + Send> = match audit_log.as_deref() {
+        None => Box::new(std::io::stderr()),
+        Some(p) if p.as_os_str() == "-" => Box::new(std::io::stderr()),
+        Some(p) => {
+            let mut options = std::fs::OpenOptions::new();
+            options.create(true).append(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            Box::new(
+                options
+                    .open(p)
+                    .with_context(|| format!("cannot open the audit log {}", p.display()))?,
+            )
+        }
+    };
+    let writer = std::sync::Mutex::new(writer);
+    let only_audit =
+        filter::Targets::new().with_target(registry_http::audit::TARGET, tracing::Level::INFO);
+    let audit = match format.unwrap_or(AuditFormat::Text) {
+        AuditFormat::Json => fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(writer)
+            .with_filter(only_audit)
+            .boxed(),
+        AuditFormat::Text => fmt::layer()
+            .with_ansi(false)
+            .with_writer(writer)
+            .with_filter(only_audit)
+            .boxed(),
+    };
+    let not_audit = filter::filter_fn(|m| m.target() != registry_http::audit::TARGET);
+    tracing_subscriber::registry()
+        .with(log.with_filter(env).with_filter(not_audit))
+        .with(audit)
+        .init();
+    Ok(())
 }

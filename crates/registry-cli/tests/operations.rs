@@ -40,6 +40,22 @@ fn home_with_ann(home: &Path, addr: &str) {
     );
 }
 
+/// `registry serve` on a config home with [`home_with_ann`]: the home, the address, the log
+/// file (`RUST_LOG=info`) and the process.
+fn alpha_serving() -> (
+    tempfile::TempDir,
+    String,
+    std::path::PathBuf,
+    common::cli::Serving,
+) {
+    let home = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    home_with_ann(home.path(), &addr);
+    let log = home.path().join("serve.log");
+    let server = serve_logged(home.path(), &addr, &log);
+    (home, addr, log, server)
+}
+
 /// A PATCH of `body` to `location` over its own connection, sent in two halves: the second
 /// only once `between` resolves. Returns the status line's code.
 async fn patch_in_two_halves(
@@ -72,12 +88,8 @@ async fn patch_in_two_halves(
 
 #[tokio::test]
 async fn sighup_during_pushes_drops_nothing_and_the_new_guard_applies() {
-    let home = tempfile::tempdir().unwrap();
+    let (home, addr, log, _server) = alpha_serving();
     let home = home.path();
-    let addr = format!("127.0.0.1:{}", free_port());
-    home_with_ann(home, &addr);
-    let log = home.join("serve.log");
-    let _server = serve_logged(home, &addr, &log);
     let base = format!("http://{addr}");
     let ann = client_as("ann", "ann-pass");
     let anonymous = Client::new();
@@ -176,12 +188,8 @@ async fn sighup_during_pushes_drops_nothing_and_the_new_guard_applies() {
 
 #[tokio::test]
 async fn an_invalid_configuration_on_reload_keeps_the_old_one_serving() {
-    let home = tempfile::tempdir().unwrap();
+    let (home, addr, log, server) = alpha_serving();
     let home = home.path();
-    let addr = format!("127.0.0.1:{}", free_port());
-    home_with_ann(home, &addr);
-    let log = home.join("serve.log");
-    let server = serve_logged(home, &addr, &log);
     let base = format!("http://{addr}");
     let config = home.join("instances/alpha/registry.toml");
     let good = std::fs::read_to_string(&config).unwrap();
@@ -255,11 +263,14 @@ async fn an_invalid_configuration_on_reload_keeps_the_old_one_serving() {
     }
 }
 
-/// A configuration file in `dir` whose registry takes ann's Basic logins and sends events to
-/// `endpoints` (TOML `[[notify]]` bodies).
-fn notify_config(dir: &Path, endpoints: &[String]) -> std::path::PathBuf {
+/// A configuration file in `dir` whose registry takes ann's Basic logins (with `more` TOML)
+/// and sends events to `endpoints` (TOML `[[notify]]` bodies).
+fn notify_config(dir: &Path, more: &str, endpoints: &[String]) -> std::path::PathBuf {
     let htpasswd = common::bcrypt_user(dir, "ann", "ann-pass");
-    let mut text = format!("[auth]\nhtpasswd = {:?}\n", htpasswd.display().to_string());
+    let mut text = format!(
+        "[auth]\nhtpasswd = {:?}\n{more}\n",
+        htpasswd.display().to_string()
+    );
     for e in endpoints {
         text.push_str(&format!("\n[[notify]]\n{e}\n"));
     }
@@ -288,8 +299,11 @@ async fn webhooks_hear_every_action_in_distributions_envelope() {
     let hook = Receiver::start(None, 5).await;
     let cloud = Receiver::start(None, 0).await;
     let dir = tempfile::tempdir().unwrap();
+    // ann may change team/** and other/**, nothing else.
+    let rules = "[[access]]\nusers = [\"ann\"]\nrepositories = [\"team/**\", \"other/**\"]\nactions = [\"pull\", \"push\", \"delete\"]\n";
     let config = notify_config(
         dir.path(),
+        rules,
         &[
             format!(
                 "name = \"hook\"\nurl = \"{}\"\nheaders = {{ Authorization = \"Bearer hook-secret\" }}\nbackoff = \"50ms\"",
@@ -301,7 +315,15 @@ async fn webhooks_hear_every_action_in_distributions_envelope() {
             ),
         ],
     );
-    let server = common::Server::start(&["--config", config.to_str().unwrap()]);
+    let audit = dir.path().join("audit.log");
+    let server = common::Server::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--audit-log",
+        audit.to_str().unwrap(),
+        "--audit-format",
+        "json",
+    ]);
     let base = server.url();
     let ann = client_as("ann", "ann-pass");
 
@@ -511,6 +533,7 @@ async fn queued_events_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let config = notify_config(
         dir.path(),
+        "",
         &[format!(
             "name = \"hook\"\nurl = \"{url}\"\nbackoff = \"100ms\""
         )],
@@ -540,4 +563,63 @@ async fn queued_events_survive_a_restart() {
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_added_by_reconfigure_hears_pushes_after_a_reload() {
+    use common::webhook::Receiver;
+    let hook = Receiver::start(None, 0).await;
+    let (home, addr, log, _server) = alpha_serving();
+    let home = home.path();
+    let url = format!("notify.deploy={}", hook.url());
+    let args = [
+        "reconfigure",
+        "--instance",
+        "alpha",
+        url.as_str(),
+        "notify.deploy.header.Authorization=Bearer deploy-secret",
+        "notify.deploy.actions=push,delete",
+        "--reload",
+    ];
+    // (The CLI runs while the test's runtime serves the receiver.)
+    let out = tokio::task::block_in_place(|| ok(home, &args, None));
+    assert!(out.contains("asked `registry serve`"), "{out}");
+    tokio::task::block_in_place(|| wait_for_log(&log, "configuration reloaded", 1));
+    let config = std::fs::read_to_string(home.join("instances/alpha/registry.toml")).unwrap();
+    assert!(config.contains("[[notify]]"), "{config}");
+    let ann = client_as("ann", "ann-pass");
+    let base = format!("http://{addr}");
+    let digest = push_blob(&ann, &base, "team/app", b"heard").await;
+    let r = ann
+        .get(format!("{base}/v2/team/app/blobs/{digest}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "a pull, which the endpoint does not hear"
+    );
+    let events = hook.wait_for("the push", |e| !e.is_empty()).await;
+    assert_eq!(events[0]["action"], "push");
+    assert_eq!(events[0]["target"]["digest"], digest.as_str());
+    assert_eq!(
+        hook.accepted()[0].headers["authorization"],
+        "Bearer deploy-secret"
+    );
+    // Unknown fields are refused and change nothing.
+    let err = tokio::task::block_in_place(|| {
+        common::cli::fails(
+            home,
+            &[
+                "reconfigure",
+                "--instance",
+                "alpha",
+                "notify.deploy.colour=red",
+            ],
+        )
+    });
+    assert!(err.contains("unknown notify field"), "{err}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(hook.events().len(), 1, "pulls are not sent to it");
 }

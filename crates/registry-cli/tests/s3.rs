@@ -2,6 +2,7 @@
 //! test. One node: chunked uploads with chunks of any size, pushes and pulls. Two nodes on one
 //! bucket: an upload whose PATCHes alternate between them, racing tag updates. An S3 outage in
 //! the middle of a push: 503 UNAVAILABLE, the registry survives, and works again afterwards.
+//! Events from two nodes on one bucket reach a webhook, each once.
 
 mod common;
 
@@ -506,4 +507,66 @@ async fn slow_pull_of_a_big_blob_is_not_cut_off() {
     );
     assert_eq!(got.len(), bytes.len());
     assert_eq!(sha256(&got), digest);
+}
+
+#[tokio::test]
+async fn two_nodes_on_one_bucket_deliver_every_event_once() {
+    use common::webhook::Receiver;
+    let garage = start_garage().await;
+    // The endpoint fails at first: both nodes queue, one delivers.
+    let hook = Receiver::start(None, 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("registry.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[notify]]\nname = \"hook\"\nurl = \"{}\"\nbackoff = \"50ms\"\nactions = [\"push\"]\n",
+            hook.url()
+        ),
+    )
+    .unwrap();
+    let storage = Some(format!("s3://{BUCKET}/events"));
+    let args = ["--config", config.to_str().unwrap()];
+    let a = Server::start_on(storage.clone(), garage.env(), &args);
+    let b = Server::start_on(storage, garage.env(), &args);
+    let http = Client::new();
+    let mut pushed = Vec::new();
+    for i in 0..20u64 {
+        let base = if i % 2 == 0 { a.url() } else { b.url() };
+        let blob = data(1000, i);
+        let d = sha256(&blob);
+        let r = http
+            .post(format!("{base}/v2/team/app/blobs/uploads/?digest={d}"))
+            .body(blob)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        pushed.push(d);
+    }
+    let events = hook.wait_for("twenty pushes", |e| e.len() >= 20).await;
+    // Give a second deliverer the time it would need to send anything twice.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let events = if hook.events().len() > events.len() {
+        hook.events()
+    } else {
+        events
+    };
+    let mut ids: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 20, "no event twice");
+    assert_eq!(events.len(), 20, "{events:#?}");
+    let mut digests: Vec<&str> = events
+        .iter()
+        .map(|e| e["target"]["digest"].as_str().unwrap())
+        .collect();
+    digests.sort();
+    pushed.sort();
+    assert_eq!(digests, pushed, "no event lost");
+    let nodes: std::collections::BTreeSet<&str> = events
+        .iter()
+        .map(|e| e["source"]["instanceID"].as_str().unwrap())
+        .collect();
+    assert_eq!(nodes.len(), 2, "events from both nodes");
 }

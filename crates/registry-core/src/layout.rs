@@ -28,7 +28,7 @@
 //! gc/doomed/<alg>/<hex>                            a digest a collection is deleting
 //! auth/tokens/<name>                               a scoped token: its name, the SHA-256 of its
 //!                                                  secret, scopes, expiry, owner (never the secret)
-//! events/<endpoint>/queue/<ms>-<node>-<seq>        events not yet delivered to a notification
+//! events/<endpoint>/queue/<ms>-<node>-<seq>-<n>.json  <n> events not yet delivered to a notification
 //!                                                  endpoint, a batch per object, oldest first
 //! events/<endpoint>/lease                          the node delivering to the endpoint
 //! ```

@@ -282,9 +282,12 @@ async fn check(
         Some(Ok(endpoint)) => {
             let action = endpoint.access(request.method());
             let repository = endpoint.repository().map(|r| r.as_str());
-            guard
-                .authorize(&identity, action, repository)
-                .map_err(refuse)?;
+            if let Err(r) = guard.authorize(&identity, action, repository) {
+                if action != Action::Pull {
+                    crate::audit::refused(action, repository, &identity, address, &r);
+                }
+                return Err(refuse(r));
+            }
             request.extensions_mut().insert(endpoint);
         }
         Some(Err(e)) => {

@@ -52,6 +52,7 @@ use registry_core::Storage;
 pub use endpoint::{Access, Endpoint};
 pub use error::{ApiError, ApiResult, ErrorCode};
 mod acme;
+pub mod audit;
 mod events;
 pub use registry::{
     AcmeState, AcmeTls, BuildError, MetricsExposure, Registry, RegistryBuilder, Running, SiteParts,
@@ -337,7 +338,7 @@ pub(crate) struct Req {
     pub headers: HeaderMap,
     /// The caller, when a guard authenticated one.
     pub caller: Option<guard::Caller>,
-    /// The connection, when events are sent (they name the client and the scheme).
+    /// The connection (events and the audit trail name the client, events the scheme).
     pub connection: Option<guard::Connection>,
 }
 
@@ -376,10 +377,7 @@ async fn dispatch(state: &RegistryState, request: axum::extract::Request) -> Res
         uri: parts.uri,
         headers: parts.headers,
         caller: parts.extensions.remove::<guard::Caller>(),
-        connection: match state.events {
-            Some(_) => parts.extensions.get::<guard::Connection>().cloned(),
-            None => None,
-        },
+        connection: parts.extensions.get::<guard::Connection>().cloned(),
     };
     route(state, req, endpoint, body)
         .await
@@ -403,40 +401,56 @@ async fn route(
             "deletion is disabled on this registry",
         ));
     }
-    let s = state;
+    match audit::Audited::of(&req, &endpoint) {
+        None => handle(state, &req, endpoint, body).await,
+        Some(audited) => {
+            let result = handle(state, &req, endpoint, body).await;
+            audited.finish(&req, &result);
+            result
+        }
+    }
+}
+
+/// The answer of the handler of `endpoint`.
+async fn handle(
+    s: &RegistryState,
+    req: &Req,
+    endpoint: Endpoint,
+    body: Body,
+) -> ApiResult<Response> {
     use Endpoint as E;
     let answer = match (&req.method, endpoint) {
         (&Method::GET | &Method::HEAD, E::Base) => base(),
-        (&Method::GET, E::Catalog) => listing::catalog(s, &req).await?.into_response(),
-        (&Method::GET, E::Tags(name)) => listing::tags(s, &req, name).await?.into_response(),
+        (&Method::GET, E::Catalog) => listing::catalog(s, req).await?.into_response(),
+        (&Method::GET, E::Tags(name)) => listing::tags(s, req, name).await?.into_response(),
         (&Method::GET, E::Referrers(name, d)) => {
-            listing::referrers(s, &req, name, d).await?.into_response()
+            listing::referrers(s, req, name, d).await?.into_response()
         }
         (&Method::GET | &Method::HEAD, E::Blob(name, d)) => {
-            blobs::get(s, &req, name, d).await?.into_response()
+            blobs::get(s, req, name, d).await?.into_response()
         }
         (&Method::DELETE, E::Blob(name, d)) => {
-            blobs::delete(s, &req, name, d).await?.into_response()
+            blobs::delete(s, req, name, d).await?.into_response()
         }
-        (&Method::POST, E::Uploads(name)) => uploads::start(s, &req, body, name).await?,
+        (&Method::POST, E::Uploads(name)) => uploads::start(s, req, body, name).await?,
         (&Method::GET, E::Upload(name, id)) => uploads::status(s, name, id).await?.into_response(),
-        (&Method::PATCH, E::Upload(name, id)) => uploads::patch(s, &req, body, name, id)
+        (&Method::PATCH, E::Upload(name, id)) => uploads::patch(s, req, body, name, id)
             .await?
             .into_response(),
-        (&Method::PUT, E::Upload(name, id)) => uploads::finish(s, &req, body, name, id)
+        (&Method::PUT, E::Upload(name, id)) => uploads::finish(s, req, body, name, id)
             .await?
             .into_response(),
         (&Method::DELETE, E::Upload(name, id)) => {
             uploads::cancel(s, name, id).await?.into_response()
         }
         (&Method::GET | &Method::HEAD, E::Manifest(name, r)) => {
-            manifests::get(s, &req, name, r).await?.into_response()
+            manifests::get(s, req, name, r).await?.into_response()
         }
-        (&Method::PUT, E::Manifest(name, r)) => manifests::put(s, &req, body, name, r)
-            .await?
-            .into_response(),
+        (&Method::PUT, E::Manifest(name, r)) => {
+            manifests::put(s, req, body, name, r).await?.into_response()
+        }
         (&Method::DELETE, E::Manifest(name, r)) => {
-            manifests::delete(s, &req, name, r).await?.into_response()
+            manifests::delete(s, req, name, r).await?.into_response()
         }
         (&Method::GET | &Method::HEAD | &Method::DELETE, E::InvalidReference(..)) => {
             return Err(ApiError::new(

@@ -734,6 +734,7 @@ async fn collect_garbage(
                     seconds = started.elapsed().as_secs_f64(),
                     "garbage collected"
                 );
+                tracing::info!(target: crate::audit::TARGET, action = "gc", result = "ok", who = "schedule", manifests = s.manifests, blobs = s.blobs, bytes = s.bytes, "scheduled gc");
                 let deleted = [
                     ("manifest", s.manifests),
                     ("link", s.links),
@@ -747,6 +748,7 @@ async fn collect_garbage(
             }
             Err(e) => {
                 tracing::warn!(error = %e, "garbage collection failed");
+                tracing::info!(target: crate::audit::TARGET, action = "gc", result = "failed", who = "schedule", error = %e, "scheduled gc");
                 record("error", &[], 0);
             }
         }

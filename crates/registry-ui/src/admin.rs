@@ -165,15 +165,22 @@ pub(crate) async fn collect(State(ui): State<Arc<Ui>>, request: Request) -> Resp
     }
     tracing::info!(who = %visitor.identity, "garbage collection started from the web interface");
     let (own, options, collecting) = (ui.own.clone(), ui.gc.clone(), ui.collecting.clone());
+    let who = visitor.identity.to_string();
     tokio::spawn(async move {
         match own.gc(&options, |_| {}).await {
-            Ok(s) => tracing::info!(
-                manifests = s.manifests,
-                blobs = s.blobs,
-                bytes = s.bytes,
-                "garbage collection finished"
-            ),
-            Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+            Ok(s) => {
+                tracing::info!(
+                    manifests = s.manifests,
+                    blobs = s.blobs,
+                    bytes = s.bytes,
+                    "garbage collection finished"
+                );
+                tracing::info!(target: "audit", action = "gc", result = "ok", who, manifests = s.manifests, blobs = s.blobs, bytes = s.bytes, "gc from the web interface");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "garbage collection failed");
+                tracing::info!(target: "audit", action = "gc", result = "failed", who, error = %e, "gc from the web interface");
+            }
         }
         collecting.store(false, Ordering::Release);
     });

@@ -66,6 +66,23 @@ pub(crate) struct ServeArgs {
     /// Let anyone pull without credentials (pushes and deletes still need an identity).
     #[arg(long)]
     pub public_read: bool,
+    /// Write the audit trail (pushes, tags, deletes, mounts, failed logins, collections,
+    /// reloads) to this file (appended, created 0600), or `-` for stderr, apart from the log
+    /// [default: in the log].
+    #[arg(long, env = "REGISTRY_AUDIT_LOG", value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
+    /// The audit trail's lines: text or json [default: text].
+    #[arg(long, env = "REGISTRY_AUDIT_FORMAT", value_enum)]
+    pub audit_format: Option<AuditFormat>,
+}
+
+/// How audit lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum AuditFormat {
+    /// As the log writes its lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Whether client certificates are required or only accepted.

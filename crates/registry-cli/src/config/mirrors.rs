@@ -114,44 +114,10 @@ pub(crate) fn mirror_entry<'d>(
     prefix: &str,
     create: bool,
 ) -> Option<&'d mut toml_edit::Table> {
-    let prefix = prefix.trim_end_matches('/');
-    if !doc.contains_array_of_tables("proxy") {
-        if !create {
-            return None;
-        }
-        doc.insert("proxy", toml_edit::ArrayOfTables::new().into());
-    }
-    let entries = doc["proxy"].as_array_of_tables_mut()?;
-    let at = entries
-        .iter()
-        .position(|t| t.get("prefix").and_then(|p| p.as_str()) == Some(prefix));
-    let at = match at {
-        Some(i) => i,
-        None if create => {
-            let mut t = toml_edit::Table::new();
-            t["prefix"] = toml_edit::value(prefix);
-            entries.push(t);
-            entries.len() - 1
-        }
-        None => return None,
-    };
-    entries.get_mut(at)
+    crate::instance::array_entry(doc, "proxy", "prefix", prefix.trim_end_matches('/'), create)
 }
 
 /// Removes the `[[proxy]]` entry for `prefix`; whether there was one.
 pub(crate) fn remove_mirror(doc: &mut toml_edit::DocumentMut, prefix: &str) -> bool {
-    let prefix = prefix.trim_end_matches('/');
-    let Some(entries) = doc
-        .get_mut("proxy")
-        .and_then(|p| p.as_array_of_tables_mut())
-    else {
-        return false;
-    };
-    let before = entries.len();
-    entries.retain(|t| t.get("prefix").and_then(|p| p.as_str()) != Some(prefix));
-    let removed = entries.len() != before;
-    if entries.is_empty() {
-        doc.remove("proxy");
-    }
-    removed
+    crate::instance::remove_array_entry(doc, "proxy", "prefix", prefix.trim_end_matches('/'))
 }

@@ -6,7 +6,7 @@ use toml_edit::value;
 
 use crate::config::mirrors::{mirror_entry, remove_mirror, MIRROR_FIELDS};
 use crate::config::parse_hostname;
-use crate::instance::{set_key, Instance};
+use crate::instance::{array_entry, remove_array_entry, set_key, Instance};
 
 #[derive(Clone, Copy)]
 enum Kind {
@@ -255,7 +255,86 @@ pub(crate) fn reconfigure_keys() -> String {
         "mirror.PREFIX.FIELD",
         MIRROR_FIELDS.join(", ")
     ));
+    lines.push(format!(
+        "  {:<22} events to the webhook at URL (empty: remove it)",
+        "notify.NAME"
+    ));
+    lines.push(format!(
+        "  {:<22} its FIELD: {}; header.H=V sends header H",
+        "notify.NAME.FIELD",
+        NOTIFY_FIELDS.join(", ")
+    ));
     lines.join("\n")
+}
+
+/// What `notify.NAME.FIELD` may set (see `config::notify`).
+const NOTIFY_FIELDS: [&str; 10] = [
+    "url",
+    "actions",
+    "repositories",
+    "format",
+    "timeout",
+    "backoff",
+    "retries",
+    "max_queued",
+    "max_age",
+    "ca",
+];
+
+/// `notify.NAME=URL` (empty: remove the endpoint), `notify.NAME.FIELD=VALUE` or
+/// `notify.NAME.header.H=VALUE`.
+fn set_notify(doc: &mut toml_edit::DocumentMut, key: &str, v: &str) -> anyhow::Result<()> {
+    let (name, field) = key.split_once('.').unwrap_or((key, "url"));
+    if name.is_empty() {
+        bail!("notify.NAME needs a name (notify.deploy=https://hooks.example.com/registry)");
+    }
+    if field == "url" && v.is_empty() {
+        if !remove_array_entry(doc, "notify", "name", name) {
+            bail!("there is no notify endpoint {name:?}");
+        }
+        return Ok(());
+    }
+    let Some(entry) = array_entry(doc, "notify", "name", name, field == "url") else {
+        bail!("there is no notify endpoint {name:?}: set notify.{name}=URL first");
+    };
+    if let Some(header) = field.strip_prefix("header.") {
+        let headers = entry
+            .entry("headers")
+            .or_insert_with(|| toml_edit::Item::Value(toml_edit::InlineTable::new().into()));
+        let Some(headers) = headers.as_inline_table_mut() else {
+            bail!("notify.{name}.headers is not an inline table; edit the file");
+        };
+        if v.is_empty() {
+            headers.remove(header);
+        } else {
+            headers.insert(header, v.into());
+        }
+        return Ok(());
+    }
+    if !NOTIFY_FIELDS.contains(&field) {
+        bail!(
+            "unknown notify field {field:?}; valid: {}, header.NAME",
+            NOTIFY_FIELDS.join(", ")
+        );
+    }
+    let item = match field {
+        _ if v.is_empty() => None,
+        "actions" | "repositories" => Some(value(
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect::<toml_edit::Array>(),
+        )),
+        "retries" | "max_queued" => {
+            let n: i64 = v
+                .parse()
+                .map_err(|_| anyhow::anyhow!("notify.{name}.{field}={v:?}: expected a number"))?;
+            Some(value(n))
+        }
+        _ => Some(value(v)),
+    };
+    set_field(entry, field, item);
+    Ok(())
 }
 
 /// `mirror.PREFIX=URL` (empty: remove the mirror) or `mirror.PREFIX.FIELD=VALUE`.
@@ -285,13 +364,18 @@ fn set_mirror(doc: &mut toml_edit::DocumentMut, key: &str, v: &str) -> anyhow::R
         "default" | "library" => Some(value(parse_bool(field, v)?)),
         _ => Some(value(v)),
     };
+    set_field(entry, field, item);
+    Ok(())
+}
+
+/// Sets `field` of an array entry to `item`, or removes it for `None` (its default applies).
+fn set_field(entry: &mut toml_edit::Table, field: &str, item: Option<toml_edit::Item>) {
     match item {
         Some(item) => entry[field] = item,
         None => {
             entry.remove(field);
         }
     }
-    Ok(())
 }
 
 fn parse_bool(key: &str, v: &str) -> anyhow::Result<bool> {
@@ -319,6 +403,10 @@ pub(crate) fn reconfigure(i: &Instance, settings: &[String]) -> anyhow::Result<(
         };
         if let Some(mirror) = key.strip_prefix("mirror.") {
             set_mirror(&mut doc, mirror, v)?;
+            continue;
+        }
+        if let Some(endpoint) = key.strip_prefix("notify.") {
+            set_notify(&mut doc, endpoint, v)?;
             continue;
         }
         let Some(&(_, table, name, kind, _)) = KEYS.iter().find(|k| k.0 == key) else {
