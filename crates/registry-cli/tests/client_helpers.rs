@@ -247,6 +247,7 @@ fn install_writes_a_hardened_unit_and_uninstall_respects_protection() {
             home_abs.display()
         ),
         "User=registry".to_owned(),
+        "ExecReload=/bin/kill -HUP $MAINPID".to_owned(),
         format!(
             "ReadWritePaths={} {} {}",
             home_abs.display(),

@@ -623,3 +623,45 @@ async fn a_webhook_added_by_reconfigure_hears_pushes_after_a_reload() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(hook.events().len(), 1, "pulls are not sent to it");
 }
+
+#[test]
+fn reload_refuses_a_stale_process_id() {
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    create(home, "alpha", "alpha.test", "127.0.0.1:5999");
+    // No server: the reload has nobody to ask.
+    let err = common::cli::fails(
+        home,
+        &[
+            "reconfigure",
+            "--instance",
+            "alpha",
+            "delete=false",
+            "--reload",
+        ],
+    );
+    assert!(err.contains("no `registry serve` is running"), "{err}");
+    // A stale file naming another process: it is left alone.
+    let mut other = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    std::fs::write(home.join("serve.pid"), other.id().to_string()).unwrap();
+    let err = common::cli::fails(
+        home,
+        &[
+            "reconfigure",
+            "--instance",
+            "alpha",
+            "delete=true",
+            "--reload",
+        ],
+    );
+    assert!(err.contains("is not `registry serve`"), "{err}");
+    assert!(
+        other.try_wait().unwrap().is_none(),
+        "the other process lives"
+    );
+    other.kill().unwrap();
+    let _ = other.wait();
+}

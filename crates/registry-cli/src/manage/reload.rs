@@ -53,6 +53,16 @@ pub(crate) fn reload(home: &Path) -> anyhow::Result<i32> {
         .trim()
         .parse()
         .with_context(|| format!("{} does not hold a process id", file.display()))?;
+    // A stale file may name a process that is something else now: SIGHUP would end it.
+    if let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if !args.contains(&&b"serve"[..]) {
+            bail!(
+                "process {pid} (from {}) is not `registry serve`: the file is stale; is the server running?",
+                file.display()
+            );
+        }
+    }
     hang_up(pid).with_context(|| {
         format!(
             "cannot signal process {pid} (from {}): is `registry serve` still running, as this user?",
