@@ -16,12 +16,13 @@
 //! - One node at a time delivers each endpoint's queue: it holds the endpoint's lease
 //!   (`events/<endpoint>/lease`: owner and expiry, renewed while it delivers; a node takes it
 //!   when it is absent or expired, then reads it back after a pause to see that its write won,
-//!   as garbage collection does). Nodes without the lease only write. Delivery goes oldest
-//!   first, one batch at a time, retried with doubling backoff; a batch is deleted once the
-//!   endpoint answered 2xx or 3xx (as Distribution counts success). So every event reaches the
-//!   endpoint at least once; it reaches it twice only when a node stops (or loses its lease)
-//!   between the endpoint's answer and the deletion, and each event's `id` lets the consumer
-//!   see that.
+//!   as garbage collection does, and looks again before each renewal, so two nodes that both
+//!   believed they won sort it out within a renewal period, 10 s). Nodes without the lease
+//!   only write. Delivery goes oldest first, one batch at a time, retried with doubling
+//!   backoff; a batch is deleted once the endpoint answered 2xx or 3xx (as Distribution counts
+//!   success). So every event reaches the endpoint at least once; it reaches it twice only
+//!   when a node stops (or loses its lease) between the endpoint's answer and the deletion, or
+//!   in the renewal period of such a race, and each event's `id` lets the consumer see that.
 //! - Events older than the endpoint's `max_age` are dropped unsent, as are the oldest batches
 //!   beyond its `max_queued` bound; both are counted and logged.
 

@@ -3,13 +3,14 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch, Notify};
+use tokio::time::Instant;
 
 use crate::{EndpointSettings, EndpointStats, Event, Format, ENVELOPE_MEDIA_TYPE};
 
@@ -223,14 +224,21 @@ impl Queue {
             if until > now + LEASE * 2 / 3 {
                 return true;
             }
-            if until > now + SETTLE {
-                // Renewed well before it expires: no other node can have taken it.
-                if self.write_lease().await.is_ok() {
-                    held.0 = Some(now + LEASE);
-                    return true;
-                }
+            // Renewed well before it expires, after a look: should two nodes ever both have
+            // read their own write back (a write landing after the other's pause), the one
+            // whose record was overwritten sees it here and stops.
+            let ours = self
+                .read_lease()
+                .await
+                .is_some_and(|r| r.owner == self.owner);
+            if ours && until > now + SETTLE && self.write_lease().await.is_ok() {
+                held.0 = Some(now + LEASE);
+                return true;
             }
             held.0 = None;
+            if !ours {
+                return false;
+            }
         }
         if let Some(other) = self.read_lease().await {
             if other.owner != self.owner && other.expires > unix_ms() {
@@ -467,4 +475,51 @@ fn cloud_event(event: &Event) -> serde_json::Value {
         "datacontenttype": "application/json",
         "data": event,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+
+    fn queue(store: &Arc<dyn ObjectStore>, owner: &str) -> Queue {
+        Queue {
+            settings: EndpointSettings::new("hook", "http://127.0.0.1:1/hook"),
+            stats: Arc::default(),
+            store: store.clone(),
+            prefix: registry_core::layout::events_queue("hook"),
+            lease: registry_core::layout::events_lease("hook"),
+            owner: owner.to_owned(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_node_holds_the_lease_and_a_lost_one_is_noticed() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let (a, b) = (queue(&store, "a"), queue(&store, "b"));
+        let (mut held_a, mut held_b) = (Held::default(), Held::default());
+        assert!(a.hold(&mut held_a).await);
+        assert!(!b.hold(&mut held_b).await, "a live lease of another node");
+        // B's write lands after A read its own back: both believe they won.
+        b.write_lease().await.unwrap();
+        assert!(b.hold(&mut held_b).await);
+        tokio::time::advance(LEASE / 3 + Duration::from_secs(1)).await;
+        assert!(
+            !a.hold(&mut held_a).await,
+            "A sees B's record at its renewal"
+        );
+        assert!(b.hold(&mut held_b).await, "B renews");
+        b.release().await;
+        assert!(
+            a.hold(&mut held_a).await,
+            "a released lease is free at once"
+        );
+    }
+
+    #[test]
+    fn batch_names_count_their_events() {
+        let key = Path::from("events/hook/queue/000001764680000000-abc-0000000001-17.json");
+        assert_eq!(events_in(&key), 17);
+        assert_eq!(events_in(&Path::from("events/hook/queue/odd.json")), 0);
+    }
 }
