@@ -214,8 +214,11 @@ impl fmt::Debug for OpenedStorage {
     }
 }
 
-/// Reads are served in chunks of this size (object_store's default for files is 8 KiB).
-const READ_CHUNK: usize = 256 * 1024;
+/// Reads are served in chunks of this size (object_store's default for files is 8 KiB). Each
+/// chunk is one trip to the blocking pool: a 1 GiB pull with 256 KiB chunks spent most of its
+/// CPU on those trips (thread wake-ups and switches); 1 MiB chunks cut its CPU from 0.36 to
+/// 0.30 s per GiB with curl on one connection.
+const READ_CHUNK: usize = 1024 * 1024;
 
 /// How long a redirect's presigned URL stays valid.
 pub const REDIRECT_TTL: Duration = Duration::from_secs(20 * 60);

@@ -281,10 +281,42 @@ impl IntoResponse for BlobAnswer {
                         ),
                     )
                 };
-                headers.answer(status, Body::from_stream(read.stream))
+                let stream = if end - start >= READ_AHEAD_FROM {
+                    read_ahead(read.stream)
+                } else {
+                    read.stream
+                };
+                headers.answer(status, Body::from_stream(stream))
             }
         }
     }
+}
+
+/// Bodies at least this long are read ahead (see [`read_ahead`]).
+const READ_AHEAD_FROM: u64 = 32 << 20;
+
+/// Chunks read ahead of what the connection has sent, at most.
+const READ_AHEAD: usize = 2;
+
+/// `stream`, read up to [`READ_AHEAD`] chunks ahead on a task of its own, so that reading
+/// the next chunks (on the filesystem, a copy from the page cache on the blocking pool)
+/// overlaps sending this one instead of waiting for it. Memory stays bounded (four chunks);
+/// when the client goes away, the body and then the task end.
+fn read_ahead(mut stream: registry_core::ByteStream) -> registry_core::ByteStream {
+    use futures::StreamExt;
+    let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+    tokio::spawn(async move {
+        while let Some(item) = stream.next().await {
+            let failed = item.is_err();
+            if tx.send(item).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+    .boxed()
 }
 
 /// A manifest: its stored media type, length and digest, and its exact bytes (none for HEAD).
@@ -370,5 +402,23 @@ mod tests {
         }
         .into_response();
         assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[tokio::test]
+    async fn read_ahead_keeps_order_and_stops_at_an_error() {
+        use futures::StreamExt;
+        let chunks: Vec<std::io::Result<Bytes>> = vec![
+            Ok(Bytes::from_static(b"one")),
+            Ok(Bytes::from_static(b"two")),
+            Err(std::io::Error::other("disk")),
+            Ok(Bytes::from_static(b"never")),
+        ];
+        let got: Vec<_> = read_ahead(futures::stream::iter(chunks).boxed())
+            .collect()
+            .await;
+        assert_eq!(got.len(), 3, "nothing after the error");
+        assert_eq!(got[0].as_ref().unwrap(), "one");
+        assert_eq!(got[1].as_ref().unwrap(), "two");
+        assert!(got[2].is_err());
     }
 }
