@@ -423,7 +423,10 @@ impl Served {
                         },
                     );
                 }
-                (None, None) => unreachable!("prepare binds every new address"),
+                (None, None) => {
+                    // `prepare` binds every address not served yet; never here.
+                    tracing::error!("{addr} was not bound: its instances are not served");
+                }
             }
         }
         let configured: Vec<SocketAddr> = next
