@@ -9,15 +9,7 @@ use common::{data, oci_manifest, sha256, Server};
 use reqwest::{Client, StatusCode};
 
 async fn push_blob(http: &Client, base: &str, bytes: &[u8]) -> String {
-    let digest = sha256(bytes);
-    let r = http
-        .post(format!("{base}/v2/app/blobs/uploads/?digest={digest}"))
-        .body(bytes.to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    digest
+    common::push_blob(http, base, "app", bytes).await
 }
 
 async fn push_manifest(http: &Client, base: &str, m: &[u8]) -> StatusCode {

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::cli::{create, ok, serve_logged, wait_for_log};
-use common::{data, free_port, sha256};
+use common::{data, free_port, push_blob, sha256};
 use reqwest::{Client, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -277,19 +277,6 @@ fn notify_config(dir: &Path, more: &str, endpoints: &[String]) -> std::path::Pat
     let path = dir.join("registry.toml");
     std::fs::write(&path, text).unwrap();
     path
-}
-
-/// POSTs `bytes` as a blob of `repo` in one request; its digest.
-async fn push_blob(http: &Client, base: &str, repo: &str, bytes: &[u8]) -> String {
-    let digest = sha256(bytes);
-    let r = http
-        .post(format!("{base}/v2/{repo}/blobs/uploads/?digest={digest}"))
-        .body(bytes.to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    digest
 }
 
 #[tokio::test]

@@ -533,15 +533,7 @@ async fn two_nodes_on_one_bucket_deliver_every_event_once() {
     let mut pushed = Vec::new();
     for i in 0..20u64 {
         let base = if i % 2 == 0 { a.url() } else { b.url() };
-        let blob = data(1000, i);
-        let d = sha256(&blob);
-        let r = http
-            .post(format!("{base}/v2/team/app/blobs/uploads/?digest={d}"))
-            .body(blob)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::CREATED);
+        let d = common::push_blob(&http, &base, "team/app", &data(1000, i)).await;
         pushed.push(d);
     }
     let events = hook.wait_for("twenty pushes", |e| e.len() >= 20).await;

@@ -329,6 +329,24 @@ pub(crate) fn write_oci_layout(dir: &Path, tag: &str, layers: &[Vec<u8>]) -> Str
     manifest_digest
 }
 
+/// POSTs `bytes` as a blob of `repo` in one request (201 expected); its digest.
+pub(crate) async fn push_blob(
+    http: &reqwest::Client,
+    base: &str,
+    repo: &str,
+    bytes: &[u8],
+) -> String {
+    let digest = sha256(bytes);
+    let r = http
+        .post(format!("{base}/v2/{repo}/blobs/uploads/?digest={digest}"))
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::CREATED, "push of {digest}");
+    digest
+}
+
 /// Opens an upload session on `base`; returns its absolute URL.
 pub(crate) async fn start_upload(http: &reqwest::Client, base: &str, repo: &str) -> String {
     let r = http
