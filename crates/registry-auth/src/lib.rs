@@ -24,6 +24,10 @@ use std::fmt;
 use std::sync::Arc;
 
 pub use error::Error;
+
+/// The `tracing` target of audit lines (see `registry_http::audit`); failed logins are
+/// written to it here.
+pub const AUDIT_TARGET: &str = "audit";
 pub use escape::Escaped;
 pub use guard::{BearerError, Challenge, Guard, GuardSettings, Refusal, TokenKeys, TokenSettings};
 pub use rules::{Action, Anonymous, Policy, Rule};

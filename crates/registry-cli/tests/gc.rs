@@ -382,7 +382,15 @@ async fn scheduled_collection_in_serve() {
     let config = dir.path().join("registry.toml");
     let text = "[gc]\ninterval = \"1s\"\ngrace = \"0s\"\ndelete_untagged = true\n";
     std::fs::write(&config, text).unwrap();
-    let server = Server::start(&["--config", config.to_str().unwrap()]);
+    let audit = dir.path().join("audit.log");
+    let server = Server::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--audit-log",
+        audit.to_str().unwrap(),
+        "--audit-format",
+        "json",
+    ]);
     let base = server.url();
     let http = Client::new();
     let (shared, own) = (data(4_000, 1), data(4_100, 2));
@@ -438,4 +446,9 @@ async fn scheduled_collection_in_serve() {
         .find(|l| l.starts_with("registry_gc_deleted_total{kind=\"blob\"}"));
     let n: f64 = blobs.unwrap().rsplit(' ').next().unwrap().parse().unwrap();
     assert!(n >= 2.0, "the layer and the config: {n}");
+    // Each collection leaves an audit line (written when it ends).
+    common::audit_line(&audit, |l| {
+        l["action"] == "gc" && l["result"] == "ok" && l["who"] == "schedule"
+    })
+    .await;
 }

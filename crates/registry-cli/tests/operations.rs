@@ -209,6 +209,10 @@ async fn an_invalid_configuration_on_reload_keeps_the_old_one_serving() {
         line.contains("registry.toml"),
         "the error names the file: {line}"
     );
+    assert!(
+        logged.contains(r#"action="reload" result="failed""#),
+        "the audit trail has the refused reload: {logged}"
+    );
     // The old configuration serves: ann pushes, anonymous is refused.
     let ann = client_as("ann", "ann-pass");
     let blob = b"still serving";
@@ -490,14 +494,7 @@ async fn webhooks_hear_every_action_in_distributions_envelope() {
     }
     assert_eq!(ce[2].body["subject"], "team/app:v1");
 
-    let text = ann
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::metrics_text(&ann, &base).await;
     assert!(
         text.contains("registry_events_sent_total{endpoint=\"hook\"} 9"),
         "{text}"
@@ -510,6 +507,71 @@ async fn webhooks_hear_every_action_in_distributions_envelope() {
         text.contains("registry_events_queued{endpoint=\"hook\"} 0"),
         "{text}"
     );
+
+    // The audit trail: a JSON line per change, with who, from where, what and the result.
+    let r = ann
+        .post(format!("{base}/v2/secret/app/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = client_as("ann", "wrong")
+        .get(format!("{base}/v2/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = ann
+        .put(format!("{base}/v2/team/app/manifests/v2"))
+        .header("content-type", media_type)
+        .body("not a manifest")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let text = std::fs::read_to_string(&audit).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    let summary: Vec<(&str, &str)> = lines
+        .iter()
+        .map(|l| (l["action"].as_str().unwrap(), l["result"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("push", "ok"),
+            ("push", "ok"),
+            ("tag", "ok"),
+            ("mount", "ok"),
+            ("delete", "ok"),
+            ("delete", "ok"),
+            ("delete", "ok"),
+            ("push", "denied"),
+            ("login", "failed"),
+            ("tag", "failed"),
+        ],
+        "{text}"
+    );
+    assert_eq!(lines[2]["who"], "user ann");
+    assert_eq!(lines[2]["client"], "127.0.0.1");
+    assert_eq!(lines[2]["repository"], "team/app");
+    assert_eq!(lines[2]["tag"], "v1");
+    assert_eq!(lines[2]["digest"], manifest_digest.as_str());
+    assert_eq!(lines[3]["digest"], layer_digest.as_str());
+    assert_eq!(lines[7]["repository"], "secret/app");
+    assert_eq!(lines[7]["error"], "DENIED");
+    assert_eq!(lines[8]["who"], "ann");
+    assert_eq!(lines[9]["status"], 400);
+    assert_eq!(lines[9]["error"], "MANIFEST_INVALID");
+    assert!(
+        !text.contains("ann-pass") && !text.contains("wrong"),
+        "no secrets: {text}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&audit).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
 }
 
 #[tokio::test]

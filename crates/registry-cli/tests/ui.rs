@@ -728,7 +728,15 @@ async fn administrators_see_usage_and_start_a_collection() {
         dir.path(),
         "[ui]\nadmins = [\"ann\"]\n\n[gc]\ngrace = \"0s\"\n\n[[access]]\nusers = [\"ann\", \"bob\"]\nrepositories = [\"**\"]\nactions = [\"pull\", \"push\", \"delete\"]\n",
     );
-    let server = Server::start(&["--config", cfg.to_str().unwrap()]);
+    let audit = dir.path().join("audit.log");
+    let server = Server::start(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--audit-log",
+        audit.to_str().unwrap(),
+        "--audit-format",
+        "json",
+    ]);
     let base = server.url();
     let http = Client::new();
     let ann = Some(("ann", "ann-secret"));
@@ -800,6 +808,11 @@ async fn administrators_see_usage_and_start_a_collection() {
         assert!(std::time::Instant::now() < deadline, "{}", page.body);
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     };
+    // The audit trail names who started it.
+    common::audit_line(&audit, |l| {
+        l["action"] == "gc" && l["result"] == "ok" && l["who"] == "user ann"
+    })
+    .await;
     // (Its layer is small/app:v1's too, and stays.)
     assert!(
         page.body.contains("2 blob links, 1 blob (249 B)"),

@@ -338,22 +338,10 @@ impl Notifier {
         addr: &str,
         endpoints: Vec<EndpointSettings>,
     ) -> Result<Notifier, Error> {
+        check_endpoints(&endpoints)?;
         let mut built = Vec::new();
         let mut pending = Vec::new();
         for e in endpoints {
-            check_name(&e.name)?;
-            if endpoints_named(&built, &e.name) {
-                return Err(Error::Setting(format!(
-                    "two notify endpoints are named {:?}",
-                    e.name
-                )));
-            }
-            if !(e.url.starts_with("http://") || e.url.starts_with("https://")) {
-                return Err(Error::Setting(format!(
-                    "notify endpoint {}: url {:?} is not http:// or https://",
-                    e.name, e.url
-                )));
-            }
             let mut client = reqwest::Client::builder()
                 .timeout(e.timeout)
                 .redirect(reqwest::redirect::Policy::none())
@@ -466,8 +454,36 @@ impl Notifier {
     }
 }
 
-fn endpoints_named(built: &[Endpoint], name: &str) -> bool {
-    built.iter().any(|b| b.settings.name == name)
+/// Checks endpoints as [`Notifier::new`] needs them: names that can name a queue, each
+/// once; `http://` or `https://` URLs; headers HTTP can carry.
+pub fn check_endpoints(endpoints: &[EndpointSettings]) -> Result<(), Error> {
+    for (i, e) in endpoints.iter().enumerate() {
+        check_name(&e.name)?;
+        if endpoints[..i].iter().any(|b| b.name == e.name) {
+            return Err(Error::Setting(format!(
+                "two notify endpoints are named {:?}",
+                e.name
+            )));
+        }
+        let scheme = reqwest::Url::parse(&e.url).map(|u| u.scheme().to_owned());
+        if !matches!(scheme.as_deref(), Ok("http" | "https")) {
+            return Err(Error::Setting(format!(
+                "notify endpoint {}: url {:?} is not an http:// or https:// URL",
+                e.name, e.url
+            )));
+        }
+        for (k, v) in &e.headers {
+            let valid = reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_ok()
+                && reqwest::header::HeaderValue::from_str(v).is_ok();
+            if !valid {
+                return Err(Error::Setting(format!(
+                    "notify endpoint {}: header {k:?} is not a valid HTTP header",
+                    e.name
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks an endpoint name: it names a directory in storage.
@@ -536,6 +552,16 @@ mod tests {
         assert!(!s.wants(Action::Pull, "team/a"));
         assert!(!s.wants(Action::Push, "other/a"));
         assert!(check_name("Bad Name").is_err());
+        let mut bad = EndpointSettings::new("ci", "ftp://example.com/");
+        assert!(check_endpoints(std::slice::from_ref(&bad)).is_err());
+        bad.url = "http://example.com/hook".into();
+        bad.headers = vec![("Bad Header".into(), "x".into())];
+        assert!(check_endpoints(std::slice::from_ref(&bad)).is_err());
+        bad.headers.clear();
+        assert!(
+            check_endpoints(&[bad.clone(), bad]).is_err(),
+            "a name twice"
+        );
         assert!("fetch".parse::<Action>().is_err());
     }
 }

@@ -155,7 +155,7 @@ async fn write(
                 SEQUENCE.fetch_add(1, Ordering::Relaxed),
                 batch.len()
             ));
-            let body = serde_json::to_vec(&batch).unwrap_or_default();
+            let body = bytes::Bytes::from(serde_json::to_vec(&batch).unwrap_or_default());
             let mut pause = Duration::from_millis(200);
             loop {
                 match queue.store.put(&key, PutPayload::from(body.clone())).await {
@@ -349,9 +349,10 @@ async fn deliver_queued(
     queue.stats.stored.store(stored, Ordering::Relaxed);
     let excess = keys.len().saturating_sub(queue.settings.max_queued);
     for key in &keys[..excess] {
-        let n = queue.read_batch(key).await.map_or(0, |b| b.len());
         if queue.store.delete(key).await.is_ok() {
-            queue.dropped(n, "the queue is over its max_queued bound");
+            let n = events_in(key);
+            stored = stored.saturating_sub(n);
+            queue.dropped(n as usize, "the queue is over its max_queued bound");
         }
     }
     for key in &keys[excess..] {

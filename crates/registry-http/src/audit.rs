@@ -13,7 +13,7 @@ use registry_core::Reference;
 use crate::{ApiError, Endpoint, Req};
 
 /// The target of audit lines.
-pub const TARGET: &str = "audit";
+pub const TARGET: &str = registry_auth::AUDIT_TARGET;
 
 /// A state-changing request being answered.
 pub(crate) struct Audited {
@@ -91,11 +91,7 @@ impl Audited {
             .caller
             .as_ref()
             .map_or_else(|| "anonymous".to_owned(), |c| c.identity.to_string());
-        let client = match (&req.caller, &req.connection) {
-            (Some(c), _) => c.address.to_string(),
-            (None, Some(conn)) => conn.peer.ip().to_string(),
-            (None, None) => String::new(),
-        };
+        let client = req.client().map(|ip| ip.to_string()).unwrap_or_default();
         let host = req.header("host").unwrap_or_default();
         let result = if (200..300).contains(&status) {
             "ok"

@@ -99,11 +99,10 @@ pub(crate) fn emit(s: &RegistryState, req: &Req, action: Action, about: About<'_
     } else {
         "http"
     };
-    let addr = match (&req.caller, connection) {
-        (Some(c), Some(conn)) if c.address != conn.peer.ip() => c.address.to_string(),
-        (_, Some(conn)) => conn.peer.to_string(),
-        (Some(c), None) => c.address.to_string(),
-        (None, None) => String::new(),
+    // With the port when the client is the connection's peer (no proxy in between).
+    let addr = match (req.client(), connection) {
+        (Some(ip), Some(conn)) if ip == conn.peer.ip() => conn.peer.to_string(),
+        (ip, _) => ip.map(|ip| ip.to_string()).unwrap_or_default(),
     };
     let url = match (about.kind, about.digest) {
         (Some(kind), Some(d)) if !host.is_empty() => {

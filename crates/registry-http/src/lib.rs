@@ -351,6 +351,15 @@ impl Req {
             .collect()
     }
 
+    /// The client's address: the guard's (after trusted proxies), else the connection's.
+    pub(crate) fn client(&self) -> Option<std::net::IpAddr> {
+        match (&self.caller, &self.connection) {
+            (Some(c), _) => Some(c.address),
+            (None, Some(conn)) => Some(conn.peer.ip()),
+            (None, None) => None,
+        }
+    }
+
     /// The first value of a query parameter.
     pub(crate) fn query(&self, key: &str) -> Option<String> {
         self.query_all(key).into_iter().next()

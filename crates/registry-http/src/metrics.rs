@@ -144,8 +144,8 @@ pub struct Metrics {
     gc_deleted: Family<KindLabels, Counter>,
     gc_freed_bytes: Counter<u64, AtomicU64>,
     certificate_expiry: Family<CertificateLabels, Gauge>,
-    mirrors: Arc<MirrorCounters>,
-    events: Arc<EventCounters>,
+    mirrors: Arc<Counted<registry_proxy::Proxy>>,
+    events: Arc<Counted<registry_events::Notifier>>,
     connections: ConnectionMetrics,
 }
 
@@ -231,9 +231,9 @@ impl Metrics {
         );
         let connections = ConnectionMetrics::default();
         connections.register(&mut registry);
-        let mirrors = Arc::new(MirrorCounters::default());
+        let mirrors = Arc::new(Counted::default());
         registry.register_collector(Box::new(mirrors.clone()));
-        let events = Arc::new(EventCounters::default());
+        let events = Arc::new(Counted::default());
         registry.register_collector(Box::new(events.clone()));
         Metrics {
             registry,
@@ -257,22 +257,14 @@ impl Metrics {
     /// Shows the counters of `notifier`'s endpoints (events sent, failed attempts, events
     /// dropped, events queued, labelled by endpoint); replaces the notifier counted before.
     pub fn count_events(&self, notifier: Arc<registry_events::Notifier>) {
-        *self
-            .events
-            .notifier
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = Some(notifier);
+        self.events.set(notifier);
     }
 
     /// Shows the counters of `proxy`'s mirrors (hits, misses, upstream bytes, errors, stale
     /// answers, labelled by prefix and upstream); replaces the proxy counted before (a reload
     /// builds a new one, whose counters start from zero).
     pub fn count_mirrors(&self, proxy: Arc<registry_proxy::Proxy>) {
-        *self
-            .mirrors
-            .proxy
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = Some(proxy);
+        self.mirrors.set(proxy);
     }
 
     /// Records the expiry (Unix seconds) of the certificate served for `name`.
@@ -309,19 +301,34 @@ impl Metrics {
     }
 }
 
-/// The pull-through cache's counters, read at each scrape.
-#[derive(Default)]
-struct MirrorCounters {
-    proxy: std::sync::RwLock<Option<Arc<registry_proxy::Proxy>>>,
-}
+/// Something whose counters are read at each scrape (the pull-through cache, the notifier),
+/// replaced when a reload builds a new one.
+struct Counted<T>(std::sync::RwLock<Option<Arc<T>>>);
 
-impl std::fmt::Debug for MirrorCounters {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MirrorCounters").finish_non_exhaustive()
+impl<T> Default for Counted<T> {
+    fn default() -> Self {
+        Counted(std::sync::RwLock::new(None))
     }
 }
 
-impl prometheus_client::collector::Collector for MirrorCounters {
+impl<T> Counted<T> {
+    fn set(&self, counted: Arc<T>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(counted);
+    }
+
+    fn get(&self) -> Option<Arc<T>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl<T> std::fmt::Debug for Counted<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Counted").finish_non_exhaustive()
+    }
+}
+
+/// The pull-through cache's counters.
+impl prometheus_client::collector::Collector for Counted<registry_proxy::Proxy> {
     fn encode(
         &self,
         mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
@@ -329,7 +336,7 @@ impl prometheus_client::collector::Collector for MirrorCounters {
         use prometheus_client::encoding::EncodeMetric;
         use prometheus_client::metrics::counter::ConstCounter;
         use registry_proxy::StatsSnapshot;
-        let Some(proxy) = self.proxy.read().unwrap_or_else(|e| e.into_inner()).clone() else {
+        let Some(proxy) = self.get() else {
             return Ok(());
         };
         let mirrors = proxy.mirrors();
@@ -381,19 +388,8 @@ impl prometheus_client::collector::Collector for MirrorCounters {
     }
 }
 
-/// The notifier's counters, read at each scrape.
-#[derive(Default)]
-struct EventCounters {
-    notifier: std::sync::RwLock<Option<Arc<registry_events::Notifier>>>,
-}
-
-impl std::fmt::Debug for EventCounters {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventCounters").finish_non_exhaustive()
-    }
-}
-
-impl prometheus_client::collector::Collector for EventCounters {
+/// The notifier's counters.
+impl prometheus_client::collector::Collector for Counted<registry_events::Notifier> {
     fn encode(
         &self,
         mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
@@ -403,12 +399,7 @@ impl prometheus_client::collector::Collector for EventCounters {
         use prometheus_client::metrics::gauge::ConstGauge;
         use prometheus_client::metrics::MetricType;
         use registry_events::EndpointSnapshot;
-        let Some(notifier) = self
-            .notifier
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        else {
+        let Some(notifier) = self.get() else {
             return Ok(());
         };
         let stats = notifier.stats();

@@ -175,11 +175,11 @@ pub(crate) async fn collect(State(ui): State<Arc<Ui>>, request: Request) -> Resp
                     bytes = s.bytes,
                     "garbage collection finished"
                 );
-                tracing::info!(target: "audit", action = "gc", result = "ok", who, manifests = s.manifests, blobs = s.blobs, bytes = s.bytes, "gc from the web interface");
+                tracing::info!(target: registry_http::audit::TARGET, action = "gc", result = "ok", who, manifests = s.manifests, blobs = s.blobs, bytes = s.bytes, "gc from the web interface");
             }
             Err(e) => {
                 tracing::warn!(error = %e, "garbage collection failed");
-                tracing::info!(target: "audit", action = "gc", result = "failed", who, error = %e, "gc from the web interface");
+                tracing::info!(target: registry_http::audit::TARGET, action = "gc", result = "failed", who, error = %e, "gc from the web interface");
             }
         }
         collecting.store(false, Ordering::Release);

@@ -53,8 +53,7 @@ impl Guard {
                 let braked = attempt.finish(found.is_some());
                 if found.is_none() {
                     tracing::info!(%client, user = %Escaped(user), "failed login");
-                    // The audit trail (see registry_http::audit).
-                    tracing::info!(target: "audit", action = "login", result = "failed", who = %Escaped(user), %client, "login failed");
+                    tracing::info!(target: crate::AUDIT_TARGET, action = "login", result = "failed", who = %Escaped(user), %client, "login failed");
                 }
                 if let Err(pause) = braked {
                     tracing::warn!(%client, user = %Escaped(user), ?pause, "too many failed logins; braking");

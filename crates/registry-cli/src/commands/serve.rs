@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use registry_core::GcOptions;
+use registry_http::audit::TARGET as AUDIT;
 use registry_http::server::{self, Site, Sites};
 use registry_http::{ApiConfig, MetricsExposure, Registry};
 use registry_ui::{UiSettings, WebInterface};
@@ -278,11 +279,11 @@ async fn serve(source: Source) -> anyhow::Result<()> {
     }
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
-    let mut hangups = hangups()?;
+    let mut hangups = Hangups::new()?;
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            Some(()) = hangups.recv() => served.reload(&source).await,
+            () = hangups.next() => served.reload(&source).await,
         }
     }
     if let Some(file) = &pid_file {
@@ -294,23 +295,30 @@ async fn serve(source: Source) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGHUP, as a stream of reload requests.
-fn hangups() -> anyhow::Result<tokio::sync::mpsc::Receiver<()>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
-        tokio::spawn(async move {
-            while hup.recv().await.is_some() {
-                // Several signals during one reload make one more reload.
-                let _ = tx.try_send(());
-            }
-        });
+/// SIGHUP, each a reload request (signals arriving during a reload make one more).
+struct Hangups(#[cfg(unix)] tokio::signal::unix::Signal);
+
+impl Hangups {
+    fn new() -> anyhow::Result<Hangups> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Hangups(
+                signal(SignalKind::hangup()).context("cannot handle SIGHUP")?,
+            ))
+        }
+        #[cfg(not(unix))]
+        Ok(Hangups())
     }
-    #[cfg(not(unix))]
-    drop(tx);
-    Ok(rx)
+
+    /// The next SIGHUP (never, where there is none).
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if self.0.recv().await.is_some() {
+            return;
+        }
+        std::future::pending::<()>().await;
+    }
 }
 
 /// What the process serves: its instances and its listeners.
@@ -450,23 +458,20 @@ impl Served {
         let mut instances = BTreeMap::new();
         for (name, settings, registry) in next.instances {
             let before = self.instances.remove(&name);
-            let metrics = match (next.metrics.remove(&name), before.and_then(|b| b.metrics)) {
-                (Some((addr, listener)), old) => {
-                    if let Some((_, task)) = old {
-                        task.abort();
-                    }
-                    registry
-                        .metrics()
-                        .map(|m| (addr, serve_metrics(listener, addr, m.clone())))
-                }
+            let fresh = next.metrics.remove(&name).and_then(|(addr, listener)| {
+                let m = registry.metrics()?.clone();
+                Some((addr, serve_metrics(listener, addr, m)))
+            });
+            // A listener on the address still configured keeps serving (the same metrics).
+            let metrics = match (fresh, before.and_then(|b| b.metrics)) {
                 (None, Some(kept)) if settings.metrics == MetricsSettings::Separate(kept.0) => {
                     Some(kept)
                 }
-                (None, old) => {
+                (fresh, old) => {
                     if let Some((_, task)) = old {
                         task.abort();
                     }
-                    None
+                    fresh
                 }
             };
             instances.insert(
@@ -497,15 +502,19 @@ impl Served {
         match prepared {
             Ok(next) => {
                 self.commit(next);
+                let instances = self.instances.len();
                 tracing::info!(
-                    instances = self.instances.len(),
+                    instances,
                     "configuration reloaded: new connections and requests use it"
                 );
+                tracing::info!(target: AUDIT, action = "reload", result = "ok", who = "SIGHUP", instances, "configuration reloaded");
             }
             Err(e) => {
                 tracing::error!(
                     "configuration reload refused, the running one keeps serving: {e:#}"
                 );
+                let error = format!("{e:#}");
+                tracing::info!(target: AUDIT, action = "reload", result = "failed", who = "SIGHUP", error, "configuration reload refused");
             }
         }
     }

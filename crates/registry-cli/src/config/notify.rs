@@ -42,23 +42,8 @@ pub(crate) fn validate_notify(raw: &[RawNotify]) -> anyhow::Result<Vec<EndpointS
         let Some(url) = &r.url else {
             bail!("{at} needs a url");
         };
-        let parsed = reqwest::Url::parse(url).with_context(|| format!("{at}: url {url:?}"))?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            bail!("{at}: url {url:?} is not http:// or https://");
-        }
-        if all.iter().any(|e| e.name == name) {
-            bail!("two [[notify]] endpoints are named {name:?}");
-        }
-        registry_http::registry_events::check_name(&name).with_context(|| at.clone())?;
         let mut e = EndpointSettings::new(&name, url);
-        for (k, v) in &r.headers {
-            let valid = reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_ok()
-                && reqwest::header::HeaderValue::from_str(v).is_ok();
-            if !valid {
-                bail!("{at}: header {k:?} is not a valid HTTP header");
-            }
-            e.headers.push((k.clone(), v.clone()));
-        }
+        e.headers = r.headers.clone().into_iter().collect();
         if let Some(actions) = &r.actions {
             e.actions = actions
                 .iter()
@@ -100,5 +85,6 @@ pub(crate) fn validate_notify(raw: &[RawNotify]) -> anyhow::Result<Vec<EndpointS
         e.ca = r.ca.clone();
         all.push(e);
     }
+    registry_http::registry_events::check_endpoints(&all).context("[[notify]]")?;
     Ok(all)
 }

@@ -88,11 +88,6 @@ impl Serving {
             .unwrap();
         assert!(status.success());
     }
-
-    /// Waits for the process to exit; whether it exited cleanly.
-    pub(crate) fn wait(&mut self) -> bool {
-        self.0.wait().unwrap().success()
-    }
 }
 
 pub(crate) fn serve(home: &Path, addr: &str) -> Serving {

@@ -347,6 +347,24 @@ pub(crate) async fn push_blob(
     digest
 }
 
+/// Waits (30 s at most) for a line of the JSON audit trail at `path` that `wanted` accepts;
+/// the line.
+pub(crate) async fn audit_line(
+    path: &Path,
+    wanted: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines = text.lines().map(|l| serde_json::from_str(l).unwrap());
+        if let Some(line) = lines.into_iter().find(|l| wanted(l)) {
+            return line;
+        }
+        assert!(Instant::now() < deadline, "no such audit line in: {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Opens an upload session on `base`; returns its absolute URL.
 pub(crate) async fn start_upload(http: &reqwest::Client, base: &str, repo: &str) -> String {
     let r = http
