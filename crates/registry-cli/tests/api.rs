@@ -187,3 +187,141 @@ async fn metrics_on_their_own_listener_or_off() {
     let t = T::with(&["--config", config.path().to_str().unwrap()]);
     assert_eq!(t.get("/metrics").await.status(), StatusCode::NOT_FOUND);
 }
+
+/// Reads one HTTP/1.1 answer from `reader`: its status and headers (names lowercased), and its
+/// body (none for a HEAD).
+fn read_answer(
+    reader: &mut impl std::io::BufRead,
+    head_only: bool,
+) -> (u16, std::collections::HashMap<String, String>, Vec<u8>) {
+    let mut status = String::new();
+    reader.read_line(&mut status).unwrap();
+    let code = status.split(' ').nth(1).unwrap().parse().unwrap();
+    let mut headers = std::collections::HashMap::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let (name, value) = line.split_once(':').unwrap();
+        headers.insert(name.to_ascii_lowercase(), value.trim().to_owned());
+    }
+    let length: usize = headers["content-length"].parse().unwrap();
+    let mut body = vec![0; if head_only { 0 } else { length }];
+    reader.read_exact(&mut body).unwrap();
+    (code, headers, body)
+}
+
+/// One request of a pipeline and the answer it must get.
+struct Ask {
+    method: &'static str,
+    digest: String,
+    range: Option<&'static str>,
+    status: u16,
+    body: Vec<u8>,
+}
+
+fn ask(
+    method: &'static str,
+    digest: &str,
+    range: Option<&'static str>,
+    status: u16,
+    body: &[u8],
+) -> Ask {
+    Ask {
+        method,
+        digest: digest.to_owned(),
+        range,
+        status,
+        body: body.to_vec(),
+    }
+}
+
+/// Blob answers arrive byte for byte and in order when a client pipelines requests on one
+/// HTTP/1.1 connection: whole blobs of several read chunks (read ahead from 32 MiB), ranges, a
+/// HEAD and an error answer between them; and the same blob over HTTP/2.
+#[tokio::test]
+async fn pipelined_blob_reads_arrive_intact() {
+    use std::io::{BufReader, Write};
+    let t = T::new();
+    let base = t.server.url();
+    let big = common::data(40_000_000, 7); // read ahead, in 1 MiB chunks
+    let small = common::data(1_000, 8);
+    let big_d = common::push_blob(&t.http, &base, "pipe/a", &big).await;
+    let small_d = common::push_blob(&t.http, &base, "pipe/a", &small).await;
+    let missing = format!("sha256:{}", "0".repeat(64));
+    let asks = [
+        ask("GET", &big_d, None, 200, &big),
+        ask("HEAD", &small_d, None, 200, &[]),
+        ask(
+            "GET",
+            &small_d,
+            Some("bytes=100-199"),
+            206,
+            &small[100..200],
+        ),
+        ask("GET", &missing, None, 404, &[]),
+        ask(
+            "GET",
+            &big_d,
+            Some("bytes=4194000-38388700"),
+            206,
+            &big[4194000..38388701],
+        ),
+        ask("GET", &small_d, None, 200, &small),
+        ask("GET", &big_d, None, 200, &big),
+    ];
+    let mut pipeline = Vec::new();
+    for a in &asks {
+        let (method, digest, host) = (a.method, &a.digest, &t.server.addr);
+        write!(
+            pipeline,
+            "{method} /v2/pipe/a/blobs/{digest} HTTP/1.1\r\nhost: {host}\r\n"
+        )
+        .unwrap();
+        if let Some(range) = a.range {
+            write!(pipeline, "range: {range}\r\n").unwrap();
+        }
+        pipeline.extend_from_slice(b"\r\n");
+    }
+    let heads: Vec<bool> = asks.iter().map(|a| a.method == "HEAD").collect();
+    let addr = t.server.addr.clone();
+    let answers = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        // Every request at once: the answers queue up behind each other.
+        stream.write_all(&pipeline).unwrap();
+        let mut reader = BufReader::new(stream);
+        heads
+            .iter()
+            .map(|head| read_answer(&mut reader, *head))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    for (a, (status, headers, body)) in asks.iter().zip(&answers) {
+        let what = format!("{} {} {:?}", a.method, a.digest, a.range);
+        assert_eq!(*status, a.status, "{what}");
+        if a.status == 404 {
+            assert!(
+                String::from_utf8_lossy(body).contains("BLOB_UNKNOWN"),
+                "{what}"
+            );
+            continue;
+        }
+        assert_eq!(headers["docker-content-digest"], a.digest, "{what}");
+        assert_eq!(body.len(), a.body.len(), "{what}");
+        assert!(*body == a.body, "{what}: the bytes differ");
+    }
+    assert_eq!(answers[1].1["content-length"], "1000");
+
+    let h2 = Client::builder().http2_prior_knowledge().build().unwrap();
+    let r = h2
+        .get(format!("{base}/v2/pipe/a/blobs/{big_d}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(sha256(&r.bytes().await.unwrap()), big_d);
+}
