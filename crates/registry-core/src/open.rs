@@ -5,7 +5,8 @@
 //! - **Filesystem**: two views of one directory, one that fsyncs every write (whatever a client
 //!   is told is stored) and one that does not (the chunks of multi-chunk uploads, written
 //!   durably once when published; see the uploads module); both retry writes that object_store's
-//!   own directory cleanup races ([`fsretry`](crate::fsretry)); reads in 256 KiB chunks.
+//!   own directory cleanup races ([`fsretry`](crate::fsretry)); reads in 1 MiB chunks (blob
+//!   reads open the blob's file directly, and read 4 MiB at a time from 32 MiB on).
 //! - **S3**: plain HTTP only to loopback endpoints unless allowed; retries (3, within 15 s);
 //!   a whole request may take a day (a slow pull of a big blob is not cut off) but a read that
 //!   makes no progress fails after `stall_timeout` (60 s) and connecting after 5 s; operations on
@@ -218,7 +219,7 @@ impl fmt::Debug for OpenedStorage {
 /// chunk is one trip to the blocking pool: a 1 GiB pull with 256 KiB chunks spent most of its
 /// CPU on those trips (thread wake-ups and switches); 1 MiB chunks cut its CPU from 0.36 to
 /// 0.30 s per GiB with curl on one connection.
-const READ_CHUNK: usize = 1024 * 1024;
+pub(crate) const READ_CHUNK: usize = 1024 * 1024;
 
 /// How long a redirect's presigned URL stays valid.
 pub const REDIRECT_TTL: Duration = Duration::from_secs(20 * 60);

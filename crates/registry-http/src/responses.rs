@@ -296,11 +296,13 @@ impl IntoResponse for BlobAnswer {
 const READ_AHEAD_FROM: u64 = 32 << 20;
 
 /// Chunks read ahead of what the connection has sent, at most.
-const READ_AHEAD: usize = 2;
+const READ_AHEAD: usize = 1;
 
 /// `stream`, read up to [`READ_AHEAD`] chunks ahead on a task of its own, so that reading
 /// the next chunks (on the filesystem, a copy from the page cache on the blocking pool)
-/// overlaps sending this one instead of waiting for it. Memory stays bounded (four chunks);
+/// overlaps sending this one instead of waiting for it. Memory stays bounded (three chunks:
+/// one queued, one read and waiting for room, one being sent; a filesystem reads bodies this
+/// long in 4 MiB chunks, and two queued were no faster than one);
 /// when the client goes away, the body and then the task end.
 fn read_ahead(mut stream: registry_core::ByteStream) -> registry_core::ByteStream {
     use futures::StreamExt;
