@@ -210,7 +210,9 @@ pub(super) fn link_size(path: &Path, raw: Bytes) -> Result<u64> {
 /// A blob read straight from its file when the storage is a local directory: one blocking
 /// call opens it and checks its size, then [`file_stream`] reads it. `None` when the file is
 /// not the linked blob's bytes (absent, or of another size, or the range reaches past it):
-/// the store's own read then answers as it always has.
+/// the store's own read then answers as it always has. Like the small reads of
+/// `get_small_from`, these bypass wrappers of the store: the storage metrics do not count
+/// filesystem blob reads (the API metrics do).
 async fn local_read(
     file: std::path::PathBuf,
     size: u64,
