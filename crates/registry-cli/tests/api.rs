@@ -38,19 +38,7 @@ impl T {
 
     /// Pushes a blob with a single POST; returns its digest.
     async fn push_blob(&self, repo: &str, bytes: &[u8]) -> String {
-        let d = sha256(bytes);
-        let r = self
-            .req(
-                Method::POST,
-                &format!("/v2/{repo}/blobs/uploads/?digest={d}"),
-            )
-            .header("content-type", "application/octet-stream")
-            .body(bytes.to_vec())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::CREATED);
-        d
+        common::push_blob(&self.http, &self.server.url(), repo, bytes).await
     }
 
     /// Starts an upload session; returns its Location.
@@ -249,8 +237,8 @@ async fn pipelined_blob_reads_arrive_intact() {
     let base = t.server.url();
     let big = common::data(40_000_000, 7); // read ahead, in 1 MiB chunks
     let small = common::data(1_000, 8);
-    let big_d = common::push_blob(&t.http, &base, "pipe/a", &big).await;
-    let small_d = common::push_blob(&t.http, &base, "pipe/a", &small).await;
+    let big_d = t.push_blob("pipe/a", &big).await;
+    let small_d = t.push_blob("pipe/a", &small).await;
     let missing = format!("sha256:{}", "0".repeat(64));
     let asks = [
         ask("GET", &big_d, None, 200, &big),

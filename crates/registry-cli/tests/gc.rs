@@ -24,13 +24,7 @@ async fn ensure_blob(http: &Client, base: &str, repo: &str, bytes: &[u8], force:
         .await
         .unwrap();
     if force || head.status() != StatusCode::OK {
-        let r = http
-            .post(format!("{base}/v2/{repo}/blobs/uploads/?digest={digest}"))
-            .body(bytes.to_vec())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::CREATED, "upload {digest}");
+        common::push_blob(http, base, repo, bytes).await;
     }
     digest
 }
@@ -383,14 +377,7 @@ async fn scheduled_collection_in_serve() {
     let text = "[gc]\ninterval = \"1s\"\ngrace = \"0s\"\ndelete_untagged = true\n";
     std::fs::write(&config, text).unwrap();
     let audit = dir.path().join("audit.log");
-    let server = Server::start(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--audit-log",
-        audit.to_str().unwrap(),
-        "--audit-format",
-        "json",
-    ]);
+    let server = Server::start_audited(&config, &audit);
     let base = server.url();
     let http = Client::new();
     let (shared, own) = (data(4_000, 1), data(4_100, 2));

@@ -307,14 +307,7 @@ async fn webhooks_hear_every_action_in_distributions_envelope() {
         ],
     );
     let audit = dir.path().join("audit.log");
-    let server = common::Server::start(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--audit-log",
-        audit.to_str().unwrap(),
-        "--audit-format",
-        "json",
-    ]);
+    let server = common::Server::start_audited(&config, &audit);
     let base = server.url();
     let ann = client_as("ann", "ann-pass");
 

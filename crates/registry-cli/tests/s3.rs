@@ -42,15 +42,7 @@ async fn push_manifest(
 }
 
 async fn push_config(http: &Client, base: &str, repo: &str) -> String {
-    let d = sha256(b"{}");
-    let r = http
-        .post(format!("{base}/v2/{repo}/blobs/uploads/?digest={d}"))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    d
+    common::push_blob(http, base, repo, b"{}").await
 }
 
 #[tokio::test]

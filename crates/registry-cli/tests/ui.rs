@@ -729,14 +729,7 @@ async fn administrators_see_usage_and_start_a_collection() {
         "[ui]\nadmins = [\"ann\"]\n\n[gc]\ngrace = \"0s\"\n\n[[access]]\nusers = [\"ann\", \"bob\"]\nrepositories = [\"**\"]\nactions = [\"pull\", \"push\", \"delete\"]\n",
     );
     let audit = dir.path().join("audit.log");
-    let server = Server::start(&[
-        "--config",
-        cfg.to_str().unwrap(),
-        "--audit-log",
-        audit.to_str().unwrap(),
-        "--audit-format",
-        "json",
-    ]);
+    let server = Server::start_audited(&cfg, &audit);
     let base = server.url();
     let http = Client::new();
     let ann = Some(("ann", "ann-secret"));

@@ -221,6 +221,15 @@ impl fmt::Debug for OpenedStorage {
 /// 0.30 s per GiB with curl on one connection.
 pub(crate) const READ_CHUNK: usize = 1024 * 1024;
 
+/// Blob reads of at least this many bytes go in [`BIG_READ_CHUNK`]s on the filesystem (and
+/// the HTTP layer reads bodies this long ahead of sending).
+pub const BIG_READ_FROM: u64 = 32 << 20;
+
+/// Each chunk read is a trip to the blocking pool and back (thread wake-ups and switches were
+/// 13 % of a 1 GiB pull's CPU with 1 MiB chunks, 5 % with 4 MiB): big reads take fewer, bigger
+/// ones.
+pub(crate) const BIG_READ_CHUNK: u64 = 4 << 20;
+
 /// How long a redirect's presigned URL stays valid.
 pub const REDIRECT_TTL: Duration = Duration::from_secs(20 * 60);
 

@@ -292,8 +292,9 @@ impl IntoResponse for BlobAnswer {
     }
 }
 
-/// Bodies at least this long are read ahead (see [`read_ahead`]).
-const READ_AHEAD_FROM: u64 = 32 << 20;
+/// Bodies at least this long are read ahead (see [`read_ahead`]); the filesystem reads them
+/// in its big chunks.
+const READ_AHEAD_FROM: u64 = registry_core::open::BIG_READ_FROM;
 
 /// Chunks read ahead of what the connection has sent, at most.
 const READ_AHEAD: usize = 1;

@@ -45,6 +45,19 @@ impl Server {
         Server::start_on(None, Vec::new(), extra)
     }
 
+    /// Starts a server on fresh storage with the configuration file `config`, writing its
+    /// audit trail as JSON lines to `audit`.
+    pub(crate) fn start_audited(config: &Path, audit: &Path) -> Server {
+        Server::start(&[
+            "--config",
+            config.to_str().unwrap(),
+            "--audit-log",
+            audit.to_str().unwrap(),
+            "--audit-format",
+            "json",
+        ])
+    }
+
     /// Starts a server on `storage` (e.g. `s3://bucket/prefix`) with extra environment.
     pub(crate) fn start_on(
         storage: Option<String>,
@@ -339,6 +352,7 @@ pub(crate) async fn push_blob(
     let digest = sha256(bytes);
     let r = http
         .post(format!("{base}/v2/{repo}/blobs/uploads/?digest={digest}"))
+        .header("content-type", "application/octet-stream")
         .body(bytes.to_vec())
         .send()
         .await

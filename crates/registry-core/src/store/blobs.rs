@@ -14,6 +14,7 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::layout;
 use crate::names::RepoName;
+use crate::open::{BIG_READ_CHUNK, BIG_READ_FROM, READ_CHUNK};
 use crate::storage::{BlobRead, BlobStore};
 
 impl ObjectRegistry {
@@ -236,14 +237,14 @@ async fn local_read(
     }))
 }
 
-/// `range` of `file`, read on the blocking pool chunk by chunk: [`crate::open::READ_CHUNK`]
-/// bytes, or [`BIG_READ_CHUNK`] for ranges of at least [`BIG_READ_FROM`].
+/// `range` of `file`, read on the blocking pool chunk by chunk: [`READ_CHUNK`] bytes, or
+/// [`BIG_READ_CHUNK`] for ranges of at least [`BIG_READ_FROM`].
 fn file_stream(file: std::fs::File, range: Range<u64>) -> crate::ByteStream {
     use std::io::{Read, Seek, SeekFrom};
     let chunk = if range.end - range.start >= BIG_READ_FROM {
         BIG_READ_CHUNK
     } else {
-        crate::open::READ_CHUNK as u64
+        READ_CHUNK as u64
     };
     let file = std::sync::Arc::new(file);
     futures::stream::try_unfold((file, range), move |(file, range)| async move {
@@ -268,13 +269,6 @@ fn file_stream(file: std::fs::File, range: Range<u64>) -> crate::ByteStream {
     })
     .boxed()
 }
-
-/// Reads of at least this many bytes go in [`BIG_READ_CHUNK`]s.
-const BIG_READ_FROM: u64 = 32 << 20;
-
-/// Each chunk read is a trip to the blocking pool and back (thread wake-ups and switches were
-/// a quarter of a 1 GiB pull's CPU with 1 MiB chunks): big reads take fewer, bigger ones.
-const BIG_READ_CHUNK: u64 = 4 << 20;
 
 #[cfg(test)]
 mod tests {
