@@ -15,7 +15,7 @@ import os
 import sys
 
 from selenium import webdriver
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.common.exceptions import NoSuchElementException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -63,13 +63,16 @@ def page_text():
 
 
 def submitted(button, text):
-    """Clicks a submit button and waits for the page that answers to say `text`."""
+    """Clicks a submit button and waits (10 s) for the page that answers to say `text`. While
+    the next page loads, reading the body can fail in several ways (the old body is stale, the
+    new one not there yet, the document's context is gone): each only means "look again"."""
     button.click()
     try:
-        WebDriverWait(driver, 10, ignored_exceptions=[StaleElementReferenceException]).until(
+        WebDriverWait(driver, 10, ignored_exceptions=[WebDriverException]).until(
             lambda d: text in page_text())
-    except Exception:
-        raise SystemExit(f"FAILED: after submitting, no page saying {text!r}: {page_text()[:500]}")
+    except Exception as e:
+        raise SystemExit(f"FAILED: after submitting, no page saying {text!r} "
+                         f"({type(e).__name__}): {page_text()[:500]}")
 
 
 def sign_in(user, password, expect):
