@@ -300,7 +300,7 @@ const READ_AHEAD_FROM: u64 = registry_core::open::BIG_READ_FROM;
 const READ_AHEAD: usize = 1;
 
 /// `stream`, read up to [`READ_AHEAD`] chunks ahead on a task of its own, so that reading
-/// the next chunks (on the filesystem, a copy from the page cache on the blocking pool)
+/// the next chunks (on the filesystem, mapping or copying them on the blocking pool)
 /// overlaps sending this one instead of waiting for it. Memory stays bounded (three chunks:
 /// one queued, one read and waiting for room, one being sent; a filesystem reads bodies this
 /// long in 4 MiB chunks, and two queued were no faster than one);

@@ -9,7 +9,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStoreExt, PutPayload};
 
-use super::{blocking_local, ObjectRegistry};
+use super::{blocking_local, mapped, ObjectRegistry};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::layout;
@@ -209,7 +209,8 @@ pub(super) fn link_size(path: &Path, raw: Bytes) -> Result<u64> {
 }
 
 /// A blob read straight from its file when the storage is a local directory: one blocking
-/// call opens it and checks its size, then [`file_stream`] reads it. `None` when the file is
+/// call opens it, checks its size and, for a big read, whether its filesystem lets it be
+/// mapped ([`mapped::maps_safely`]); then [`file_stream`] reads it. `None` when the file is
 /// not the linked blob's bytes (absent, or of another size, or the range reaches past it):
 /// the store's own read then answers as it always has. Like the small reads of
 /// `get_small_from`, these bypass wrappers of the store: the storage metrics do not count
@@ -224,22 +225,28 @@ async fn local_read(
         Some(GetRange::Bounded(r)) if r.start <= r.end && r.end <= size => r.clone(),
         Some(_) => return Ok(None),
     };
+    let big = range.end - range.start >= BIG_READ_FROM;
     let opened = blocking_local(move || match std::fs::File::open(&file) {
-        Ok(f) => Ok((f.metadata()?.len() == size).then_some(f)),
+        Ok(f) if f.metadata()?.len() != size => Ok(None),
+        Ok(f) => {
+            let mapped = big && mapped::maps_safely(&f);
+            Ok(Some((f, mapped)))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     })
     .await?;
-    Ok(opened.map(|file| BlobRead {
+    Ok(opened.map(|(file, mapped)| BlobRead {
         size,
         range: range.clone(),
-        stream: file_stream(file, range),
+        stream: file_stream(file, range, mapped),
     }))
 }
 
 /// `range` of `file`, read on the blocking pool chunk by chunk: [`READ_CHUNK`] bytes, or
-/// [`BIG_READ_CHUNK`] for ranges of at least [`BIG_READ_FROM`].
-fn file_stream(file: std::fs::File, range: Range<u64>) -> crate::ByteStream {
+/// [`BIG_READ_CHUNK`] for ranges of at least [`BIG_READ_FROM`]. With `mapped`, each chunk is
+/// mapped rather than copied ([`mapped::map_chunk`]; only for files that map safely).
+fn file_stream(file: std::fs::File, range: Range<u64>, mapped: bool) -> crate::ByteStream {
     use std::io::{Read, Seek, SeekFrom};
     let chunk = if range.end - range.start >= BIG_READ_FROM {
         BIG_READ_CHUNK
@@ -254,6 +261,9 @@ fn file_stream(file: std::fs::File, range: Range<u64>) -> crate::ByteStream {
         let len = (range.end - range.start).min(chunk);
         let (f, start) = (file.clone(), range.start);
         let bytes = tokio::task::spawn_blocking(move || {
+            if mapped {
+                return mapped::map_chunk(&f, start, len as usize);
+            }
             let mut reader = &*f;
             reader.seek(SeekFrom::Start(start))?;
             let mut buf = Vec::with_capacity(len as usize);
@@ -275,33 +285,37 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    async fn chunks(file: &std::fs::File, range: Range<u64>) -> Vec<std::io::Result<Bytes>> {
-        file_stream(file.try_clone().unwrap(), range)
-            .collect()
-            .await
-    }
-
     #[tokio::test]
     async fn file_reads_cover_the_range_in_chunks_and_fail_on_a_short_file() {
         let content: Vec<u8> = (0..(BIG_READ_FROM + 5)).map(|i| (i % 253) as u8).collect();
         let mut file = tempfile::tempfile().unwrap();
         file.write_all(&content).unwrap();
+        // Copied and mapped reads answer alike.
+        for mapped in [false, true] {
+            file_reads_answer(&file, &content, mapped).await;
+        }
+    }
+
+    async fn file_reads_answer(file: &std::fs::File, content: &[u8], mapped: bool) {
+        let chunks = |range: Range<u64>| {
+            file_stream(file.try_clone().unwrap(), range, mapped).collect::<Vec<_>>()
+        };
         // A big range: 4 MiB chunks, the last one short.
-        let got = chunks(&file, 3..content.len() as u64).await;
+        let got = chunks(3..content.len() as u64).await;
         let lens: Vec<usize> = got.iter().map(|c| c.as_ref().unwrap().len()).collect();
         assert_eq!(lens[0], BIG_READ_CHUNK as usize);
         assert_eq!(lens.len(), 9);
         let joined: Vec<u8> = got.into_iter().flat_map(|c| c.unwrap()).collect();
         assert!(joined == content[3..], "the bytes differ");
         // A small range: 1 MiB chunks.
-        let got = chunks(&file, 10..(3 << 20) + 10).await;
+        let got = chunks(10..(3 << 20) + 10).await;
         assert_eq!(got.len(), 3);
         assert_eq!(
             &got[2].as_ref().unwrap()[..],
             &content[(2 << 20) + 10..(3 << 20) + 10]
         );
         // A file shorter than the range: an error, not short data passed off as whole.
-        let got = chunks(&file, content.len() as u64 - 10..content.len() as u64 + 10).await;
+        let got = chunks(content.len() as u64 - 10..content.len() as u64 + 10).await;
         assert_eq!(got.len(), 1);
         assert_eq!(
             got[0].as_ref().unwrap_err().kind(),

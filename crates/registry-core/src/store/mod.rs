@@ -12,6 +12,7 @@ mod durable;
 mod fsck;
 mod gc;
 mod manifests;
+mod mapped;
 mod placed;
 mod reports;
 mod uploads;
