@@ -318,9 +318,12 @@ where
     })
 }
 
-/// A GET over a plain blocking TCP connection, read with a 4 MiB buffer on a thread of its own:
-/// for the single big pull, where an async HTTP client's per-read work would bound the figure
-/// before the server does (curl reaches the same rate). Checks the body against
+/// A GET over a plain blocking TCP connection, read on a thread of its own: for the single big
+/// pull, where an async HTTP client's per-read work would bound the figure before the server
+/// does. Reads go into a 32 KiB buffer, as Go's `io.Copy` (docker, containerd, skopeo) and
+/// curl (16 KiB) read: a 4 MiB buffer made this client the bound instead, copying each read
+/// through memory rather than cache (both servers ran at 2.8-3.0 GB/s with it; with 32 KiB
+/// this registry ran at 4.0-4.5 and Distribution at 2.9-3.1). Checks the body against
 /// `Content-Length` and returns its length.
 async fn raw_get(base: &str, path: &str, authorization: Option<String>) -> Result<u64> {
     let authority = base
@@ -341,7 +344,7 @@ fn blocking_get(authority: &str, path: &str, authorization: Option<String>) -> R
         stream,
         "GET {path} HTTP/1.1\r\nHost: {authority}\r\n{auth}Connection: close\r\n\r\n"
     )?;
-    let mut buf = vec![0u8; 4 << 20];
+    let mut buf = vec![0u8; 32 << 10];
     let mut head = Vec::new();
     let (mut body, header_end) = loop {
         let n = stream.read(&mut buf)?;
