@@ -30,31 +30,44 @@ cargo build --release -q -p registry-cli -p registry-benches
 target="${CARGO_TARGET_DIR:-target}/release"
 pa=$(port); pb=$(port)
 
-storage="$work/registry"
 ours_env=()
 if [ -n "$s3" ]; then
   . scripts/lib/garage.sh
   garage_start "$work"
-  # Tens of GiB of pushed blobs: removed also when a run fails (the logs stay in $work).
-  trap 'kill $GARAGE_PID 2>/dev/null || true; rm -rf "$work/garage"' EXIT
-  storage=s3://registry/registry
   ours_env=(AWS_ENDPOINT_URL="$GARAGE_ENDPOINT" AWS_REGION=garage
             AWS_ACCESS_KEY_ID="$GARAGE_KEY" AWS_SECRET_ACCESS_KEY="$GARAGE_SECRET")
-  distribution_config "$work/distribution.yml" /distribution "$pb"
-else
-  distribution_config "$work/distribution.yml" "$work/distribution" "$pb"
 fi
+# Tens of GiB of pushed blobs: removed also when a run fails (the logs stay in $work).
+trap 'kill ${ours:-} ${theirs:-} ${GARAGE_PID:-} 2>/dev/null || true; rm -rf "$work/registry" "$work/distribution" "$work/garage"' EXIT
 
-env RUST_LOG=warn "${ours_env[@]}" "$target/registry" serve --listen "127.0.0.1:$pa" --storage "$storage" 2>"$work/registry.log" &
-ours=$!
-# Go's AWS SDK refuses a CA bundle (AWS_CA_BUNDLE, which some machines set) with a custom
-# endpoint's transport; the loopback Garage is plain HTTP.
-env -u AWS_CA_BUNDLE docker-registry serve "$work/distribution.yml" >"$work/distribution.log" 2>&1 &
-theirs=$!
-trap 'kill $ours $theirs ${GARAGE_PID:-} 2>/dev/null || true; rm -rf "$work/registry" "$work/distribution" "$work/garage"' EXIT
-for p in $pa $pb; do
-  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$p/v2/" >/dev/null && break; sleep 0.1; done
-done
+# start_servers N: both servers on empty storage of their own (directories, or key prefixes
+# ending in N on S3), so that no table's run depends on what an earlier one stored, and the
+# disk holds one run's pushes at a time (a full run pushes about 22 GiB to each server; all
+# three kept together filled a disk with 46 GiB free).
+start_servers() {
+  local storage="$work/registry" root="$work/distribution"
+  if [ -n "$s3" ]; then
+    storage="s3://registry/registry-$1"
+    root="/distribution-$1"
+  fi
+  distribution_config "$work/distribution.yml" "$root" "$pb"
+  env RUST_LOG=warn "${ours_env[@]}" "$target/registry" serve --listen "127.0.0.1:$pa" --storage "$storage" 2>>"$work/registry.log" &
+  ours=$!
+  # Go's AWS SDK refuses a CA bundle (AWS_CA_BUNDLE, which some machines set) with a custom
+  # endpoint's transport; the loopback Garage is plain HTTP.
+  env -u AWS_CA_BUNDLE docker-registry serve "$work/distribution.yml" >>"$work/distribution.log" 2>&1 &
+  theirs=$!
+  for p in $pa $pb; do
+    for _ in $(seq 100); do curl -sf "http://127.0.0.1:$p/v2/" >/dev/null && break; sleep 0.1; done
+  done
+}
+
+# stop_servers: stops both and removes what they stored on the filesystem.
+stop_servers() {
+  kill "$ours" "$theirs" 2>/dev/null || true
+  wait "$ours" "$theirs" 2>/dev/null || true
+  rm -rf "$work/registry" "$work/distribution"
+}
 
 # registry-bench drops the page cache before each push round when this is set (root only).
 if [ "$(id -u)" = 0 ]; then
@@ -62,9 +75,15 @@ if [ "$(id -u)" = 0 ]; then
 else
   echo "not root: rounds keep the page cache, so their figures depend on what it holds" >&2
 fi
-cmd=("$target/registry-bench" "http://127.0.0.1:$pa" --pid "$ours" --label registry
-     --compare "http://127.0.0.1:$pb" --compare-pid "$theirs" --compare-label distribution "$@")
-"${cmd[@]}" --output "$work/table.md"
+# bench ARGS…: registry-bench against both servers, started afresh for it.
+bench() {
+  start_servers "$1"
+  shift
+  "$target/registry-bench" "http://127.0.0.1:$pa" --pid "$ours" --label registry \
+    --compare "http://127.0.0.1:$pb" --compare-pid "$theirs" --compare-label distribution "$@"
+  stop_servers
+}
+bench main "$@" --output "$work/table.md"
 # The full set also pushes in 1 MiB and 64 MiB chunks (the table's push-chunked uses 8 MiB).
 # On S3 only in 64 MiB: Distribution's S3 driver took 691 s for one 512 MiB push in 1 MiB
 # chunks on Garage (this registry 51 s), so three rounds would take over half an hour.
@@ -73,7 +92,7 @@ sizes=(1 64)
 [ -n "$s3" ] && sizes=(64)
 if [[ " $* " != *" --workloads"* ]]; then
   for mib in "${sizes[@]}"; do
-    "${cmd[@]}" --workloads push-chunked --chunk-mib "$mib" --output "$work/chunk-$mib.md"
+    bench "chunk-$mib" "$@" --workloads push-chunked --chunk-mib "$mib" --output "$work/chunk-$mib.md"
     chunks+=("$mib")
   done
 fi

@@ -105,7 +105,9 @@ async fn main() -> Result<()> {
     }
     for t in &mut targets {
         eprintln!("preparing {} ({})", t.label, t.base);
-        prepare(t, sizes, &workloads).await?;
+        prepare(t, sizes, &workloads)
+            .await
+            .with_context(|| format!("preparing {}", t.label))?;
     }
     let mut rows = Vec::new();
     for &w in &workloads {
@@ -115,7 +117,9 @@ async fn main() -> Result<()> {
                 settle(w)?;
                 warm(t, w).await?;
                 let before = t.pid.and_then(usage);
-                let mut sample = run(t, w, round, sizes).await?;
+                let mut sample = run(t, w, round, sizes)
+                    .await
+                    .with_context(|| format!("{} round {round} against {}", w.name(), t.label))?;
                 let after = t.pid.and_then(usage);
                 if let (Some(b), Some(a)) = (before, after) {
                     sample.cpu = Some(a.cpu.saturating_sub(b.cpu));
