@@ -93,6 +93,19 @@ mod tests {
         assert!(map_chunk(&file, u64::MAX, 2).is_err());
     }
 
+    #[test]
+    fn an_unlinked_blob_still_maps_whole() {
+        // Collection may unlink a blob while a pull of it is under way.
+        let content = vec![7u8; 3 << 20];
+        let mut named = tempfile::NamedTempFile::new().unwrap();
+        named.write_all(&content).unwrap();
+        let file = named.reopen().unwrap();
+        let early = map_chunk(&file, 0, 1 << 20).unwrap();
+        named.close().unwrap();
+        let late = map_chunk(&file, 1 << 20, 2 << 20).unwrap();
+        assert!(early[..] == content[..1 << 20] && late[..] == content[1 << 20..]);
+    }
+
     #[cfg(target_os = "linux")]
     #[test]
     fn files_on_proc_are_not_mapped() {
