@@ -51,8 +51,14 @@ pub(super) fn data_key(id: &str) -> Path {
     layout::upload_dir(id).join("data")
 }
 
-/// Bytes gathered before each write to the staging file.
-const WRITE_BATCH: usize = 1 << 20;
+/// Bytes gathered before each write to the staging file: few enough that they are still in
+/// the CPU's cache when they are copied into the file (they were just received and hashed).
+/// With 1 MiB the copy read them back from memory: it took 20 % of the server's CPU in a push
+/// where Distribution's copy (32 KiB at a time) took 1.5 %, and a 1 GiB upload in 8 MiB
+/// chunks ran at 400 MiB/s and 2.26 CPU s/GiB against 556 MiB/s and 1.49 with 256 KiB (5
+/// interleaved rounds; 64 KiB was no better than 256 KiB). Each batch is one trip to the
+/// blocking pool.
+const WRITE_BATCH: usize = 256 << 10;
 
 impl ObjectRegistry {
     /// The staging file of a session on disk.
