@@ -1,6 +1,7 @@
 //! `registry-bench URL [--compare URL]`: drives registries over the HTTP API and prints a
 //! Markdown table. With `--compare`, the two run alternately (A, B, A, B, …) for each workload,
 //! so machine noise falls on both alike, and the table shows A/B ratios.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 

@@ -12,6 +12,7 @@
 //! `Retry-After` asks), and never touch what is being served. Where the state lives in shared
 //! storage ([`StateStore::Objects`]), nodes take turns ordering through a lease and pick up
 //! the certificate another node stored.
+#![forbid(unsafe_code)]
 
 mod cert;
 mod http;

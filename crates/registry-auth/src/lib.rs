@@ -3,6 +3,7 @@
 //! certificates ([`tls`]), Basic credentials ([`basic`], [`htpasswd`], with the [`brake`]) and
 //! Bearer tokens ([`token`]), signs people in with OpenID Connect ([`oidc`]), and authorizes
 //! actions ([`rules`]).
+#![forbid(unsafe_code)]
 
 #![warn(missing_docs)]
 

@@ -1,5 +1,6 @@
 //! The `registry` binary: parses the command line (`args`) and runs a command (`commands`,
 //! `wizard`).
+#![forbid(unsafe_code)]
 
 mod args;
 mod cert;

@@ -25,6 +25,7 @@
 //!   in the renewal period of such a race, and each event's `id` lets the consumer see that.
 //! - Events older than the endpoint's `max_age` are dropped unsent, as are the oldest batches
 //!   beyond its `max_queued` bound; both are counted and logged.
+#![forbid(unsafe_code)]
 
 mod queue;
 

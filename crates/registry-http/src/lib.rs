@@ -21,6 +21,7 @@
 //! axum::serve(listener, app).await.unwrap();
 //! # }
 //! ```
+#![forbid(unsafe_code)]
 
 #![warn(missing_docs)]
 

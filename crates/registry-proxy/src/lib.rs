@@ -20,6 +20,7 @@
 //! - What was never cached, while the upstream cannot answer, fails with 503 (unreachable,
 //!   timed out, rate limited) or 502 (an unusable answer), never hangs: every upstream call
 //!   has a timeout.
+#![forbid(unsafe_code)]
 
 #![warn(missing_docs)]
 

@@ -13,6 +13,7 @@
 //! value: names, labels and annotations are the pusher's text), work without JavaScript, and
 //! load nothing but the compiled-in stylesheet and script (a strict Content-Security-Policy
 //! says so to the browser). Every state-changing form carries a CSRF token.
+#![forbid(unsafe_code)]
 
 #![warn(missing_docs)]
 
