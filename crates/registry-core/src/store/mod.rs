@@ -53,7 +53,9 @@ pub struct StoreOptions {
     /// Bytes buffered per streaming write before a part is sent to the backend. Memory per
     /// upload is about `write_buffer * (write_concurrency + 1)`.
     pub write_buffer: usize,
-    /// Parts of one streaming write in flight at once.
+    /// Parts of one streaming write in flight at once. On S3 (the default, 4) one streamed
+    /// 512 MiB PATCH on a local Garage ran at 176 MiB/s with 4 and 166 with 2 (4 interleaved
+    /// rounds; monolithic pushes 175 and 174), for 16 MiB more memory per upload.
     pub write_concurrency: usize,
     /// An upload chunk is rewritten together with the next one while it is smaller than this,
     /// so that an upload of many small chunks is kept as a few objects and its session
@@ -77,7 +79,7 @@ impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             write_buffer: 8 * 1024 * 1024,
-            write_concurrency: 2,
+            write_concurrency: 4,
             coalesce_below: 1024 * 1024,
             copy_limit: u64::MAX,
             part_min: 5 << 20,
