@@ -4,7 +4,7 @@
 # logs. Runs registry-bench in --compare mode (A, B, A, B, … per workload) and writes the table
 # with the date, machine and command to BENCHMARKS.md (or $OUT).
 # With --s3 first, both store in one bucket of a local single-node Garage (under the prefixes
-# registry/ and distribution/), and the table replaces the "On S3" section of $OUT, leaving the
+# registry-<table>/ and distribution-<table>/), and the table replaces the "On S3" section of $OUT, leaving the
 # filesystem tables as they are (a filesystem run keeps the S3 section).
 # Usage: scripts/bench-vs-distribution.sh [--s3] [--scale S] [--rounds N]   (extra flags go to registry-bench)
 set -euo pipefail
@@ -107,7 +107,7 @@ if [ -n "$s3" ]; then
     echo
     echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "- Command: \`scripts/bench-vs-distribution.sh --s3 $*\`"
-    echo "- Both servers store in one bucket of the same Garage (version $(garage --version 2>/dev/null | head -1 | sed 's/.*cargo://; s/ .*//'), LMDB metadata, on the same disk), under the prefixes registry/ and distribution/; Distribution serves blobs itself (redirect disabled), as this registry does by default;"
+    echo "- Both servers store in one bucket of the same Garage (version $(garage --version 2>/dev/null | head -1 | sed 's/.*cargo://; s/ .*//'), LMDB metadata, on the same disk), under the prefixes registry-<table>/ and distribution-<table>/ (fresh for each table); Distribution serves blobs itself (redirect disabled), as this registry does by default;"
     echo "  otherwise as above (deletes on, no auth, request logs off, Distribution's in-memory blob descriptor cache)."
     echo
     cat "$work/table.md"
