@@ -4,7 +4,6 @@
 //! Bearer tokens ([`token`]), signs people in with OpenID Connect ([`oidc`]), and authorizes
 //! actions ([`rules`]).
 #![forbid(unsafe_code)]
-
 #![warn(missing_docs)]
 
 pub mod basic;

@@ -21,7 +21,6 @@
 //!   timed out, rate limited) or 502 (an unusable answer), never hangs: every upstream call
 //!   has a timeout.
 #![forbid(unsafe_code)]
-
 #![warn(missing_docs)]
 
 mod cache;

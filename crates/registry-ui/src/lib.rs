@@ -14,7 +14,6 @@
 //! load nothing but the compiled-in stylesheet and script (a strict Content-Security-Policy
 //! says so to the browser). Every state-changing form carries a CSRF token.
 #![forbid(unsafe_code)]
-
 #![warn(missing_docs)]
 
 mod admin;
