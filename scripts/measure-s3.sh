@@ -36,9 +36,9 @@ for p in $ps3 $pfs; do
 done
 
 mbps() { python3 -c "print(f'{$1/1048576/$2:.0f} MiB/s ({$2:.2f} s)')"; }
-# Streams SIZE bytes of a repeatable pseudo-random stream (no file needed).
-# (openssl dies of SIGPIPE when head has enough: not a failure.)
-stream() { { openssl enc -aes-128-ctr -pass pass:registry -nosalt -pbkdf2 </dev/zero 2>/dev/null || true; } | head -c "$1"; }
+# Streams SIZE bytes of a repeatable pseudo-random stream (no file needed); a second argument
+# picks another stream. (openssl dies of SIGPIPE when head has enough: not a failure.)
+stream() { { openssl enc -aes-128-ctr -pass "pass:registry${2:-}" -nosalt -pbkdf2 </dev/zero 2>/dev/null || true; } | head -c "$1"; }
 # push BASE REPO SIZE: POST, one streamed PATCH, PUT ?digest=; prints seconds. The digest is
 # computed first (untimed) and left in $work/digest for pull.
 push() {
@@ -52,12 +52,13 @@ push() {
   curl -sf -o /dev/null -X PUT "$base$loc?digest=$digest"
   python3 -c "import time; print(time.time()-$start)"
 }
-# monolithic BASE REPO SIZE: one POST ?digest= with the whole body; prints seconds.
+# monolithic BASE REPO SIZE: one POST ?digest= with the whole body; prints seconds. Its bytes
+# differ from push's: a blob already stored would only be read and discarded.
 monolithic() {
   local base=$1 repo=$2 size=$3 start digest
-  digest="sha256:$(stream "$size" | sha256sum | cut -d' ' -f1)"
+  digest="sha256:$(stream "$size" mono | sha256sum | cut -d' ' -f1)"
   start=$(date +%s.%N)
-  stream "$size" | curl -sf -o /dev/null -X POST -H 'Content-Type: application/octet-stream' -T - "$base/v2/$repo/blobs/uploads/?digest=$digest"
+  stream "$size" mono | curl -sf -o /dev/null -X POST -H 'Content-Type: application/octet-stream' -T - "$base/v2/$repo/blobs/uploads/?digest=$digest"
   python3 -c "import time; print(time.time()-$start)"
 }
 # pull BASE REPO: prints the seconds of a pull to /dev/null (sha256sum in the pipe would bound
