@@ -4,8 +4,8 @@
 # logs. Runs registry-bench in --compare mode (A, B, A, B, … per workload) and writes the table
 # with the date, machine and command to BENCHMARKS.md (or $OUT).
 # With --s3 first, both store in one bucket of a local single-node Garage (under the prefixes
-# registry-<table>/ and distribution-<table>/), and the table replaces the "On S3" section of $OUT, leaving the
-# filesystem tables as they are (a filesystem run keeps the S3 section).
+# registry-<table>/ and distribution-<table>/), and the table replaces the "On S3" section of
+# $OUT, leaving the filesystem tables as they are (a filesystem run keeps the S3 section).
 # Usage: scripts/bench-vs-distribution.sh [--s3] [--scale S] [--rounds N]   (extra flags go to registry-bench)
 set -euo pipefail
 cd "$(dirname "$0")/.."

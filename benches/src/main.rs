@@ -116,11 +116,10 @@ async fn main() -> Result<()> {
         for round in 0..args.rounds {
             for (i, t) in targets.iter().enumerate() {
                 settle(w)?;
-                warm(t, w).await?;
+                let failed = || format!("{} round {round} against {}", w.name(), t.label);
+                warm(t, w).await.with_context(failed)?;
                 let before = t.pid.and_then(usage);
-                let mut sample = run(t, w, round, sizes)
-                    .await
-                    .with_context(|| format!("{} round {round} against {}", w.name(), t.label))?;
+                let mut sample = run(t, w, round, sizes).await.with_context(failed)?;
                 let after = t.pid.and_then(usage);
                 if let (Some(b), Some(a)) = (before, after) {
                     sample.cpu = Some(a.cpu.saturating_sub(b.cpu));

@@ -225,7 +225,7 @@ async fn local_read(
         Some(GetRange::Bounded(r)) if r.start <= r.end && r.end <= size => r.clone(),
         Some(_) => return Ok(None),
     };
-    let big = range.end - range.start >= BIG_READ_FROM;
+    let big = is_big(&range);
     let opened = blocking_local(move || match std::fs::File::open(&file) {
         Ok(f) if f.metadata()?.len() != size => Ok(None),
         Ok(f) => {
@@ -248,7 +248,7 @@ async fn local_read(
 /// mapped rather than copied ([`mapped::map_chunk`]; only for files that map safely).
 fn file_stream(file: std::fs::File, range: Range<u64>, mapped: bool) -> crate::ByteStream {
     use std::io::{Read, Seek, SeekFrom};
-    let chunk = if range.end - range.start >= BIG_READ_FROM {
+    let chunk = if is_big(&range) {
         BIG_READ_CHUNK
     } else {
         READ_CHUNK as u64
@@ -278,6 +278,11 @@ fn file_stream(file: std::fs::File, range: Range<u64>, mapped: bool) -> crate::B
         Ok(Some((bytes, (file, start + len..range.end))))
     })
     .boxed()
+}
+
+/// Whether a read of `range` is big: read in [`BIG_READ_CHUNK`]s, and mapped where that is safe.
+fn is_big(range: &Range<u64>) -> bool {
+    range.end - range.start >= BIG_READ_FROM
 }
 
 #[cfg(test)]

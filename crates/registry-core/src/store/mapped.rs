@@ -108,7 +108,9 @@ mod tests {
 
     #[cfg(target_os = "linux")]
     #[test]
-    fn files_on_proc_are_not_mapped() {
+    fn files_on_tmpfs_are_mapped_and_files_on_proc_are_not() {
+        let shm = tempfile::tempfile_in("/dev/shm").unwrap();
+        assert!(maps_safely(&shm));
         let file = File::open("/proc/self/status").unwrap();
         assert!(!maps_safely(&file));
     }
